@@ -1,0 +1,278 @@
+"""Every event that crosses a topic, as a pydantic model.
+
+Conventions (see DESIGN.md "Events"):
+
+* ``ts_event`` is exchange (event) time and ``ts_init`` the time the event entered Mambo, both integer
+  nanoseconds since the Unix epoch, UTC.
+* ``event_id`` is deterministic: a hash of the event's source identity (:func:`make_id`), so a replay
+  or a restart produces the same id and sinks can deduplicate on it.
+* Market data and indicator values are ``float`` (float64). Order prices and quantities, cash, fees
+  and positions are :class:`~decimal.Decimal`, so accounting identities hold to the last unit.
+* ``exchange`` and ``symbol`` are ccxt ids and unified symbols; the partition key is
+  ``exchange:symbol`` (:func:`market_key`).
+
+Models are frozen: an event, once published, never changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from decimal import Decimal
+from typing import Annotated, ClassVar, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+__all__ = [
+    "TIMEFRAMES",
+    "AggregatedSignal",
+    "Candle",
+    "DeadLetter",
+    "EquitySnapshot",
+    "Event",
+    "Fill",
+    "IndicatorValues",
+    "Order",
+    "OrderIntent",
+    "OrderSide",
+    "OrderStatus",
+    "OrderType",
+    "Position",
+    "Quote",
+    "RiskRejection",
+    "Signal",
+    "SignalSide",
+    "Trade",
+    "make_id",
+    "market_key",
+    "split_key",
+    "timeframe_ns",
+]
+
+OrderSide = Literal["buy", "sell"]
+SignalSide = Literal["buy", "sell", "hold"]
+OrderType = Literal["market", "limit"]
+OrderStatus = Literal["new", "partially_filled", "filled", "canceled", "rejected", "expired"]
+TradeSide = Literal["buy", "sell", ""]
+
+NS_PER_SECOND = 1_000_000_000
+_TF_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+#: The candle timeframes Mambo builds from trades (``1s`` is there for fast demos and tests).
+TIMEFRAMES: tuple[str, ...] = ("1s", "1m", "5m", "15m", "1h", "4h", "1d")
+
+
+def timeframe_ns(timeframe: str) -> int:
+    """Length of a timeframe such as ``"5m"`` in nanoseconds; ValueError for an unknown one."""
+    try:
+        return int(timeframe[:-1]) * _TF_UNITS[timeframe[-1]] * NS_PER_SECOND
+    except (KeyError, ValueError, IndexError):
+        raise ValueError(f"unknown timeframe {timeframe!r}; use e.g. 1s, 1m, 5m, 1h, 1d") from None
+
+
+def make_id(*parts: object) -> str:
+    """A deterministic 16-byte hex id from an event's source identity."""
+    return hashlib.blake2b("\x1f".join(map(str, parts)).encode(), digest_size=16).hexdigest()
+
+
+def market_key(exchange: str, symbol: str) -> str:
+    """The partition key of a market: ``exchange:symbol``."""
+    return f"{exchange}:{symbol}"
+
+
+def split_key(key: str) -> tuple[str, str]:
+    """Inverse of :func:`market_key`."""
+    exchange, sep, symbol = key.partition(":")
+    if not sep or not exchange or not symbol:
+        raise ValueError(f"bad market key {key!r}; expected exchange:symbol")
+    return exchange, symbol
+
+
+def _finite_positive(v: float) -> float:
+    if not math.isfinite(v) or v <= 0:
+        raise ValueError(f"must be a finite number > 0, got {v!r}")
+    return v
+
+
+def _finite_non_negative(v: float) -> float:
+    if not math.isfinite(v) or v < 0:
+        raise ValueError(f"must be a finite number >= 0, got {v!r}")
+    return v
+
+
+Price = Annotated[float, AfterValidator(_finite_positive)]
+Qty = Annotated[float, AfterValidator(_finite_non_negative)]
+TsNs = Annotated[int, Field(ge=0, description="nanoseconds since the Unix epoch, UTC")]
+
+
+class Event(BaseModel):
+    """Fields every event carries."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    #: Schema version, sent as a Kafka header; bump on an incompatible change.
+    schema_version: ClassVar[int] = 1
+
+    event_id: str
+    ts_event: TsNs
+    ts_init: TsNs
+
+
+class MarketEvent(Event):
+    exchange: str = Field(min_length=1)
+    symbol: str = Field(min_length=1)
+
+    @property
+    def key(self) -> str:
+        return market_key(self.exchange, self.symbol)
+
+
+class Trade(MarketEvent):
+    """One public trade (a print) on an exchange."""
+
+    trade_id: str
+    price: Price
+    qty: Annotated[float, AfterValidator(_finite_positive)]
+    side: TradeSide = ""  # the aggressor's side, "" when the venue does not say
+
+
+class Quote(MarketEvent):
+    """Top of book: best bid and ask."""
+
+    bid: Price
+    bid_qty: Qty
+    ask: Price
+    ask_qty: Qty
+
+
+class Candle(MarketEvent):
+    """OHLCV bar of one timeframe. ``ts_event`` is the bar's end (exclusive), ``open_time`` its start."""
+
+    timeframe: str
+    open_time: TsNs
+    open: Price
+    high: Price
+    low: Price
+    close: Price
+    volume: Qty
+    trades: int = Field(ge=0)
+    closed: bool = True
+
+
+class IndicatorValues(MarketEvent):
+    """All indicator values of one closed candle; NaN while an indicator warms up."""
+
+    timeframe: str
+    values: dict[str, float]
+
+
+class Signal(MarketEvent):
+    """One strategy's view of one market after a closed candle."""
+
+    strategy: str
+    timeframe: str
+    side: SignalSide
+    confidence: float = Field(ge=0.0, le=1.0)
+    price: float
+    values: dict[str, float] = Field(default_factory=dict)
+
+
+class AggregatedSignal(MarketEvent):
+    """The combined view of all strategies on one market: what clients subscribe to."""
+
+    timeframe: str
+    side: SignalSide
+    score: float = Field(ge=-1.0, le=1.0)
+    confidence: float = Field(ge=0.0, le=1.0)
+    price: float
+    weights: dict[str, float]
+    contributions: dict[str, float]
+    lead_strategy: str
+    values: dict[str, float] = Field(default_factory=dict)
+
+
+class OrderIntent(MarketEvent):
+    """What the strategies want; risk turns it into an Order or a RiskRejection."""
+
+    client_order_id: str
+    strategy: str
+    side: OrderSide
+    order_type: OrderType = "market"
+    qty: Decimal | None = Field(default=None, description="None: let risk size it from equity")
+    limit_price: Decimal | None = None
+    reduce_only: bool = False
+    reason: str = ""
+    price: float = Field(description="reference market price at decision time")
+
+
+class RiskRejection(MarketEvent):
+    """An intent denied by a risk rule: an event with its reason, never an exception."""
+
+    client_order_id: str
+    strategy: str
+    side: OrderSide
+    rule: str
+    reason: str
+
+
+class Order(MarketEvent):
+    """An order as sent to a broker, and its later states."""
+
+    client_order_id: str
+    strategy: str
+    side: OrderSide
+    order_type: OrderType
+    qty: Decimal
+    limit_price: Decimal | None = None
+    status: OrderStatus = "new"
+    filled_qty: Decimal = Decimal(0)
+    reduce_only: bool = False
+    reason: str = ""
+
+
+class Fill(MarketEvent):
+    """An execution of (part of) an order."""
+
+    fill_id: str
+    client_order_id: str
+    strategy: str
+    side: OrderSide
+    price: Decimal
+    qty: Decimal
+    fee: Decimal
+    fee_currency: str
+    liquidity: Literal["maker", "taker"]
+    realized_pnl: Decimal = Decimal(0)
+
+
+class Position(MarketEvent):
+    """A market's position after a fill or a mark."""
+
+    qty: Decimal
+    avg_price: Decimal
+    realized_pnl: Decimal
+    unrealized_pnl: Decimal
+    fees: Decimal
+    mark_price: Decimal
+
+
+class EquitySnapshot(Event):
+    """The account at a point in time: cash + positions at market = equity, exactly."""
+
+    account: str = "paper"
+    cash: Decimal
+    positions_value: Decimal
+    equity: Decimal
+    realized_pnl: Decimal
+    unrealized_pnl: Decimal
+    fees: Decimal
+    drawdown: float = 0.0
+
+
+class DeadLetter(Event):
+    """A message that could not be decoded or processed, with where it came from and why."""
+
+    topic: str
+    partition: int = -1
+    offset: int = -1
+    key: str = ""
+    reason: str
+    payload: str

@@ -1,0 +1,110 @@
+"""The topic registry: every topic's name, key, event model, ClickHouse table and retention.
+
+Both runtimes take topic names from here: the embedded bus and Kafka use the same names, so a
+consumer written against one works against the other. ``<topic>.dlq`` topics hold
+:class:`~mambo.schemas.events.DeadLetter` events for their topic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mambo.schemas.events import (
+    TIMEFRAMES,
+    AggregatedSignal,
+    Candle,
+    DeadLetter,
+    EquitySnapshot,
+    Event,
+    Fill,
+    IndicatorValues,
+    Order,
+    OrderIntent,
+    Position,
+    Quote,
+    RiskRejection,
+    Signal,
+    Trade,
+)
+
+__all__ = [
+    "ALL_TOPICS",
+    "DLQ_SUFFIX",
+    "TABLES",
+    "Topic",
+    "by_name",
+    "candle_topic",
+    "dlq_topic",
+]
+
+DAY_MS = 86_400_000
+DLQ_SUFFIX = ".dlq"
+
+
+@dataclass(frozen=True)
+class Topic:
+    """One stream: its name, the model of its events, the ClickHouse table they land in."""
+
+    name: str
+    model: type[Event]
+    table: str
+    key_field: str = "key"  # attribute of the event that gives the partition key
+    partitions: int = 6
+    retention_ms: int = 7 * DAY_MS
+    compacted: bool = False
+
+    def key_of(self, event: Event) -> str:
+        return str(getattr(event, self.key_field))
+
+
+def candle_topic(timeframe: str) -> str:
+    """Topic of the candles Mambo builds for a timeframe, e.g. ``md.candles.1m``."""
+    return f"md.candles.{timeframe}"
+
+
+def dlq_topic(topic: str) -> str:
+    return topic + DLQ_SUFFIX
+
+
+TRADES = Topic("md.trades", Trade, "trades")
+QUOTES = Topic("md.quotes", Quote, "quotes", retention_ms=DAY_MS)
+EXCHANGE_CANDLES = Topic("md.candles", Candle, "candles")
+INDICATORS = Topic("indicators", IndicatorValues, "indicators")
+SIGNALS_RAW = Topic("signals.raw", Signal, "signals_raw")
+SIGNALS = Topic("signals", AggregatedSignal, "signals", retention_ms=30 * DAY_MS)
+INTENTS = Topic("orders.intents", OrderIntent, "order_intents", retention_ms=30 * DAY_MS)
+REJECTIONS = Topic("risk.rejections", RiskRejection, "risk_rejections", retention_ms=30 * DAY_MS)
+ORDERS = Topic("orders", Order, "orders", retention_ms=365 * DAY_MS)
+FILLS = Topic("fills", Fill, "fills", retention_ms=365 * DAY_MS)
+POSITIONS = Topic("positions", Position, "positions", compacted=True)
+EQUITY = Topic("equity", EquitySnapshot, "equity", key_field="account", partitions=1, retention_ms=365 * DAY_MS)
+
+_MAIN: tuple[Topic, ...] = (
+    TRADES,
+    QUOTES,
+    EXCHANGE_CANDLES,
+    *(Topic(candle_topic(tf), Candle, "candles") for tf in TIMEFRAMES),
+    INDICATORS,
+    SIGNALS_RAW,
+    SIGNALS,
+    INTENTS,
+    REJECTIONS,
+    ORDERS,
+    FILLS,
+    POSITIONS,
+    EQUITY,
+)
+_DLQ: tuple[Topic, ...] = tuple(
+    Topic(dlq_topic(t.name), DeadLetter, "dead_letters", partitions=1, retention_ms=30 * DAY_MS) for t in _MAIN
+)
+ALL_TOPICS: tuple[Topic, ...] = _MAIN + _DLQ
+_BY_NAME = {t.name: t for t in ALL_TOPICS}
+#: ClickHouse table name -> model. Several topics may share one table (all candle topics -> candles).
+TABLES: dict[str, type[Event]] = {t.table: t.model for t in ALL_TOPICS}
+
+
+def by_name(name: str) -> Topic:
+    try:
+        return _BY_NAME[name]
+    except KeyError:
+        raise KeyError(f"unknown topic {name!r}") from None
