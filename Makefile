@@ -1,0 +1,37 @@
+# The two commands of the README: `make demo` and `make test`. Each installs what it needs
+# (a virtual environment in .venv with the package and its dependencies) the first time.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+UV     := $(VENV)/bin/uv
+
+.PHONY: demo test lint typecheck unit install clean bench
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check uv
+	$(UV) pip install --quiet --python $(PY) -e '.[test]'
+	touch $@
+
+demo: install
+	$(VENV)/bin/mambo demo
+
+lint: install
+	$(VENV)/bin/ruff check mambo tests benchmarks tools
+	$(VENV)/bin/ruff format --check mambo tests benchmarks tools
+
+typecheck: install
+	$(VENV)/bin/mypy
+
+unit: install
+	$(PY) -m pytest
+
+test: lint typecheck unit
+
+bench: install
+	$(PY) benchmarks/embedded_pipeline.py
+
+clean:
+	rm -rf $(VENV) .mambo .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,98 @@
+"""The ``mambo`` command: run the pipeline, query its history.
+
+Each command is a thin front over one function in the library, so what the CLI does a test or the
+API can do too. ``mambo --help`` lists them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from mambo.logs import configure_logging
+from mambo.settings import MamboSettings, load_settings
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Mambo: a Kafka-native streaming trading pipeline (embedded by default, Kafka when configured).",
+)
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", help="TOML settings file (see README).")]
+DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", help="Where the embedded ClickHouse lives.")]
+
+
+def _settings(config: Path | None, data_dir: Path | None, **engine: Any) -> MamboSettings:
+    try:
+        settings = load_settings(config)
+        if data_dir is not None:
+            settings.data_dir = data_dir
+        updates = {k: v for k, v in engine.items() if v is not None}
+        if updates:
+            settings.engine = type(settings.engine).model_validate({**settings.engine.model_dump(), **updates})
+    except (ValueError, FileNotFoundError) as exc:
+        typer.echo(f"error: bad settings: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    configure_logging(settings.log_format)
+    return settings
+
+
+@app.command()
+def demo(
+    data: Annotated[Path | None, typer.Option(help="Trades CSV (default: the bundled Binance recording).")] = None,
+    quotes: Annotated[Path | None, typer.Option(help="Book-top CSV (default: the bundled recording).")] = None,
+    symbols: Annotated[str | None, typer.Option(help="Comma-separated symbols or exchange:symbol keys.")] = None,
+    strategies: Annotated[
+        str, typer.Option(help="Comma-separated strategy names, or module:Class of your own.")
+    ] = "sma_cross,rsi_reversion,macd_cross,bollinger_breakout",
+    timeframe: Annotated[str, typer.Option(help="The timeframe strategies trade on.")] = "1s",
+    speed: Annotated[float, typer.Option(help="Replay speed as a multiple of real time; 0 = as fast as it goes.")] = 0.0,
+    batch_size: Annotated[int, typer.Option(help="Trades per batch.")] = 2_000,
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Run the whole pipeline in one process on recorded market data, with live progress."""
+    from mambo.runner import run_demo
+
+    settings = _settings(config, data_dir, strategies=strategies, trading_timeframe=timeframe,
+                         timeframes=("1s", "1m", timeframe))
+    code = asyncio.run(run_demo(settings, data=data, quotes=quotes, symbols=symbols, speed=speed,
+                                batch_size=batch_size))
+    raise typer.Exit(code)
+
+
+@app.command()
+def sql(
+    query: Annotated[str, typer.Argument(help='SQL, e.g. "SELECT strategy, sum(realized_pnl) FROM fills GROUP BY 1"')],
+    fmt: Annotated[str, typer.Option("--format", help="table or csv")] = "table",
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Query the pipeline's history in ClickHouse (the embedded one after a demo)."""
+    from mambo.connectors.clickhouse import connect, format_result, query_df
+
+    if fmt not in ("table", "csv"):
+        typer.echo("error: --format must be table or csv", err=True)
+        raise typer.Exit(2)
+    settings = _settings(config, data_dir)
+    try:
+        client = connect(settings.clickhouse_dsn, settings.clickhouse.database)
+        df = query_df(client, query)
+    except Exception as exc:  # a bad query is the user's to fix: say why, no traceback
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(format_result(df, fmt))  # type: ignore[arg-type]
+
+
+def main() -> None:
+    app(prog_name="mambo")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

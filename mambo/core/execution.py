@@ -1,0 +1,340 @@
+"""The paper broker: a matching engine that fills Mambo's own orders against market data.
+
+:class:`PaperBroker` holds every market's resting orders in one state object (an
+:class:`OrderBook` per market key). Orders come in with :meth:`PaperBroker.submit`; market data
+comes in as trades (:meth:`~PaperBroker.on_trade`, or a numpy batch with
+:meth:`~PaperBroker.on_trades`, which returns exactly what the rows one by one would) or as candles
+(:meth:`~PaperBroker.on_candle`). Each returns the fills and the order updates (``Order`` copies with
+the new status) it caused.
+
+Fill model:
+
+* A **market** order fills whole, as taker, on the next trade (or candle) the broker sees for its
+  market: at the trade's price, or the candle's open, moved against the order by ``slippage_bps``
+  (a buy pays up, a sell receives less) and rounded to the tick. So an order decided on candle t
+  fills at candle t+1's open.
+* A **limit** order rests and fills, as maker and at its limit price, when a trade crosses it (buy:
+  trade price <= limit; sell: >=) or a candle's range reaches it (buy: low <= limit; sell: high >=).
+  It fills only up to the trade's (or candle's) volume, which our resting orders on one side share
+  in price-time priority; a short volume leaves it ``partially_filled``.
+* Market data stamped before an order's ``ts_event`` (its decision time) never fills it: a fill
+  never uses a price from before the decision, whatever order the events arrive in.
+* The fee is ``rate × price × qty``, exact, in the market's quote currency. Fills from a candle are
+  stamped with the candle's ``open_time``; fills from a trade with the trade's time.
+
+Ids are deterministic: the n-th fill of an order is ``make_id("fill", client_order_id, n)``, and an
+order update's event id hashes the order id, its status and filled quantity. A client order id is
+accepted once: resubmitting it (a redelivered message) returns nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import InitVar, dataclass, field
+from decimal import Decimal, localcontext
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from mambo.core.market import Market, to_decimal
+from mambo.core.portfolio import MONEY
+from mambo.schemas.events import Candle, Fill, Order, OrderStatus, make_id, split_key
+
+__all__ = ["OrderBook", "PaperBroker", "RestingOrder"]
+
+_ZERO = Decimal(0)
+_BPS = Decimal(10_000)
+
+
+@dataclass
+class RestingOrder:
+    """One of our orders waiting at the broker, as its latest ``Order`` state."""
+
+    order: Order
+    seq: int  # arrival number: time priority
+    limit: float = math.nan  # the limit as float64, the value trade prices are compared with
+    fills: int = 0
+
+    @property
+    def remaining(self) -> Decimal:
+        return self.order.qty - self.order.filled_qty
+
+
+@dataclass
+class OrderBook:
+    """Our orders on one market: market orders in arrival order, limits best price first."""
+
+    market_orders: list[RestingOrder] = field(default_factory=list)
+    bids: list[RestingOrder] = field(default_factory=list)  # buy limits, highest first, then oldest
+    asks: list[RestingOrder] = field(default_factory=list)  # sell limits, lowest first, then oldest
+
+    def __len__(self) -> int:
+        return len(self.market_orders) + len(self.bids) + len(self.asks)
+
+    def add(self, entry: RestingOrder) -> None:
+        if entry.order.order_type == "market":
+            self.market_orders.append(entry)
+        elif entry.order.side == "buy":
+            self.bids.append(entry)
+            self.bids.sort(key=lambda e: (-e.limit, e.seq))
+        else:
+            self.asks.append(entry)
+            self.asks.sort(key=lambda e: (e.limit, e.seq))
+
+    def remove(self, client_order_id: str) -> RestingOrder | None:
+        for side in (self.market_orders, self.bids, self.asks):
+            for i, entry in enumerate(side):
+                if entry.order.client_order_id == client_order_id:
+                    return side.pop(i)
+        return None
+
+    def orders(self) -> list[Order]:
+        return [e.order for e in (*self.market_orders, *self.bids, *self.asks)]
+
+
+@dataclass
+class PaperBroker:
+    """A paper matching engine for all markets; see the module docstring for the fill model."""
+
+    fee_maker: Decimal = Decimal("0.001")
+    fee_taker: Decimal = Decimal("0.001")
+    slippage_bps: Decimal = _ZERO
+    markets: InitVar[Mapping[str, Market] | None] = None
+    _markets: dict[str, Market] = field(init=False)
+    _books: dict[str, OrderBook] = field(init=False, default_factory=dict)
+    _open: dict[str, str] = field(init=False, default_factory=dict)  # client_order_id -> market key
+    _seen: set[str] = field(init=False, default_factory=set)  # every client_order_id ever submitted
+    _seq: int = field(init=False, default=0)
+
+    def __post_init__(self, markets: Mapping[str, Market] | None) -> None:
+        self.fee_maker, self.fee_taker = to_decimal(self.fee_maker), to_decimal(self.fee_taker)
+        self.slippage_bps = to_decimal(self.slippage_bps)
+        self._markets = dict(markets or {})  # a plain dict: picklable, comparable
+
+    def market(self, key: str) -> Market:
+        """The rules of market ``key`` (a permissive default when none were loaded)."""
+        found = self._markets.get(key)
+        if found is None:
+            found = self._markets[key] = Market.default(*split_key(key))
+        return found
+
+    def open_orders(self, key: str | None = None) -> list[Order]:
+        """Resting orders (of one market, or all), each as its latest state."""
+        if key is None:
+            return [order for book in self._books.values() for order in book.orders()]
+        book = self._books.get(key)
+        return book.orders() if book is not None else []
+
+    # --- orders -------------------------------------------------------------------------------
+
+    def submit(self, order: Order, ts_init: int) -> list[Order]:
+        """Accept an order (status ``new``) or reject it (``rejected``, with the reason).
+
+        An order whose ``client_order_id`` was seen before is ignored (returns ``[]``).
+        """
+        if order.client_order_id in self._seen:
+            return []
+        self._seen.add(order.client_order_id)
+        problem = self._invalid(order, self.market(order.key))
+        if problem:
+            return [_update(order, "rejected", order.ts_event, ts_init, reason=f"rejected: {problem}")]
+        ack = _update(order, "new", order.ts_event, ts_init)
+        limit = float(ack.limit_price) if ack.limit_price is not None else math.nan
+        self._books.setdefault(order.key, OrderBook()).add(RestingOrder(ack, self._seq, limit))
+        self._seq += 1
+        self._open[order.client_order_id] = order.key
+        return [ack]
+
+    @staticmethod
+    def _invalid(order: Order, market: Market) -> str:
+        if order.status != "new" or order.filled_qty:
+            return f"a new order must have status new and nothing filled, got {order.status}"
+        if not order.qty > 0 or order.qty % market.step_size:
+            return f"qty {order.qty} must be > 0 and a multiple of the step {market.step_size}"
+        if order.qty < market.min_qty:
+            return f"qty {order.qty} below the market minimum {market.min_qty}"
+        if order.order_type == "limit":
+            limit = order.limit_price
+            if limit is None or not limit > 0 or limit % market.tick_size:
+                return f"limit price {limit} must be > 0 and a multiple of the tick {market.tick_size}"
+            if order.qty * limit < market.min_notional:
+                return f"notional {order.qty * limit} below the market minimum {market.min_notional}"
+        return ""
+
+    def cancel(self, client_order_id: str, ts_init: int | None = None) -> list[Order]:
+        """Cancel a resting order: its ``canceled`` update, or ``[]`` when it is not resting."""
+        key = self._open.pop(client_order_id, None)
+        if key is None:
+            return []
+        book = self._books[key]
+        entry = book.remove(client_order_id)
+        assert entry is not None
+        if not book:
+            del self._books[key]
+        ts = entry.order.ts_init if ts_init is None else ts_init
+        return [_update(entry.order, "canceled", ts, ts)]
+
+    # --- market data --------------------------------------------------------------------------
+
+    def on_trade(self, key: str, ts: int, price: float, qty: float) -> list[Order | Fill]:
+        """Match one public trade of market ``key`` against our resting orders."""
+        book = self._books.get(key)
+        if book is None:
+            return []
+        t, p = int(ts), float(price)
+        return self._match(key, book, t, t, p, p, p, float(qty))
+
+    def on_trades(
+        self,
+        key: str,
+        ts: npt.NDArray[np.int64],
+        price: npt.NDArray[np.float64],
+        qty: npt.NDArray[np.float64],
+    ) -> list[Order | Fill]:
+        """Exactly what :meth:`on_trade` row by row would return, but only visiting rows that can fill.
+
+        Returns at once when nothing rests on the market. Otherwise the rows where some resting
+        order could fill are found vectorized; only those run through the matcher, and the search is
+        redone only when an order leaves the book (no order ever joins it during a batch).
+        """
+        book = self._books.get(key)
+        if book is None:
+            return []
+        out: list[Order | Fill] = []
+        start, n = 0, len(ts)
+        while start < n and book:
+            rows = start + np.flatnonzero(_may_fill(book, ts[start:], price[start:]))
+            resting = len(book)
+            for i in rows.tolist():
+                p = float(price[i])
+                t = int(ts[i])
+                out += self._match(key, book, t, t, p, p, p, float(qty[i]))
+                if len(book) != resting:
+                    start = i + 1
+                    break
+            else:
+                break
+        return out
+
+    def on_candle(self, candle: Candle) -> list[Order | Fill]:
+        """Match a closed candle: market orders at its open, limits its range reaches (see module)."""
+        book = self._books.get(candle.key)
+        if book is None or not candle.closed:
+            return []
+        return self._match(
+            candle.key,
+            book,
+            candle.open_time,
+            candle.ts_init,
+            candle.open,
+            candle.low,
+            candle.high,
+            candle.volume,
+        )
+
+    def _match(
+        self,
+        key: str,
+        book: OrderBook,
+        ts: int,
+        ts_init: int,
+        price: float,
+        low: float,
+        high: float,
+        volume: float,
+    ) -> list[Order | Fill]:
+        """Fill what market data at ``ts`` allows: market orders at ``price``, limits that ``low``
+        (bids) or ``high`` (asks) reach, up to ``volume`` per side."""
+        market = self.market(key)
+        out: list[Order | Fill] = []
+        for entry in [e for e in book.market_orders if ts >= e.order.ts_event]:
+            fill_price = self._slipped(market, entry.order.side, price)
+            out += self._fill(book, entry, market, ts, ts_init, fill_price, entry.remaining, "taker")
+        for side, reached in ((book.bids, lambda lim: low <= lim), (book.asks, lambda lim: high >= lim)):
+            available = market.round_qty(volume) if side else _ZERO
+            for entry in list(side):
+                if available <= 0 or not reached(entry.limit):
+                    break  # sorted best first: once one is not reached, none further is
+                if ts < entry.order.ts_event:
+                    continue
+                qty = min(entry.remaining, available)
+                available -= qty
+                limit = entry.order.limit_price
+                assert limit is not None
+                out += self._fill(book, entry, market, ts, ts_init, limit, qty, "maker")
+        if not book:
+            del self._books[key]
+        return out
+
+    def _slipped(self, market: Market, side: str, price: float) -> Decimal:
+        """The market order's price: ``price`` moved against it by the slippage, on the tick."""
+        p = to_decimal(price)
+        if self.slippage_bps:
+            move = self.slippage_bps / _BPS
+            p = p * (1 + move if side == "buy" else 1 - move)
+        return market.round_price(p)
+
+    def _fill(
+        self,
+        book: OrderBook,
+        entry: RestingOrder,
+        market: Market,
+        ts: int,
+        ts_init: int,
+        price: Decimal,
+        qty: Decimal,
+        liquidity: Literal["maker", "taker"],
+    ) -> list[Order | Fill]:
+        order = entry.order
+        with localcontext(MONEY):
+            fee = (self.fee_maker if liquidity == "maker" else self.fee_taker) * price * qty
+            filled = order.filled_qty + qty
+        entry.fills += 1
+        fill_id = make_id("fill", order.client_order_id, entry.fills)
+        fill = Fill(
+            event_id=fill_id,
+            ts_event=ts,
+            ts_init=ts_init,
+            exchange=order.exchange,
+            symbol=order.symbol,
+            fill_id=fill_id,
+            client_order_id=order.client_order_id,
+            strategy=order.strategy,
+            side=order.side,
+            price=price,
+            qty=qty,
+            fee=fee,
+            fee_currency=market.quote,
+            liquidity=liquidity,
+        )
+        status: OrderStatus = "filled" if filled >= order.qty else "partially_filled"
+        entry.order = _update(order, status, ts, ts_init, filled_qty=filled)
+        if status == "filled":
+            book.remove(order.client_order_id)
+            del self._open[order.client_order_id]
+        return [fill, entry.order]
+
+
+def _update(order: Order, status: OrderStatus, ts_event: int, ts_init: int, **changes: object) -> Order:
+    """The order in a new state, as its own event (the id hashes the order, status and filled qty)."""
+    filled = changes.get("filled_qty", order.filled_qty)
+    event_id = make_id("order", order.client_order_id, status, filled)
+    return order.model_copy(
+        update={"event_id": event_id, "ts_event": ts_event, "ts_init": ts_init, "status": status, **changes}
+    )
+
+
+def _may_fill(
+    book: OrderBook, ts: npt.NDArray[np.int64], price: npt.NDArray[np.float64]
+) -> npt.NDArray[np.bool_]:
+    """Rows where at least one resting order could fill (a superset: the matcher decides)."""
+    mask = np.zeros(len(ts), dtype=bool)
+    if book.market_orders:
+        mask |= ts >= min(e.order.ts_event for e in book.market_orders)
+    if book.bids:
+        mask |= (price <= book.bids[0].limit) & (ts >= min(e.order.ts_event for e in book.bids))
+    if book.asks:
+        mask |= (price >= book.asks[0].limit) & (ts >= min(e.order.ts_event for e in book.asks))
+    return mask

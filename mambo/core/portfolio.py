@@ -1,0 +1,217 @@
+"""The portfolio: cash, positions and equity of one account, kept exactly from fills and marks.
+
+:class:`Portfolio` is the state object (one per account); :class:`PositionState` is one market's
+position inside it. Feed it every :class:`~mambo.schemas.events.Fill` with :meth:`Portfolio.apply`
+and the latest prices with :meth:`Portfolio.mark`; read :meth:`Portfolio.snapshot` for the account.
+
+Exactness. Each position keeps its *cost basis* (the signed Σ qty·price of the fills still open)
+rather than an average price, and all money arithmetic runs in :data:`MONEY`, a decimal context wide
+enough that sums and products never round. So, to the last unit and at every step:
+
+* ``cash + Σ qty·mark == equity``
+* ``Σ signed fill qty == position qty``
+* ``realized + unrealized - fees == equity - initial cash``
+
+The one division, the cost taken out when part of a position closes, is exact when it can be and
+otherwise rounded to 1e-18; because realized PnL and the remaining cost basis take the same rounded
+amount, the identities still hold exactly. The average price is derived (cost / qty) for display.
+
+Conventions: a fill's ``realized_pnl`` is the price PnL of the quantity it closed, before fees;
+fees are counted in the account's (quote) currency, as the paper broker charges them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from decimal import ROUND_HALF_EVEN, Context, Decimal, localcontext
+from types import MappingProxyType
+
+from mambo.core.market import to_decimal
+from mambo.schemas.events import EquitySnapshot, Fill, Position, make_id, split_key
+
+__all__ = ["MONEY", "Portfolio", "PositionState"]
+
+#: The decimal context of money: wide enough that sums and products of prices, quantities, fee
+#: rates and cash never round (60 significant digits).
+MONEY = Context(prec=60, rounding=ROUND_HALF_EVEN)
+
+_ZERO = Decimal(0)
+_COST_QUANTUM = Decimal("1e-18")
+
+
+def _cost_share(cost: Decimal, closing: Decimal, qty: Decimal) -> Decimal:
+    """The part of ``cost`` that ``closing`` of ``qty`` carries: exact, or rounded to 1e-18."""
+    with localcontext(MONEY):
+        share = cost * closing / qty
+        rounded = share.quantize(_COST_QUANTUM)
+    return share if share == rounded else rounded
+
+
+@dataclass
+class PositionState:
+    """One market's position: signed quantity, cost basis, realized PnL and fees so far, last mark."""
+
+    exchange: str
+    symbol: str
+    mark_price: Decimal
+    qty: Decimal = _ZERO
+    #: Signed Σ qty·price of the open quantity (negative for a short); ``avg_price = cost / qty``.
+    cost: Decimal = _ZERO
+    realized_pnl: Decimal = _ZERO
+    fees: Decimal = _ZERO
+
+    @property
+    def key(self) -> str:
+        return f"{self.exchange}:{self.symbol}"
+
+    @property
+    def avg_price(self) -> Decimal:
+        """Average entry price of the open quantity (0 when flat)."""
+        return self.cost / self.qty if self.qty else _ZERO
+
+    @property
+    def market_value(self) -> Decimal:
+        """Signed value at the mark: ``qty · mark``."""
+        return MONEY.multiply(self.qty, self.mark_price)
+
+    @property
+    def unrealized_pnl(self) -> Decimal:
+        return MONEY.subtract(self.market_value, self.cost)
+
+
+@dataclass
+class Portfolio:
+    """Cash, positions and equity of one account, long and short, updated fill by fill."""
+
+    initial_cash: Decimal
+    account: str = "paper"
+    cash: Decimal = field(init=False)
+    #: Highest equity seen after any fill or mark; drawdown is measured from it.
+    peak_equity: Decimal = field(init=False)
+    _books: dict[str, PositionState] = field(init=False, default_factory=dict)
+    #: Count of fills and marks applied; makes snapshot ids unique and deterministic.
+    _version: int = field(init=False, default=0)
+
+    def __post_init__(self) -> None:
+        self.initial_cash = to_decimal(self.initial_cash)
+        self.cash = self.initial_cash
+        self.peak_equity = self.initial_cash
+
+    # --- updates -------------------------------------------------------------------------------
+
+    def apply(self, fill: Fill) -> tuple[Fill, Position]:
+        """Book a fill: returns it with ``realized_pnl`` set, and the market's position after it.
+
+        Handles opening, adding to, reducing, closing and flipping longs and shorts; the fee
+        reduces cash. A market's first fill also gives it its first mark.
+        """
+        if not (fill.qty > 0 and fill.price > 0):
+            raise ValueError(f"fill {fill.fill_id}: qty and price must be > 0, got {fill.qty} @ {fill.price}")
+        with localcontext(MONEY):
+            pos = self._books.get(fill.key)
+            if pos is None:
+                pos = self._books[fill.key] = PositionState(fill.exchange, fill.symbol, fill.price)
+            traded = fill.qty if fill.side == "buy" else -fill.qty
+            opening, realized = traded, _ZERO
+            if pos.qty and (pos.qty > 0) != (traded > 0):
+                # The fill first closes (part of) the position at its cost basis; the rest opens.
+                closing = min(fill.qty, abs(pos.qty)).copy_sign(pos.qty)
+                removed = pos.cost if closing == pos.qty else _cost_share(pos.cost, closing, pos.qty)
+                realized = closing * fill.price - removed
+                pos.cost -= removed
+                pos.qty -= closing
+                opening += closing
+            pos.cost += opening * fill.price
+            pos.qty += opening
+            pos.realized_pnl += realized
+            pos.fees += fill.fee
+            self.cash -= traded * fill.price + fill.fee
+        self._touch()
+        booked = fill.model_copy(update={"realized_pnl": realized})
+        return booked, self._position_event(pos, fill.ts_event, fill.ts_init, fill.fill_id)
+
+    def mark(self, key: str, price: float | Decimal) -> None:
+        """Value the market ``key`` at ``price`` from now on (a float is taken at its shortest repr)."""
+        mark = to_decimal(price)
+        if not mark > 0:
+            raise ValueError(f"mark of {key} must be > 0, got {price!r}")
+        pos = self._books.get(key)
+        if pos is None:
+            pos = self._books[key] = PositionState(*split_key(key), mark_price=mark)
+        pos.mark_price = mark
+        self._touch()
+
+    def _touch(self) -> None:
+        self._version += 1
+        self.peak_equity = max(self.peak_equity, self.equity)
+
+    # --- reading ------------------------------------------------------------------------------
+
+    def position(self, key: str) -> Decimal:
+        """Signed quantity held in market ``key`` (0 when flat or unknown)."""
+        pos = self._books.get(key)
+        return pos.qty if pos is not None else _ZERO
+
+    @property
+    def positions(self) -> Mapping[str, PositionState]:
+        """The open (non-flat) positions by market key, read-only."""
+        return MappingProxyType({k: p for k, p in self._books.items() if p.qty})
+
+    @property
+    def positions_value(self) -> Decimal:
+        """Σ qty·mark over all positions (shorts count negative)."""
+        with localcontext(MONEY):
+            return sum((p.market_value for p in self._books.values()), _ZERO)
+
+    @property
+    def equity(self) -> Decimal:
+        """Cash plus positions at market."""
+        return MONEY.add(self.cash, self.positions_value)
+
+    @property
+    def drawdown(self) -> float:
+        """Fall of equity from its peak, as a fraction of the peak (0 when at the peak)."""
+        if self.peak_equity <= 0:
+            return 0.0
+        return max(0.0, float((self.peak_equity - self.equity) / self.peak_equity))
+
+    def position_event(self, key: str, ts_event: int, ts_init: int) -> Position:
+        """The market's position as an event (e.g. after a mark)."""
+        pos = self._books.get(key) or PositionState(*split_key(key), mark_price=_ZERO)
+        return self._position_event(pos, ts_event, ts_init, f"v{self._version}")
+
+    def snapshot(self, ts_event: int, ts_init: int) -> EquitySnapshot:
+        """The account now: cash + positions at market = equity, exactly."""
+        with localcontext(MONEY):
+            books = self._books.values()
+            value = sum((p.market_value for p in books), _ZERO)
+            return EquitySnapshot(
+                event_id=make_id("equity", self.account, ts_event, self._version),
+                ts_event=ts_event,
+                ts_init=ts_init,
+                account=self.account,
+                cash=self.cash,
+                positions_value=value,
+                equity=self.cash + value,
+                realized_pnl=sum((p.realized_pnl for p in books), _ZERO),
+                unrealized_pnl=sum((p.unrealized_pnl for p in books), _ZERO),
+                fees=sum((p.fees for p in books), _ZERO),
+                drawdown=self.drawdown,
+            )
+
+    @staticmethod
+    def _position_event(pos: PositionState, ts_event: int, ts_init: int, source: str) -> Position:
+        return Position(
+            event_id=make_id("position", pos.key, source),
+            ts_event=ts_event,
+            ts_init=ts_init,
+            exchange=pos.exchange,
+            symbol=pos.symbol,
+            qty=pos.qty,
+            avg_price=pos.avg_price,
+            realized_pnl=pos.realized_pnl,
+            unrealized_pnl=pos.unrealized_pnl,
+            fees=pos.fees,
+            mark_price=pos.mark_price,
+        )

@@ -1,0 +1,355 @@
+"""Pre-trade risk: turns an OrderIntent into a sized, rounded Order or a RiskRejection event.
+
+:class:`RiskConfig` holds the limits; :class:`RiskEngine` is the state object (one per account) that
+applies them. Start with :meth:`RiskEngine.check`; :meth:`RiskEngine.on_candle` watches open
+positions for stop-loss, take-profit and trailing stops and emits exit intents;
+:meth:`RiskEngine.on_order` learns what became of the orders it let through.
+
+Rules, by their ``rule`` name in a :class:`~mambo.schemas.events.RiskRejection`:
+
+* ``invalid``: a malformed intent (no usable price, qty <= 0, a limit order without a limit).
+* ``no_position``: a reduce-only intent with nothing (left) to reduce.
+* ``max_drawdown``: the kill switch. Once equity falls ``max_drawdown`` below its peak, new entries
+  are refused until :meth:`RiskEngine.resume`; exits still pass.
+* ``cooldown``: no new entry in a market for ``cooldown_ns`` (event time) after a stop-out there.
+* ``rate_limit``: at most ``max_orders_per_minute`` orders in any minute of event time.
+* ``no_equity``: nothing to size an order from.
+* ``min_qty`` / ``min_notional``: the market's minimums (after rounding the qty down to the step).
+* ``max_open_positions``, ``max_exposure_per_symbol``, ``max_total_exposure``: limits on the
+  positions an entry would leave, exposures as fractions of equity.
+
+Exits (``reduce_only``) pass every rule but the validity ones (``invalid``, ``no_position``,
+``min_qty``, ``min_notional``) and are capped to the position. Orders already let through but not
+yet done count as if filled: an exit is capped to what earlier exits leave, and limits see the
+position the open orders would make. So a stop and a strategy's exit on the same candle do not
+sell the position twice. This needs the broker's order updates fed to :meth:`RiskEngine.on_order`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import InitVar, dataclass, field
+from decimal import Decimal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from mambo.core.market import Market, to_decimal
+from mambo.core.portfolio import Portfolio
+from mambo.schemas.events import Candle, Order, OrderIntent, RiskRejection, make_id, split_key
+
+__all__ = ["RiskConfig", "RiskEngine"]
+
+_ZERO = Decimal(0)
+_MINUTE_NS = 60_000_000_000
+_DONE = frozenset({"filled", "canceled", "rejected", "expired"})
+
+
+class RiskConfig(BaseModel):
+    """Risk limits. Fractions are of equity (exposures) or of the entry price (stops); None is off."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    position_fraction: Decimal = Field(Decimal("0.1"), gt=0, description="size of an unsized entry")
+    max_open_positions: int | None = Field(None, ge=1)
+    max_exposure_per_symbol: Decimal | None = Field(None, gt=0)
+    max_total_exposure: Decimal | None = Field(None, gt=0)
+    stop_loss: Decimal | None = Field(None, gt=0, lt=1)
+    take_profit: Decimal | None = Field(None, gt=0)
+    trailing_stop: Decimal | None = Field(None, gt=0, lt=1)
+    max_drawdown: float | None = Field(None, gt=0, le=1, description="kill switch: halts new entries")
+    cooldown_ns: int = Field(0, ge=0, description="no entry in a market this long after a stop-out")
+    max_orders_per_minute: int | None = Field(None, ge=1, description="event time, all markets")
+
+
+@dataclass
+class _Reserved:
+    """An order let through and not yet done: its signed open qty and reference price."""
+
+    key: str
+    open_qty: Decimal
+    price: Decimal
+
+
+@dataclass
+class _Watermark:
+    """Best close since a position's entry (highest for a long, lowest for a short)."""
+
+    qty: Decimal  # the position when last seen: a larger one is a new entry
+    best: Decimal
+
+
+class _Denied(Exception):
+    """A broken rule, raised inside :meth:`RiskEngine._accept` and turned into a rejection event."""
+
+    def __init__(self, rule: str, reason: str) -> None:
+        self.rule, self.reason = rule, reason
+
+
+@dataclass
+class RiskEngine:
+    """Applies a :class:`RiskConfig` to intents and watches open positions; see the module docstring."""
+
+    config: RiskConfig
+    markets: InitVar[Mapping[str, Market] | None] = None
+    #: True once the drawdown kill switch has fired; only :meth:`resume` clears it.
+    halted: bool = field(init=False, default=False)
+    _markets: dict[str, Market] = field(init=False)
+    _cooldown_until: dict[str, int] = field(init=False, default_factory=dict)
+    _recent: deque[int] = field(init=False, default_factory=deque)  # ts_event of orders let through
+    _reserved: dict[str, _Reserved] = field(init=False, default_factory=dict)  # by client_order_id
+    _watermarks: dict[str, _Watermark] = field(init=False, default_factory=dict)
+
+    def __post_init__(self, markets: Mapping[str, Market] | None) -> None:
+        self._markets = dict(markets or {})
+
+    def market(self, key: str) -> Market:
+        """The rules of market ``key`` (a permissive default when none were loaded)."""
+        found = self._markets.get(key)
+        if found is None:
+            found = self._markets[key] = Market.default(*split_key(key))
+        return found
+
+    def resume(self) -> None:
+        """Clear the drawdown kill switch (an operator's decision)."""
+        self.halted = False
+
+    # --- intents ------------------------------------------------------------------------------
+
+    def check(self, intent: OrderIntent, portfolio: Portfolio, ts_init: int) -> Order | RiskRejection:
+        """The intent as a sized, rounded Order, or the RiskRejection of the first rule it breaks."""
+        try:
+            return self._accept(intent, portfolio, ts_init)
+        except _Denied as denied:
+            return RiskRejection(
+                event_id=make_id("rejection", intent.client_order_id),
+                ts_event=intent.ts_event,
+                ts_init=ts_init,
+                exchange=intent.exchange,
+                symbol=intent.symbol,
+                client_order_id=intent.client_order_id,
+                strategy=intent.strategy,
+                side=intent.side,
+                rule=denied.rule,
+                reason=denied.reason,
+            )
+
+    def _accept(self, intent: OrderIntent, portfolio: Portfolio, ts_init: int) -> Order:
+        key = intent.key
+        market = self.market(key)
+        limit, price = self._prices(intent, market)
+        if intent.qty is not None and not intent.qty > 0:
+            raise _Denied("invalid", f"qty must be > 0, got {intent.qty}")
+        sign = 1 if intent.side == "buy" else -1
+        projected = self._projected(key, portfolio)
+        if intent.reduce_only:
+            if projected * sign >= 0:
+                raise _Denied(
+                    "no_position",
+                    f"reduce-only {intent.side} but the position is {portfolio.position(key)}"
+                    f" ({projected} counting open orders)",
+                )
+            wanted = abs(projected) if intent.qty is None else min(intent.qty, abs(projected))
+        else:
+            self._check_entry_gates(intent, portfolio)
+            if intent.qty is not None:
+                wanted = intent.qty
+            else:
+                equity = portfolio.equity
+                if equity <= 0:
+                    raise _Denied("no_equity", f"cannot size from equity {equity}")
+                wanted = self.config.position_fraction * equity / price
+        qty = market.round_qty(wanted)
+        if qty <= 0 or qty < market.min_qty:
+            raise _Denied(
+                "min_qty", f"qty {wanted} rounds to {qty} at step {market.step_size}, min {market.min_qty}"
+            )
+        if qty * price < market.min_notional:
+            raise _Denied("min_notional", f"notional {qty * price} below the minimum {market.min_notional}")
+        if not intent.reduce_only:
+            self._check_exposure(key, projected + sign * qty, price, portfolio)
+        self._note_order(intent.ts_event)
+        self._reserved[intent.client_order_id] = _Reserved(key, sign * qty, price)
+        return Order(
+            event_id=make_id("order", intent.client_order_id),
+            ts_event=intent.ts_event,
+            ts_init=ts_init,
+            exchange=intent.exchange,
+            symbol=intent.symbol,
+            client_order_id=intent.client_order_id,
+            strategy=intent.strategy,
+            side=intent.side,
+            order_type=intent.order_type,
+            qty=qty,
+            limit_price=limit,
+            reduce_only=intent.reduce_only,
+            reason=intent.reason,
+        )
+
+    @staticmethod
+    def _prices(intent: OrderIntent, market: Market) -> tuple[Decimal | None, Decimal]:
+        """The rounded limit (None for a market order) and the price to size and value it at."""
+        if intent.order_type == "limit":
+            if intent.limit_price is None or not intent.limit_price > 0:
+                raise _Denied("invalid", f"a limit order needs a limit price > 0, got {intent.limit_price}")
+            limit = market.round_price(intent.limit_price)
+            if not limit > 0:
+                raise _Denied("invalid", f"limit {intent.limit_price} rounds to {limit} at the tick")
+            return limit, limit
+        if not (math.isfinite(intent.price) and intent.price > 0):
+            raise _Denied("invalid", f"the reference price must be a finite number > 0, got {intent.price}")
+        return None, to_decimal(intent.price)
+
+    def _check_entry_gates(self, intent: OrderIntent, portfolio: Portfolio) -> None:
+        """The rules that stop entries whatever their size: kill switch, cooldown, rate limit."""
+        cfg, ts = self.config, intent.ts_event
+        self._update_halt(portfolio)
+        if self.halted:
+            raise _Denied(
+                "max_drawdown",
+                f"trading halted: drawdown {portfolio.drawdown:.2%} reached the limit {cfg.max_drawdown:.2%}",
+            )
+        until = self._cooldown_until.get(intent.key, 0)
+        if ts < until:
+            raise _Denied("cooldown", f"{intent.key} is cooling down after a stop-out until {until}")
+        if cfg.max_orders_per_minute is not None:
+            recent = sum(1 for t in self._recent if t > ts - _MINUTE_NS)
+            if recent >= cfg.max_orders_per_minute:
+                raise _Denied(
+                    "rate_limit", f"{recent} orders in the last minute, max {cfg.max_orders_per_minute}"
+                )
+
+    def _note_order(self, ts: int) -> None:
+        """Remember an order's time for the rate limit, forgetting those over a minute old."""
+        if self.config.max_orders_per_minute is None:
+            return
+        self._recent.append(ts)
+        while self._recent and self._recent[0] <= ts - _MINUTE_NS:
+            self._recent.popleft()
+
+    def _check_exposure(self, key: str, after: Decimal, price: Decimal, portfolio: Portfolio) -> None:
+        """Limits on the positions an entry leaves: count, per-symbol and total exposure.
+
+        An entry is refused only when it makes a limit's figure worse, so an entry that shrinks
+        an oversized position always passes.
+        """
+        cfg, equity = self.config, portfolio.equity
+        before = self._exposures(portfolio)
+        after_all = {**before, key: abs(after) * price}
+        if cfg.max_open_positions is not None and after and not before.get(key):
+            count = sum(1 for v in after_all.values() if v)
+            if count > cfg.max_open_positions:
+                raise _Denied(
+                    "max_open_positions", f"{count} positions would be open, max {cfg.max_open_positions}"
+                )
+        for rule, limit, was, will in (
+            ("max_exposure_per_symbol", cfg.max_exposure_per_symbol, before.get(key, _ZERO), after_all[key]),
+            (
+                "max_total_exposure",
+                cfg.max_total_exposure,
+                sum(before.values(), _ZERO),
+                sum(after_all.values(), _ZERO),
+            ),
+        ):
+            if limit is not None and will > limit * equity and will > was:
+                raise _Denied(rule, f"exposure {will:f} would exceed {limit:%} of equity {equity:f}")
+
+    # --- positions ----------------------------------------------------------------------------
+
+    def _projected(self, key: str, portfolio: Portfolio) -> Decimal:
+        """The position in ``key`` once the open orders let through fill."""
+        pending = sum((r.open_qty for r in self._reserved.values() if r.key == key), _ZERO)
+        return portfolio.position(key) + pending
+
+    def _exposures(self, portfolio: Portfolio) -> dict[str, Decimal]:
+        """|projected qty| × price of every market with a position or an open order (mark first)."""
+        prices = {r.key: r.price for r in self._reserved.values()}
+        prices.update({k: p.mark_price for k, p in portfolio.positions.items()})
+        return {k: abs(self._projected(k, portfolio)) * price for k, price in prices.items()}
+
+    def on_order(self, order: Order) -> None:
+        """Learn an order's new state from the broker: done orders stop counting as open."""
+        reserved = self._reserved.get(order.client_order_id)
+        if reserved is None:
+            return
+        if order.status in _DONE:
+            del self._reserved[order.client_order_id]
+        else:
+            remaining = order.qty - order.filled_qty
+            reserved.open_qty = remaining if order.side == "buy" else -remaining
+
+    def _update_halt(self, portfolio: Portfolio) -> None:
+        limit = self.config.max_drawdown
+        if limit is not None and portfolio.drawdown >= limit:
+            self.halted = True
+
+    # --- stops --------------------------------------------------------------------------------
+
+    def on_candle(self, candle: Candle, portfolio: Portfolio, ts_init: int) -> list[OrderIntent]:
+        """Check the market's position against its stops at a closed candle's close.
+
+        Returns at most one reduce-only market exit for the whole position (stop-loss first, then
+        trailing stop, then take-profit); a stop-loss or trailing stop starts the market's cooldown.
+        A position whose exit is already on its way is left alone. The trailing stop's high-water
+        mark (the best close since entry) starts again when the position grows or flips.
+        """
+        key = candle.key
+        self._update_halt(portfolio)
+        pos = portfolio.positions.get(key)
+        if pos is None:
+            self._watermarks.pop(key, None)
+            return []
+        if not candle.closed:
+            return []
+        close, avg, long = to_decimal(candle.close), pos.avg_price, pos.qty > 0
+        mark = self._watermarks.get(key)
+        if mark is None or (mark.qty > 0) != long or abs(pos.qty) > abs(mark.qty):
+            mark = self._watermarks[key] = _Watermark(pos.qty, avg)
+        mark.qty = pos.qty
+        mark.best = max(mark.best, close) if long else min(mark.best, close)
+        fired = self._stop_fired(close, avg, mark.best, long)
+        projected = self._projected(key, portfolio)
+        if fired is None or (projected > 0) != long or not projected:
+            return []
+        rule, reason = fired
+        if rule != "take_profit":
+            self._cooldown_until[key] = candle.ts_event + self.config.cooldown_ns
+        client_order_id = make_id("stop", key, candle.ts_event, rule)
+        return [
+            OrderIntent(
+                event_id=make_id("intent", client_order_id),
+                ts_event=candle.ts_event,
+                ts_init=ts_init,
+                exchange=candle.exchange,
+                symbol=candle.symbol,
+                client_order_id=client_order_id,
+                strategy="risk",
+                side="sell" if long else "buy",
+                qty=abs(projected),
+                reduce_only=True,
+                reason=reason,
+                price=candle.close,
+            )
+        ]
+
+    def _stop_fired(self, close: Decimal, avg: Decimal, best: Decimal, long: bool) -> tuple[str, str] | None:
+        """The first stop ``close`` reaches, as (rule, reason); None when none does."""
+        cfg = self.config
+        down = -1 if long else 1  # the sign of an adverse move
+
+        def reached(level: Decimal, adverse: bool) -> bool:
+            return close <= level if long == adverse else close >= level
+
+        stops = (
+            ("stop_loss", cfg.stop_loss, avg, "entry", True),
+            ("trailing_stop", cfg.trailing_stop, best, "best close", True),
+            ("take_profit", cfg.take_profit, avg, "entry", False),
+        )
+        for rule, fraction, base, name, adverse in stops:
+            if fraction is None:
+                continue
+            level = base * (1 + (down if adverse else -down) * fraction)
+            if reached(level, adverse):
+                return rule, f"{rule}: close {close} reached {level:f} ({fraction:%} from {name} {base:f})"
+        return None

@@ -1,0 +1,333 @@
+"""The pipeline's stages: each wires core operators to the topics it reads and writes.
+
+A stage is pure: ``handle(topic, payload)`` returns the ``(topic, event)`` pairs it produces, in
+causal order, and touches no I/O. The embedded bus (:mod:`mambo.streams.bus`) dispatches them depth
+first; the Faust agents call the same ``handle``. State is per market key inside each stage's
+operators, so each stage can be partitioned by ``exchange:symbol``.
+
+Order on a candle topic matters and is the registration order of :func:`build_stages`: execution
+(candle-driven fills at the next candle's open), portfolio (mark and equity), risk (stops), signals
+(keeps the candle), then indicators → strategies → aggregation → intents → risk → orders. So an order decided on candle t
+always fills on later data, never on candle t itself.
+
+The candle stage is the one *splitting* stage: it returns, with each candle, the index in the trade
+batch of the trade that closed it, and the bus hands the later md.trades subscribers (execution) the
+batch in slices between those indices. Processing a batch whole, in pieces or one trade at a time
+therefore gives identical outputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, Literal
+
+from mambo.core.aggregation import SignalAggregator
+from mambo.core.candles import CandleBuilder
+from mambo.core.execution import PaperBroker
+from mambo.core.indicators import IndicatorSet
+from mambo.core.intents import IntentPolicy
+from mambo.core.market import Market
+from mambo.core.portfolio import Portfolio
+from mambo.core.risk import RiskConfig, RiskEngine
+from mambo.core.strategies import Bar, Strategy, load_strategy, make_signal
+from mambo.schemas.batches import TradeBatch
+from mambo.schemas.events import (
+    AggregatedSignal,
+    Candle,
+    Fill,
+    IndicatorValues,
+    Order,
+    OrderIntent,
+    RiskRejection,
+    Signal,
+    make_id,
+    split_key,
+    timeframe_ns,
+)
+from mambo.schemas.topics import (
+    EQUITY,
+    EXCHANGE_CANDLES,
+    FILLS,
+    INDICATORS,
+    INTENTS,
+    ORDERS,
+    POSITIONS,
+    REJECTIONS,
+    SIGNALS,
+    SIGNALS_RAW,
+    TRADES,
+    candle_topic,
+)
+
+__all__ = [
+    "DEFAULT_INDICATORS",
+    "CandleStage",
+    "EngineConfig",
+    "ExecutionStage",
+    "IndicatorStage",
+    "Out",
+    "RiskStage",
+    "SignalStage",
+    "Stage",
+    "build_stages",
+]
+
+Out = list[tuple[str, Any]]
+#: Indicators computed for every market besides those the strategies need (the dashboard's overlays).
+DEFAULT_INDICATORS: tuple[str, ...] = ("ema:20", "rsi:14", "bbands:20:2", "atr:14", "vwap")
+
+
+@dataclass
+class EngineConfig:
+    """What the pipeline builds and trades. One object for every runtime (settings fill it in)."""
+
+    timeframes: tuple[str, ...] = ("1m",)
+    trading_timeframe: str = "1m"
+    strategies: tuple[str, ...] = ("sma_cross",)
+    strategy_params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    indicators: tuple[str, ...] = DEFAULT_INDICATORS
+    aggregation_threshold: float = 0.0
+    initial_cash: Decimal = Decimal(100_000)
+    order_qty: Decimal | None = None  # None: risk sizes entries from equity
+    allow_short: bool = False
+    fee_maker: Decimal = Decimal("0.001")
+    fee_taker: Decimal = Decimal("0.001")
+    slippage_bps: Decimal = Decimal(0)
+    fill_on: Literal["trades", "candles"] = "trades"
+    risk: RiskConfig = field(default_factory=RiskConfig)
+
+    def __post_init__(self) -> None:
+        for tf in (*self.timeframes, self.trading_timeframe):
+            timeframe_ns(tf)
+        if self.trading_timeframe not in self.timeframes:
+            self.timeframes = (*self.timeframes, self.trading_timeframe)
+
+
+class Stage:
+    """Base of every stage: its name, the topics it reads, and its handler."""
+
+    name: str = "stage"
+    inputs: tuple[str, ...] = ()
+    splits_batches: bool = False
+
+    def handle(self, topic: str, payload: Any) -> Out:
+        raise NotImplementedError
+
+
+class CandleStage(Stage):
+    """md.trades (TradeBatch) → md.candles.<tf>; exchange candles on md.candles pass through."""
+
+    name = "candles"
+    splits_batches = True
+
+    def __init__(self, timeframes: Sequence[str]) -> None:
+        self.timeframes = tuple(timeframes)
+        self.inputs = (TRADES.name, EXCHANGE_CANDLES.name)
+        self.builders: dict[str, CandleBuilder] = {}
+
+    def builder(self, key: str) -> CandleBuilder:
+        b = self.builders.get(key)
+        if b is None:
+            exchange, symbol = split_key(key)
+            b = self.builders[key] = CandleBuilder(exchange, symbol, self.timeframes)
+        return b
+
+    def split(self, batch: TradeBatch) -> list[tuple[int, str, Candle]]:
+        """Candles closed by the batch, with the index of the closing trade, in stream order."""
+        out: list[tuple[int, str, Candle]] = []
+        codes = batch.market
+        for code, key in enumerate(batch.keys):
+            sel = (codes == code).nonzero()[0] if len(batch.keys) > 1 else None
+            sub = batch if sel is None else batch.take(sel)
+            if not len(sub):
+                continue
+            for idx, candle in self.builder(key).update_batch(sub.ts, sub.price, sub.qty, batch.ts_init):
+                out.append((idx if sel is None else int(sel[idx]), candle_topic(candle.timeframe), candle))
+        out.sort(key=lambda r: r[0])  # stable: timeframes stay shortest first at one index
+        return out
+
+    def handle(self, topic: str, payload: Any) -> Out:
+        if topic == EXCHANGE_CANDLES.name:
+            return [(candle_topic(payload.timeframe), payload)]
+        return [(t, c) for _, t, c in self.split(payload)]
+
+    def flush(self, watermark: int, ts_init: int = 0) -> Out:
+        """Close every candle that ends at or before the watermark (end of a replay, idle markets)."""
+        return [(candle_topic(c.timeframe), c) for b in self.builders.values() for c in b.advance(watermark, ts_init)]
+
+
+class ExecutionStage(Stage):
+    """orders → broker; market data → fills (applied to the portfolio), order updates, positions."""
+
+    name = "execution"
+
+    def __init__(self, broker: PaperBroker, portfolio: Portfolio, trading_timeframe: str, fill_on: str) -> None:
+        self.broker = broker
+        self.portfolio = portfolio
+        self.fill_on = fill_on
+        self.inputs = (ORDERS.name, TRADES.name, candle_topic(trading_timeframe))
+
+    def handle(self, topic: str, payload: Any) -> Out:
+        if topic == ORDERS.name:
+            if payload.status != "new":
+                return []
+            return self._publish(self.broker.submit(payload, payload.ts_init), payload.ts_init)
+        if topic == TRADES.name:
+            if self.fill_on != "trades":
+                return []
+            batch: TradeBatch = payload
+            out: Out = []
+            for code, key in enumerate(batch.keys):
+                if not self.broker.has_pending(key):
+                    continue
+                sel = batch.market == code
+                out += self._publish(
+                    self.broker.on_trades(key, batch.ts[sel], batch.price[sel], batch.qty[sel]), batch.ts_init
+                )
+            return out
+        if self.fill_on != "candles":
+            return []
+        return self._publish(self.broker.on_candle(payload), payload.ts_init)
+
+    def _publish(self, events: Sequence[Order | Fill], ts_init: int) -> Out:
+        out: Out = []
+        for ev in events:
+            if isinstance(ev, Fill):
+                fill, position = self.portfolio.apply(ev)
+                out += [(FILLS.name, fill), (POSITIONS.name, position)]
+                out.append((EQUITY.name, self.portfolio.snapshot(fill.ts_event, ts_init)))
+            else:
+                out.append((ORDERS.name, ev))
+        return out
+
+
+class PortfolioStage(Stage):
+    """Closed candles of the trading timeframe mark positions; an equity snapshot follows."""
+
+    name = "portfolio"
+
+    def __init__(self, portfolio: Portfolio, trading_timeframe: str) -> None:
+        self.portfolio = portfolio
+        self.inputs = (candle_topic(trading_timeframe),)
+
+    def handle(self, topic: str, payload: Any) -> Out:
+        c: Candle = payload
+        if self.portfolio.position(c.key) == 0:
+            return []
+        self.portfolio.mark(c.key, c.close)
+        return [(EQUITY.name, self.portfolio.snapshot(c.ts_event, c.ts_init))]
+
+
+class IndicatorStage(Stage):
+    """md.candles.<tf> → indicators, one IndicatorSet per market and timeframe."""
+
+    name = "indicators"
+
+    def __init__(self, timeframes: Sequence[str], specs: Sequence[str]) -> None:
+        self.specs = tuple(dict.fromkeys(specs))
+        self.inputs = tuple(candle_topic(tf) for tf in timeframes)
+        self.sets: dict[tuple[str, str], IndicatorSet] = {}
+
+    def handle(self, topic: str, payload: Any) -> Out:
+        c: Candle = payload
+        ind = self.sets.get((c.key, c.timeframe))
+        if ind is None:
+            ind = self.sets[(c.key, c.timeframe)] = IndicatorSet(self.specs)
+        values = ind.update(c.open_time, c.open, c.high, c.low, c.close, c.volume)
+        ev = IndicatorValues.model_construct(
+            event_id=make_id("indicators", c.key, c.timeframe, c.open_time),
+            ts_event=c.ts_event,
+            ts_init=c.ts_init,
+            exchange=c.exchange,
+            symbol=c.symbol,
+            timeframe=c.timeframe,
+            values=values,
+        )
+        return [(INDICATORS.name, ev)]
+
+
+class SignalStage(Stage):
+    """indicators (+ the candle they belong to) → signals.raw → signals (aggregated) → intents."""
+
+    name = "signals"
+
+    def __init__(self, config: EngineConfig, portfolio: Portfolio) -> None:
+        self.config = config
+        self.portfolio = portfolio
+        self.timeframe = config.trading_timeframe
+        self.inputs = (candle_topic(self.timeframe), INDICATORS.name)
+        self.last_candle: dict[str, Candle] = {}
+        self.strategies: dict[str, list[Strategy]] = {}
+        self.aggregators: dict[str, SignalAggregator] = {}
+        self.policy = IntentPolicy(qty=config.order_qty, allow_short=config.allow_short)
+
+    def _strategies(self, key: str) -> list[Strategy]:
+        s = self.strategies.get(key)
+        if s is None:
+            cfg = self.config
+            s = self.strategies[key] = [load_strategy(n, **cfg.strategy_params.get(n, {})) for n in cfg.strategies]
+            self.aggregators[key] = SignalAggregator(
+                [st.name for st in s], threshold=cfg.aggregation_threshold
+            )
+        return s
+
+    def handle(self, topic: str, payload: Any) -> Out:
+        if topic != INDICATORS.name:
+            self.last_candle[payload.key] = payload
+            return []
+        ind: IndicatorValues = payload
+        if ind.timeframe != self.timeframe:
+            return []
+        candle = self.last_candle[ind.key]
+        bar = Bar(candle, ind.values)
+        out: Out = []
+        agg: AggregatedSignal | None = None
+        for strategy in self._strategies(ind.key):
+            sig: Signal = make_signal(strategy, bar, strategy.on_bar(bar), ind.ts_init)
+            out.append((SIGNALS_RAW.name, sig))
+            agg = self.aggregators[ind.key].on_signal(sig, ind.ts_init) or agg
+        if agg is not None:
+            out.append((SIGNALS.name, agg))
+            intent = self.policy.on_signal(agg, self.portfolio.position(ind.key), ind.ts_init)
+            if intent is not None:
+                out.append((INTENTS.name, intent))
+        return out
+
+
+class RiskStage(Stage):
+    """orders.intents → orders | risk.rejections; closed candles → stop, take-profit, trailing exits."""
+
+    name = "risk"
+
+    def __init__(self, engine: RiskEngine, portfolio: Portfolio, trading_timeframe: str) -> None:
+        self.engine = engine
+        self.portfolio = portfolio
+        self.inputs = (candle_topic(trading_timeframe), INTENTS.name)
+
+    def handle(self, topic: str, payload: Any) -> Out:
+        if topic == INTENTS.name:
+            intent: OrderIntent = payload
+            decision = self.engine.check(intent, self.portfolio, intent.ts_init)
+            return [(REJECTIONS.name if isinstance(decision, RiskRejection) else ORDERS.name, decision)]
+        return [(INTENTS.name, i) for i in self.engine.on_candle(payload, self.portfolio, payload.ts_init)]
+
+
+def build_stages(config: EngineConfig, markets: Mapping[str, Market]) -> list[Stage]:
+    """Every stage of the trading pipeline, sharing one paper account, in dispatch order."""
+    portfolio = Portfolio(config.initial_cash)
+    broker = PaperBroker(
+        fee_maker=config.fee_maker, fee_taker=config.fee_taker, slippage_bps=config.slippage_bps, markets=markets
+    )
+    tf = config.trading_timeframe
+    needed = [spec for name in config.strategies for spec in load_strategy(
+        name, **config.strategy_params.get(name, {})).indicators()]
+    return [
+        CandleStage(config.timeframes),
+        ExecutionStage(broker, portfolio, tf, config.fill_on),
+        PortfolioStage(portfolio, tf),
+        RiskStage(RiskEngine(config.risk, markets), portfolio, tf),
+        SignalStage(config, portfolio),  # before indicators: it keeps the candle the values belong to
+        IndicatorStage(config.timeframes, [*needed, *config.indicators]),
+    ]

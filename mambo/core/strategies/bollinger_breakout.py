@@ -1,0 +1,67 @@
+"""``bollinger_breakout``: buy a close above the upper Bollinger band, sell when the close falls back
+below the middle band."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from mambo.core.strategies.base import Bar, Decision, Strategy, check_periods, check_positive
+from mambo.core.strategies.crossing import Crossing, clamp_confidence
+
+__all__ = ["BollingerBreakout"]
+
+
+@dataclass(kw_only=True)
+class BollingerBreakout(Strategy):
+    """Buy when the close crosses above the upper band, sell when it crosses below the middle band.
+
+    Bands are Bollinger(``period``, ``k``): the middle band is the SMA of the close, the others ``k``
+    standard deviations away. Crosses follow :class:`~mambo.core.strategies.crossing.Crossing`
+    (touching a band is not crossing it, the first side after warm-up gives no signal); the close
+    crossing the middle band upwards, or the upper band downwards, is a hold. Confidence is how far the
+    close went past the band in half-band widths: ``(close - upper) / (upper - middle)`` for a buy,
+    ``(middle - close) / (middle - lower)`` for a sell, at most 1 (and 1 when the bands have collapsed).
+
+    Values: ``bb_upper_N_K``, ``bb_middle_N_K``, ``bb_lower_N_K`` and ``close``.
+    """
+
+    name: ClassVar[str] = "bollinger_breakout"
+
+    period: int = 20
+    k: float = 2.0
+    _upper: Crossing = field(default_factory=Crossing, init=False)
+    _middle: Crossing = field(default_factory=Crossing, init=False)
+
+    def __post_init__(self) -> None:
+        check_periods(period=self.period)
+        check_positive(k=self.k)
+
+    @property
+    def _suffix(self) -> str:
+        """``N_K`` as in the indicator names, with K written as in the spec (``2``, ``2.5``)."""
+        return f"{self.period}_{self.k:g}"
+
+    def indicators(self) -> tuple[str, ...]:
+        return (f"bbands:{self.period}:{self.k:g}",)
+
+    def on_bar(self, bar: Bar) -> Decision:
+        close = bar.close
+        upper, middle, lower = (bar.value(f"bb_{band}_{self._suffix}") for band in ("upper", "middle", "lower"))
+        values = {
+            f"bb_upper_{self._suffix}": upper,
+            f"bb_middle_{self._suffix}": middle,
+            f"bb_lower_{self._suffix}": lower,
+            "close": close,
+        }
+        breakout = self._upper.update(close - upper) > 0
+        breakdown = self._middle.update(close - middle) < 0
+        if breakout:
+            return Decision("buy", _beyond(close - upper, upper - middle), values)
+        if breakdown:
+            return Decision("sell", _beyond(middle - close, middle - lower), values)
+        return Decision.hold(values)
+
+
+def _beyond(distance: float, half_width: float) -> float:
+    return clamp_confidence(distance / half_width) if half_width > 0 else 1.0

@@ -1,0 +1,55 @@
+"""``sma_cross``: the reference strategy, a crossover of a fast and a slow simple moving average."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from mambo.core.strategies.base import Bar, Decision, Strategy, check_periods, check_positive
+from mambo.core.strategies.crossing import Crossing, gap_confidence
+
+__all__ = ["SmaCross"]
+
+
+@dataclass(kw_only=True)
+class SmaCross(Strategy):
+    """Buy when the fast SMA crosses above the slow one, sell when it crosses below.
+
+    On closed candles' close prices, a cross happens when the sign of (fast - slow) changes; a
+    difference of exactly zero keeps the previous sign, and the first sign after warm-up establishes
+    the state without a signal. Confidence grows with the gap between the averages relative to the
+    close: a gap of ``half_gap`` (default 0.02%) gives 0.5.
+
+    Values: ``sma_fast``, ``sma_slow`` and the same averages named by their periods (``sma_50``,
+    ``sma_200``), as clients of ``GET /signal`` read them.
+    """
+
+    name: ClassVar[str] = "sma_cross"
+
+    fast: int = 50
+    slow: int = 200
+    half_gap: float = 0.0002
+    _trend: Crossing = field(default_factory=Crossing, init=False)
+
+    def __post_init__(self) -> None:
+        check_periods(fast=self.fast, slow=self.slow)
+        if self.fast >= self.slow:
+            raise ValueError(f"fast ({self.fast}) must be shorter than slow ({self.slow})")
+        check_positive(half_gap=self.half_gap)
+
+    def indicators(self) -> tuple[str, ...]:
+        return (f"sma:{self.fast}", f"sma:{self.slow}")
+
+    def on_bar(self, bar: Bar) -> Decision:
+        fast, slow = bar.value(f"sma_{self.fast}"), bar.value(f"sma_{self.slow}")
+        values = {
+            "sma_fast": fast,
+            "sma_slow": slow,
+            f"sma_{self.fast}": fast,
+            f"sma_{self.slow}": slow,
+        }
+        cross = self._trend.update(fast - slow)
+        if not cross:
+            return Decision.hold(values)
+        confidence = gap_confidence(abs(fast - slow) / bar.close, self.half_gap)
+        return Decision("buy" if cross > 0 else "sell", confidence, values)

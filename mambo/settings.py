@@ -1,0 +1,130 @@
+"""One typed settings object for every component, from a TOML file and the environment.
+
+Precedence: arguments > environment (``MAMBO_`` prefix, ``__`` between sections, e.g.
+``MAMBO_ENGINE__TRADING_TIMEFRAME=5m``) > the TOML file named by ``MAMBO_CONFIG`` or ``--config`` >
+defaults. ``MAMBO_KAFKA_BOOTSTRAP`` and ``MAMBO_CLICKHOUSE_DSN`` are accepted as short forms, since
+they are what chooses the distributed backends. Each component receives only its own section.
+Secrets are :class:`~pydantic.SecretStr`, so they never show in a log or a repr.
+"""
+
+from __future__ import annotations
+
+import os
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+from mambo.core.risk import RiskConfig
+from mambo.core.stages import DEFAULT_INDICATORS, EngineConfig
+from mambo.schemas.events import timeframe_ns
+
+__all__ = ["ClickHouseSettings", "EngineSettings", "KafkaSettings", "MamboSettings", "load_settings"]
+
+
+class ClickHouseSettings(BaseModel):
+    """``chdb:///path`` (embedded, the default) or ``http://user:password@host:8123`` (a server)."""
+
+    dsn: SecretStr = SecretStr("")  # empty: chdb in <data_dir>/clickhouse
+    database: str = "mambo"
+    batch_rows: int = Field(50_000, gt=0)
+    flush_seconds: float = Field(1.0, gt=0)
+
+
+class KafkaSettings(BaseModel):
+    bootstrap: str = ""  # empty: the embedded bus
+    partitions: int = Field(6, gt=0)
+
+
+class EngineSettings(BaseModel):
+    """What to build and trade; becomes the core's :class:`~mambo.core.stages.EngineConfig`."""
+
+    timeframes: tuple[str, ...] = ("1m",)
+    trading_timeframe: str = "1m"
+    strategies: tuple[str, ...] = ("sma_cross",)
+    strategy_params: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    indicators: tuple[str, ...] = DEFAULT_INDICATORS
+    aggregation_threshold: float = 0.0
+    initial_cash: Decimal = Decimal(100_000)
+    order_qty: Decimal | None = None
+    allow_short: bool = False
+    fee_maker: Decimal = Decimal("0.001")
+    fee_taker: Decimal = Decimal("0.001")
+    slippage_bps: Decimal = Decimal(0)
+    fill_on: Literal["trades", "candles"] = "trades"
+    risk: RiskConfig = Field(default_factory=RiskConfig)
+
+    @field_validator("timeframes", "strategies", "indicators", mode="before")
+    @classmethod
+    def _split_csv(cls, v: Any) -> Any:
+        return tuple(x.strip() for x in v.split(",") if x.strip()) if isinstance(v, str) else v
+
+    @field_validator("trading_timeframe")
+    @classmethod
+    def _known_timeframe(cls, v: str) -> str:
+        timeframe_ns(v)
+        return v
+
+    def to_config(self) -> EngineConfig:
+        return EngineConfig(**{name: getattr(self, name) for name in EngineSettings.model_fields})
+
+
+class ApiSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, gt=0, lt=65536)
+
+
+class MamboSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MAMBO_", env_nested_delimiter="__", extra="forbid")
+
+    data_dir: Path = Path(".mambo")
+    log_format: Literal["console", "json"] = "console"
+    clickhouse: ClickHouseSettings = Field(default_factory=ClickHouseSettings)
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    engine: EngineSettings = Field(default_factory=EngineSettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _short_forms(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for env, (section, name) in {
+                "MAMBO_KAFKA_BOOTSTRAP": ("kafka", "bootstrap"),
+                "MAMBO_CLICKHOUSE_DSN": ("clickhouse", "dsn"),
+            }.items():
+                if env in os.environ:
+                    sec = data.setdefault(section, {})
+                    if isinstance(sec, dict):
+                        sec.setdefault(name, os.environ[env])
+        return data
+
+    @property
+    def clickhouse_dsn(self) -> str:
+        dsn = self.clickhouse.dsn.get_secret_value()
+        return dsn or f"chdb://{(self.data_dir / 'clickhouse').resolve()}"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config = os.environ.get("MAMBO_CONFIG")
+        if config:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config)))
+        return tuple(sources)
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> MamboSettings:
+    """Settings from ``config_file`` (or ``MAMBO_CONFIG``), the environment and ``overrides``."""
+    if config_file is not None:
+        if not config_file.is_file():
+            raise FileNotFoundError(f"config file {config_file} does not exist")
+        os.environ["MAMBO_CONFIG"] = str(config_file)
+    return MamboSettings(**overrides)
