@@ -70,6 +70,8 @@ class _Reserved:
     key: str
     open_qty: Decimal
     price: Decimal
+    market_order: bool
+    reduce_only: bool
 
 
 @dataclass
@@ -142,7 +144,7 @@ class RiskEngine:
         if intent.qty is not None and not intent.qty > 0:
             raise _Denied("invalid", f"qty must be > 0, got {intent.qty}")
         sign = 1 if intent.side == "buy" else -1
-        projected = self._projected(key, portfolio)
+        projected = self._projected(key, portfolio, exits=intent.reduce_only)
         if intent.reduce_only:
             if projected * sign >= 0:
                 raise _Denied(
@@ -170,7 +172,9 @@ class RiskEngine:
         if not intent.reduce_only:
             self._check_exposure(key, projected + sign * qty, price, portfolio)
         self._note_order(intent.ts_event)
-        self._reserved[intent.client_order_id] = _Reserved(key, sign * qty, price)
+        self._reserved[intent.client_order_id] = _Reserved(
+            key, sign * qty, price, intent.order_type == "market", intent.reduce_only
+        )
         return Order(
             event_id=make_id("order", intent.client_order_id),
             ts_event=intent.ts_event,
@@ -257,9 +261,22 @@ class RiskEngine:
 
     # --- positions ----------------------------------------------------------------------------
 
-    def _projected(self, key: str, portfolio: Portfolio) -> Decimal:
-        """The position in ``key`` once the open orders let through fill."""
-        pending = sum((r.open_qty for r in self._reserved.values() if r.key == key), _ZERO)
+    def _projected(self, key: str, portfolio: Portfolio, exits: bool = False) -> Decimal:
+        """The position in ``key`` once the open orders let through fill.
+
+        For sizing an exit (``exits``) only market orders count: they fill on the next market
+        data, while a resting limit may never fill, and a resting take-profit must not block a
+        stop-loss. For entry limits, every open order counts but resting limit exits, so the
+        figure is never smaller than what may really be held.
+        """
+        pending = sum(
+            (
+                r.open_qty
+                for r in self._reserved.values()
+                if r.key == key and (r.market_order if exits else r.market_order or not r.reduce_only)
+            ),
+            _ZERO,
+        )
         return portfolio.position(key) + pending
 
     def _exposures(self, portfolio: Portfolio) -> dict[str, Decimal]:
@@ -309,7 +326,7 @@ class RiskEngine:
         mark.qty = pos.qty
         mark.best = max(mark.best, close) if long else min(mark.best, close)
         fired = self._stop_fired(close, avg, mark.best, long)
-        projected = self._projected(key, portfolio)
+        projected = self._projected(key, portfolio, exits=True)
         if fired is None or (projected > 0) != long or not projected:
             return []
         rule, reason = fired

@@ -151,9 +151,9 @@ def validate_trades(
         if unknown[i]:
             reasons.append(f"unknown market {key}")
         if bad_price[i]:
-            reasons.append(f"price must be a finite number > 0, got {batch.price[i]!r}")
+            reasons.append(f"price must be a finite number > 0, got {float(batch.price[i])!r}")
         if bad_qty[i]:
-            reasons.append(f"qty must be a finite number > 0, got {batch.qty[i]!r}")
+            reasons.append(f"qty must be a finite number > 0, got {float(batch.qty[i])!r}")
         if bad_ts[i]:
             reasons.append(f"ts_event must be >= 0, got {batch.ts[i]}")
         payload = {

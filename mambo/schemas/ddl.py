@@ -68,7 +68,17 @@ DECIMAL_TYPE = "Decimal(38, 18)"
 TIMESTAMP_FIELDS = frozenset({"ts_event", "ts_init", "open_time"})
 #: String fields with few distinct values, stored dictionary-encoded.
 LOW_CARDINALITY_FIELDS = frozenset(
-    {"exchange", "symbol", "timeframe", "strategy", "lead_strategy", "account", "fee_currency", "topic", "rule"}
+    {
+        "exchange",
+        "symbol",
+        "timeframe",
+        "strategy",
+        "lead_strategy",
+        "account",
+        "fee_currency",
+        "topic",
+        "rule",
+    }
 )
 #: Columns that lead a table's sort key, in this order, when the model has them.
 SORT_PREFIX: tuple[str, ...] = ("exchange", "symbol", "timeframe", "strategy", "account", "topic")

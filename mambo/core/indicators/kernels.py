@@ -106,7 +106,7 @@ def _typical_price(high: float, low: float, close: float) -> float:
 
 
 @njit(cache=True)
-def _window_mean(s, off, n, x):  # type: ignore[no-untyped-def]
+def _window_mean(s, off, n, x):
     """Push ``x`` into the window at ``s[off:]``; its mean once it holds ``n`` values, else NaN.
 
     Layout ``[pushed, partial, ring(n)]``: value number i sits at ``ring[i % n]``; ``partial`` is the
@@ -132,7 +132,7 @@ def _window_mean(s, off, n, x):  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True)
-def _push_range(s, n, high, low):  # type: ignore[no-untyped-def]
+def _push_range(s, n, high, low):
     """Push a bar into the high/low rings at ``s[0:1+2n]`` (``[pushed, highs(n), lows(n)]``).
 
     Returns ``(pushed, highest, lowest)``; the extremes are over the last n bars once pushed >= n.
@@ -156,13 +156,13 @@ def _push_range(s, n, high, low):  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True)
-def _sma(p, s, close, out):  # type: ignore[no-untyped-def]
+def _sma(p, s, close, out):
     """``[pushed, partial, ring(n)]``; TA-Lib SMA."""
     out[0] = _window_mean(s, 0, int(p[0]), close)
 
 
 @njit(cache=True)
-def _ema(p, s, close, out):  # type: ignore[no-untyped-def]
+def _ema(p, s, close, out):
     """``[count, value]``; TA-Lib EMA: k = 2/(n+1), seeded by the SMA of the first n closes."""
     n = int(p[0])
     count = s[0] + 1
@@ -179,7 +179,7 @@ def _ema(p, s, close, out):  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True)
-def _wma(p, s, close, out):  # type: ignore[no-untyped-def]
+def _wma(p, s, close, out):
     """``[count, weighted, plain, ring(n)]``; TA-Lib WMA (weights 1..n, newest n).
 
     Between bars ``weighted`` holds the window's sum with every weight already lowered by one and
@@ -215,7 +215,7 @@ def _wma(p, s, close, out):  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True)
-def _rsi(p, s, close, out):  # type: ignore[no-untyped-def]
+def _rsi(p, s, close, out):
     """``[count, prev_close, avg_gain, avg_loss]``; TA-Lib RSI (Wilder, seeded by n-bar means)."""
     n = int(p[0])
     count = s[0] + 1
@@ -243,7 +243,7 @@ def _rsi(p, s, close, out):  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True)
-def _macd(p, s, close, out):  # type: ignore[no-untyped-def]
+def _macd(p, s, close, out):
     """``[count, fast_ema, slow_ema, signal]``; TA-Lib MACD.
 
     As in TA-Lib, both EMAs start on bar slow-1: the slow one seeded by the mean of the first
@@ -281,7 +281,7 @@ def _macd(p, s, close, out):  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True)
-def _bbands(p, s, close, out):  # type: ignore[no-untyped-def]
+def _bbands(p, s, close, out):
     """``[pushed, partial, ring(n)]``; middle = TA-Lib SMA, bands = middle +/- k * population stdev."""
     n = int(p[0])
     middle = _window_mean(s, 0, n, close)
@@ -299,7 +299,7 @@ def _bbands(p, s, close, out):  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True)
-def _atr(p, s, high, low, close, out):  # type: ignore[no-untyped-def]
+def _atr(p, s, high, low, close, out):
     """``[count, prev_close, value]``; TA-Lib ATR: Wilder mean of true range seeded by its n-bar mean."""
     n = int(p[0])
     count = s[0] + 1
@@ -319,7 +319,7 @@ def _atr(p, s, high, low, close, out):  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True)
-def _stoch(p, s, high, low, close, out):  # type: ignore[no-untyped-def]
+def _stoch(p, s, high, low, close, out):
     """``[pushed, highs(k), lows(k), slow_k window, slow_d window]``; TA-Lib STOCH with SMA smoothing.
 
     Both outputs start when %D does (TA-Lib's convention).
@@ -343,7 +343,7 @@ def _stoch(p, s, high, low, close, out):  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True)
-def _willr(p, s, high, low, close, out):  # type: ignore[no-untyped-def]
+def _willr(p, s, high, low, close, out):
     """``[pushed, highs(n), lows(n)]``; TA-Lib WILLR (-100..0)."""
     n = int(p[0])
     pushed, highest, lowest = _push_range(s, n, high, low)
@@ -355,7 +355,7 @@ def _willr(p, s, high, low, close, out):  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True)
-def _cci(p, s, high, low, close, out):  # type: ignore[no-untyped-def]
+def _cci(p, s, high, low, close, out):
     """``[pushed, ring(n)]`` of typical prices, bar i at ``ring[i % n]``; TA-Lib CCI.
 
     The window is summed in ring order, as TA-Lib's circular buffer is.
@@ -380,7 +380,7 @@ def _cci(p, s, high, low, close, out):  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True)
-def _obv(s, close, volume, out):  # type: ignore[no-untyped-def]
+def _obv(s, close, volume, out):
     """``[count, prev_close, obv]``; TA-Lib OBV, starting at the first bar's volume."""
     if s[0] == 0:
         s[2] = volume
@@ -394,7 +394,7 @@ def _obv(s, close, volume, out):  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True)
-def _vwap(s, ts, high, low, close, volume, out):  # type: ignore[no-untyped-def]
+def _vwap(s, ts, high, low, close, volume, out):
     """``[utc_day, sum(typical * volume), sum(volume)]``; session VWAP, reset at 00:00 UTC.
 
     NaN until the session has traded volume.
@@ -410,7 +410,7 @@ def _vwap(s, ts, high, low, close, volume, out):  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True)
-def _adx(p, s, high, low, close, out):  # type: ignore[no-untyped-def]
+def _adx(p, s, high, low, close, out):
     """``[count, prev_high, prev_low, prev_close, plus_dm, minus_dm, tr, dx_sum/adx]``; TA-Lib ADX.
 
     Outputs ``(adx, plus_di, minus_di)``: the DIs from bar n, ADX from bar 2n-1 (the mean of the
@@ -471,7 +471,7 @@ def _adx(p, s, high, low, close, out):  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True)
-def step(kind, p, s, ts, open_, high, low, close, volume, out):  # type: ignore[no-untyped-def]
+def step(kind, p, s, ts, open_, high, low, close, volume, out):
     """Advance one indicator by one bar, writing its outputs to ``out[:n_outputs]``."""
     if kind == SMA:
         _sma(p, s, close, out)
@@ -502,7 +502,7 @@ def step(kind, p, s, ts, open_, high, low, close, volume, out):  # type: ignore[
 
 
 @njit(cache=True)
-def step_all(kinds, params, p_off, state, s_off, o_off, ts, open_, high, low, close, volume, out):  # type: ignore[no-untyped-def]
+def step_all(kinds, params, p_off, state, s_off, o_off, ts, open_, high, low, close, volume, out):
     """One bar through every indicator of a set; indicator i owns ``params[p_off[i]:p_off[i+1]]``,
     ``state[s_off[i]:s_off[i+1]]`` and ``out[o_off[i]:o_off[i+1]]``."""
     for i in range(len(kinds)):
@@ -521,7 +521,7 @@ def step_all(kinds, params, p_off, state, s_off, o_off, ts, open_, high, low, cl
 
 
 @njit(cache=True)
-def run_all(kinds, params, p_off, state, s_off, o_off, ts, open_, high, low, close, volume, out):  # type: ignore[no-untyped-def]
+def run_all(kinds, params, p_off, state, s_off, o_off, ts, open_, high, low, close, volume, out):
     """Many bars through every indicator of a set: ``out[o_off[i] + j, bar]`` is output j of
     indicator i. Indicator by indicator, each bar through the same :func:`step` as
     :func:`step_all`."""
