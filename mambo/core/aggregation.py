@@ -129,7 +129,9 @@ class SignalAggregator:
             values.update(bar[s].values)
         first = bar[self.strategies[0]]
         return AggregatedSignal(
-            event_id=make_id("aggregated_signal", first.exchange, first.symbol, first.timeframe, self._bar_ts),
+            event_id=make_id(
+                "aggregated_signal", first.exchange, first.symbol, first.timeframe, self._bar_ts
+            ),
             ts_event=self._bar_ts,
             ts_init=ts_init,
             exchange=first.exchange,

@@ -168,7 +168,9 @@ class CandleBuilder:
             self._fstate,
             self._late,
         )
-        return [self._candle(ri, rf, ts_init) for ri, rf in zip(rows_i.tolist(), rows_f.tolist(), strict=True)]
+        return [
+            self._candle(ri, rf, ts_init) for ri, rf in zip(rows_i.tolist(), rows_f.tolist(), strict=True)
+        ]
 
     def update(self, ts: int, price: float, qty: float, ts_init: int = 0) -> list[Candle]:
         """Feed one trade; returns the candles it closed (shortest timeframe first)."""
@@ -200,9 +202,7 @@ class CandleBuilder:
     def _candle(self, ri: Iterable[int], rf: list[float], ts_init: int) -> tuple[int, Candle]:
         idx, j, ot, n = ri
         tf = self.timeframes[j]
-        return idx, candle_from_row(
-            self.exchange, self.symbol, tf, int(self._tf_ns[j]), ot, rf, n, ts_init
-        )
+        return idx, candle_from_row(self.exchange, self.symbol, tf, int(self._tf_ns[j]), ot, rf, n, ts_init)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, CandleBuilder):

@@ -120,6 +120,10 @@ class PaperBroker:
             found = self._markets[key] = Market.default(*split_key(key))
         return found
 
+    def has_pending(self, key: str) -> bool:
+        """Whether any of our orders rests on market ``key`` (market data there can fill something)."""
+        return key in self._books
+
     def open_orders(self, key: str | None = None) -> list[Order]:
         """Resting orders (of one market, or all), each as its latest state."""
         if key is None:

@@ -19,10 +19,12 @@ Rules, by their ``rule`` name in a :class:`~mambo.schemas.events.RiskRejection`:
   positions an entry would leave, exposures as fractions of equity.
 
 Exits (``reduce_only``) pass every rule but the validity ones (``invalid``, ``no_position``,
-``min_qty``, ``min_notional``) and are capped to the position. Orders already let through but not
-yet done count as if filled: an exit is capped to what earlier exits leave, and limits see the
-position the open orders would make. So a stop and a strategy's exit on the same candle do not
-sell the position twice. This needs the broker's order updates fed to :meth:`RiskEngine.on_order`.
+``min_qty``, ``min_notional``) and are capped to the position. Orders let through and not yet
+filled count as if filled: an exit is capped to what earlier market exits leave, and the limits see
+the position the open orders would make. So a stop and a strategy's exit on the same candle do not
+sell the position twice (pass :meth:`RiskEngine.on_candle`'s exits through :meth:`RiskEngine.check`
+like any intent). An order stops counting when the market's position moves (its fill shows in the
+portfolio) or when :meth:`RiskEngine.on_order` hears it is done (canceled, rejected, filled).
 """
 
 from __future__ import annotations
@@ -65,13 +67,18 @@ class RiskConfig(BaseModel):
 
 @dataclass
 class _Reserved:
-    """An order let through and not yet done: its signed open qty and reference price."""
+    """An order let through and not yet done: its signed open qty and reference price.
+
+    It counts while the market's position is still ``held``, the position when it was let through:
+    once a fill moves the position, the portfolio shows what the order did.
+    """
 
     key: str
     open_qty: Decimal
     price: Decimal
     market_order: bool
     reduce_only: bool
+    held: Decimal
 
 
 @dataclass
@@ -80,6 +87,11 @@ class _Watermark:
 
     qty: Decimal  # the position when last seen: a larger one is a new entry
     best: Decimal
+
+
+def _show(value: Decimal) -> str:
+    """A decimal for a human: no exponent, no trailing zeros."""
+    return f"{value.normalize():f}"
 
 
 class _Denied(Exception):
@@ -140,6 +152,7 @@ class RiskEngine:
     def _accept(self, intent: OrderIntent, portfolio: Portfolio, ts_init: int) -> Order:
         key = intent.key
         market = self.market(key)
+        self._forget_filled(portfolio)
         limit, price = self._prices(intent, market)
         if intent.qty is not None and not intent.qty > 0:
             raise _Denied("invalid", f"qty must be > 0, got {intent.qty}")
@@ -149,8 +162,8 @@ class RiskEngine:
             if projected * sign >= 0:
                 raise _Denied(
                     "no_position",
-                    f"reduce-only {intent.side} but the position is {portfolio.position(key)}"
-                    f" ({projected} counting open orders)",
+                    f"reduce-only {intent.side} but the position is {_show(portfolio.position(key))}"
+                    f" ({_show(projected)} counting open orders)",
                 )
             wanted = abs(projected) if intent.qty is None else min(intent.qty, abs(projected))
         else:
@@ -160,20 +173,24 @@ class RiskEngine:
             else:
                 equity = portfolio.equity
                 if equity <= 0:
-                    raise _Denied("no_equity", f"cannot size from equity {equity}")
+                    raise _Denied("no_equity", f"cannot size from equity {_show(equity)}")
                 wanted = self.config.position_fraction * equity / price
         qty = market.round_qty(wanted)
         if qty <= 0 or qty < market.min_qty:
             raise _Denied(
-                "min_qty", f"qty {wanted} rounds to {qty} at step {market.step_size}, min {market.min_qty}"
+                "min_qty",
+                f"qty {_show(wanted)} rounds to {_show(qty)} at step {market.step_size},"
+                f" min {market.min_qty}",
             )
         if qty * price < market.min_notional:
-            raise _Denied("min_notional", f"notional {qty * price} below the minimum {market.min_notional}")
+            raise _Denied(
+                "min_notional", f"notional {_show(qty * price)} below the minimum {market.min_notional}"
+            )
         if not intent.reduce_only:
             self._check_exposure(key, projected + sign * qty, price, portfolio)
         self._note_order(intent.ts_event)
         self._reserved[intent.client_order_id] = _Reserved(
-            key, sign * qty, price, intent.order_type == "market", intent.reduce_only
+            key, sign * qty, price, intent.order_type == "market", intent.reduce_only, portfolio.position(key)
         )
         return Order(
             event_id=make_id("order", intent.client_order_id),
@@ -257,9 +274,17 @@ class RiskEngine:
             ),
         ):
             if limit is not None and will > limit * equity and will > was:
-                raise _Denied(rule, f"exposure {will:f} would exceed {limit:%} of equity {equity:f}")
+                raise _Denied(
+                    rule, f"exposure {_show(will)} would exceed {limit:%} of equity {_show(equity)}"
+                )
 
     # --- positions ----------------------------------------------------------------------------
+
+    def _forget_filled(self, portfolio: Portfolio) -> None:
+        """Drop the open orders whose market's position has moved since they were let through."""
+        moved = [cid for cid, r in self._reserved.items() if portfolio.position(r.key) != r.held]
+        for cid in moved:
+            del self._reserved[cid]
 
     def _projected(self, key: str, portfolio: Portfolio, exits: bool = False) -> Decimal:
         """The position in ``key`` once the open orders let through fill.
@@ -286,7 +311,11 @@ class RiskEngine:
         return {k: abs(self._projected(k, portfolio)) * price for k, price in prices.items()}
 
     def on_order(self, order: Order) -> None:
-        """Learn an order's new state from the broker: done orders stop counting as open."""
+        """Learn an order's new state from the broker: done orders stop counting as open.
+
+        Optional for market orders (their fill moves the position, which releases them); it is what
+        releases a canceled or rejected order, and the rest of a partly filled one.
+        """
         reserved = self._reserved.get(order.client_order_id)
         if reserved is None:
             return
@@ -313,6 +342,7 @@ class RiskEngine:
         """
         key = candle.key
         self._update_halt(portfolio)
+        self._forget_filled(portfolio)
         pos = portfolio.positions.get(key)
         if pos is None:
             self._watermarks.pop(key, None)
@@ -368,5 +398,8 @@ class RiskEngine:
                 continue
             level = base * (1 + (down if adverse else -down) * fraction)
             if reached(level, adverse):
-                return rule, f"{rule}: close {close} reached {level:f} ({fraction:%} from {name} {base:f})"
+                return (
+                    rule,
+                    f"{rule}: close {close} reached {_show(level)} ({fraction:%} from {name} {_show(base)})",
+                )
         return None

@@ -155,7 +155,11 @@ class CandleStage(Stage):
 
     def flush(self, watermark: int, ts_init: int = 0) -> Out:
         """Close every candle that ends at or before the watermark (end of a replay, idle markets)."""
-        return [(candle_topic(c.timeframe), c) for b in self.builders.values() for c in b.advance(watermark, ts_init)]
+        return [
+            (candle_topic(c.timeframe), c)
+            for b in self.builders.values()
+            for c in b.advance(watermark, ts_init)
+        ]
 
 
 class ExecutionStage(Stage):
@@ -163,7 +167,9 @@ class ExecutionStage(Stage):
 
     name = "execution"
 
-    def __init__(self, broker: PaperBroker, portfolio: Portfolio, trading_timeframe: str, fill_on: str) -> None:
+    def __init__(
+        self, broker: PaperBroker, portfolio: Portfolio, trading_timeframe: str, fill_on: str
+    ) -> None:
         self.broker = broker
         self.portfolio = portfolio
         self.fill_on = fill_on
@@ -173,7 +179,10 @@ class ExecutionStage(Stage):
         if topic == ORDERS.name:
             if payload.status != "new":
                 return []
-            return self._publish(self.broker.submit(payload, payload.ts_init), payload.ts_init)
+            # the broker's "new" acknowledgement repeats the order already on the topic: only
+            # rejections and later states are news
+            acks = self.broker.submit(payload, payload.ts_init)
+            return self._publish([o for o in acks if o.status != "new"], payload.ts_init)
         if topic == TRADES.name:
             if self.fill_on != "trades":
                 return []
@@ -235,7 +244,12 @@ class IndicatorStage(Stage):
         ind = self.sets.get((c.key, c.timeframe))
         if ind is None:
             ind = self.sets[(c.key, c.timeframe)] = IndicatorSet(self.specs)
-        values = ind.update(c.open_time, c.open, c.high, c.low, c.close, c.volume)
+        # NaN (warming up) is left out: it does not survive JSON, and a missing value reads as NaN
+        values = {
+            k: v
+            for k, v in ind.update(c.open_time, c.open, c.high, c.low, c.close, c.volume).items()
+            if v == v
+        }
         ev = IndicatorValues.model_construct(
             event_id=make_id("indicators", c.key, c.timeframe, c.open_time),
             ts_event=c.ts_event,
@@ -267,7 +281,9 @@ class SignalStage(Stage):
         s = self.strategies.get(key)
         if s is None:
             cfg = self.config
-            s = self.strategies[key] = [load_strategy(n, **cfg.strategy_params.get(n, {})) for n in cfg.strategies]
+            s = self.strategies[key] = [
+                load_strategy(n, **cfg.strategy_params.get(n, {})) for n in cfg.strategies
+            ]
             self.aggregators[key] = SignalAggregator(
                 [st.name for st in s], threshold=cfg.aggregation_threshold
             )
@@ -297,16 +313,21 @@ class SignalStage(Stage):
 
 
 class RiskStage(Stage):
-    """orders.intents → orders | risk.rejections; closed candles → stop, take-profit, trailing exits."""
+    """orders.intents → orders | risk.rejections; closed candles → stop, take-profit, trailing exits.
+
+    It also follows the orders topic, so a canceled or rejected order stops counting as open."""
 
     name = "risk"
 
     def __init__(self, engine: RiskEngine, portfolio: Portfolio, trading_timeframe: str) -> None:
         self.engine = engine
         self.portfolio = portfolio
-        self.inputs = (candle_topic(trading_timeframe), INTENTS.name)
+        self.inputs = (candle_topic(trading_timeframe), INTENTS.name, ORDERS.name)
 
     def handle(self, topic: str, payload: Any) -> Out:
+        if topic == ORDERS.name:  # order states release what risk reserved for them
+            self.engine.on_order(payload)
+            return []
         if topic == INTENTS.name:
             intent: OrderIntent = payload
             decision = self.engine.check(intent, self.portfolio, intent.ts_init)
@@ -318,11 +339,17 @@ def build_stages(config: EngineConfig, markets: Mapping[str, Market]) -> list[St
     """Every stage of the trading pipeline, sharing one paper account, in dispatch order."""
     portfolio = Portfolio(config.initial_cash)
     broker = PaperBroker(
-        fee_maker=config.fee_maker, fee_taker=config.fee_taker, slippage_bps=config.slippage_bps, markets=markets
+        fee_maker=config.fee_maker,
+        fee_taker=config.fee_taker,
+        slippage_bps=config.slippage_bps,
+        markets=markets,
     )
     tf = config.trading_timeframe
-    needed = [spec for name in config.strategies for spec in load_strategy(
-        name, **config.strategy_params.get(name, {})).indicators()]
+    needed = [
+        spec
+        for name in config.strategies
+        for spec in load_strategy(name, **config.strategy_params.get(name, {})).indicators()
+    ]
     return [
         CandleStage(config.timeframes),
         ExecutionStage(broker, portfolio, tf, config.fill_on),

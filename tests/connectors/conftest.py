@@ -2,9 +2,8 @@
 
 chdb opens one data folder at a time per process, so every test in the session must share the same
 folder: use ``clickhouse_client`` (or ``clickhouse_db``) rather than opening a chdb path of your own.
-The folder is a fixed name under the session's base temp dir, so the fixture may be imported by test
-modules outside this package (``from tests.connectors.conftest import clickhouse_client, clickhouse_db``)
-and still lands on the same folder.
+The folder is a fixed name under the session's base temp dir, so test modules outside this package may
+take the fixtures over (see tests/schemas/test_ddl.py) and still land on the same folder.
 """
 
 from __future__ import annotations
@@ -17,13 +16,19 @@ from clickhouse_connect.driver.client import Client
 
 from mambo.connectors.clickhouse import connect, ensure_schema
 
-__all__ = ["clickhouse_client", "clickhouse_db"]
+__all__ = ["clickhouse_client", "clickhouse_db", "clickhouse_dsn"]
 
 
 @pytest.fixture(scope="session")
-def clickhouse_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Client]:
-    """A client on the session's chdb engine (``<basetemp>/chdb``)."""
-    client = connect(f"chdb://{tmp_path_factory.getbasetemp() / 'chdb'}")
+def clickhouse_dsn(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The DSN of the session's chdb engine (``<basetemp>/chdb``), for code that connects by itself."""
+    return f"chdb://{tmp_path_factory.getbasetemp().resolve() / 'chdb'}"
+
+
+@pytest.fixture(scope="session")
+def clickhouse_client(clickhouse_dsn: str) -> Iterator[Client]:
+    """A client on the session's chdb engine."""
+    client = connect(clickhouse_dsn)
     yield client
     client.close()
 
@@ -35,3 +40,4 @@ def clickhouse_db(clickhouse_client: Client) -> Iterator[str]:
     ensure_schema(clickhouse_client, database)
     yield database
     clickhouse_client.command(f"DROP DATABASE IF EXISTS `{database}`")
+    clickhouse_client.database = "default"

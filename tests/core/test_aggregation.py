@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pickle
 from collections.abc import Iterable
-from itertools import permutations
+from itertools import pairwise, permutations
 
 import pytest
 from hypothesis import given
@@ -253,7 +253,7 @@ def reference_tally(path: list[tuple[str, float]]) -> tuple[int, int]:
     directional = [(side, price) for side, price in path if side != "hold"]
     entries = [c for i, c in enumerate(directional) if i == 0 or c[0] != directional[i - 1][0]]
     hits = misses = 0
-    for (side, p), (_, q) in zip(entries, entries[1:], strict=False):
+    for (side, p), (_, q) in pairwise(entries):
         if (q > p) if side == "buy" else (q < p):
             hits += 1
         else:

@@ -27,7 +27,10 @@ def test_hand_worked_one_second_and_one_minute() -> None:
     b = CandleBuilder("x", "A/B", ("1m", "1s"))
     assert b.timeframes == ("1s", "1m")
     out = feed(b, [(0.1, 10, 1), (0.5, 12, 2), (0.9, 9, 1), (1.2, 11, 1), (3.0, 13, 0.5), (60.0, 14, 1)])
-    got = [(c.timeframe, c.open_time // S, c.ts_event // S, c.open, c.high, c.low, c.close, c.volume, c.trades) for c in out]
+    got = [
+        (c.timeframe, c.open_time // S, c.ts_event // S, c.open, c.high, c.low, c.close, c.volume, c.trades)
+        for c in out
+    ]
     assert got == [
         ("1s", 0, 1, 10, 12, 9, 9, 4, 3),
         ("1s", 1, 2, 11, 11, 11, 11, 1, 1),
@@ -76,16 +79,32 @@ def btc_trades() -> pd.DataFrame:
 @pytest.mark.parametrize("tf,secs", [("1s", 1), ("1m", 60)])
 def test_matches_pandas_on_real_binance_trades(btc_trades: pd.DataFrame, tf: str, secs: int) -> None:
     b = CandleBuilder("binance", "BTC/USDT", (tf,))
-    ours = [c for _, c in b.update_batch(btc_trades.ts.to_numpy(), btc_trades.price.to_numpy(), btc_trades.qty.to_numpy())]
+    ours = [
+        c
+        for _, c in b.update_batch(
+            btc_trades.ts.to_numpy(), btc_trades.price.to_numpy(), btc_trades.qty.to_numpy()
+        )
+    ]
     bucket = btc_trades.ts // (secs * S) * (secs * S)
-    ref = btc_trades.groupby(bucket, sort=True).agg(
-        open=("price", "first"), high=("price", "max"), low=("price", "min"), close=("price", "last"),
-        volume=("qty", lambda q: float(np.cumsum(q.to_numpy())[-1])), trades=("price", "size"),
-    ).iloc[:-1]  # the last candle is still open
+    ref = (
+        btc_trades.groupby(bucket, sort=True)
+        .agg(
+            open=("price", "first"),
+            high=("price", "max"),
+            low=("price", "min"),
+            close=("price", "last"),
+            volume=("qty", lambda q: float(np.cumsum(q.to_numpy())[-1])),
+            trades=("price", "size"),
+        )
+        .iloc[:-1]
+    )  # the last candle is still open
     assert len(ours) == len(ref) > 5
     got = pd.DataFrame([c.model_dump() for c in ours]).set_index("open_time")
     pd.testing.assert_frame_equal(
-        got[["open", "high", "low", "close", "volume", "trades"]], ref, check_names=False, check_index_type=False
+        got[["open", "high", "low", "close", "volume", "trades"]],
+        ref,
+        check_names=False,
+        check_index_type=False,
     )
 
 
@@ -96,7 +115,12 @@ def test_batch_slices_equal_one_at_a_time(btc_trades: pd.DataFrame) -> None:
     sliced = CandleBuilder("binance", "BTC/USDT", ("1s", "1m", "5m"))
     got = []
     for start in range(0, len(ts), 997):
-        got += [c for _, c in sliced.update_batch(ts[start:start + 997], p[start:start + 997], q[start:start + 997])]
+        got += [
+            c
+            for _, c in sliced.update_batch(
+                ts[start : start + 997], p[start : start + 997], q[start : start + 997]
+            )
+        ]
     single = CandleBuilder("binance", "BTC/USDT", ("1s", "1m", "5m"))
     one = [c for i in range(3000) for c in single.update(int(ts[i]), float(p[i]), float(q[i]))]
     assert got == ref
@@ -106,13 +130,19 @@ def test_batch_slices_equal_one_at_a_time(btc_trades: pd.DataFrame) -> None:
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, 200), st.floats(1, 100), st.floats(0.001, 5)), min_size=1, max_size=80),
-       st.integers(1, 10))
+@given(
+    st.lists(st.tuples(st.integers(0, 200), st.floats(1, 100), st.floats(0.001, 5)), min_size=1, max_size=80),
+    st.integers(1, 10),
+)
 def test_any_split_gives_the_same_candles(rows: list[tuple[int, float, float]], cut: int) -> None:
     ts = np.array([r[0] * S // 10 for r in rows], np.int64)
     p = np.array([r[1] for r in rows])
     q = np.array([r[2] for r in rows])
     a, b = CandleBuilder("x", "A/B", ("1s", "1m")), CandleBuilder("x", "A/B", ("1s", "1m"))
     whole = [c for _, c in a.update_batch(ts, p, q)]
-    parts = [c for i in range(0, len(ts), cut) for _, c in b.update_batch(ts[i:i + cut], p[i:i + cut], q[i:i + cut])]
+    parts = [
+        c
+        for i in range(0, len(ts), cut)
+        for _, c in b.update_batch(ts[i : i + cut], p[i : i + cut], q[i : i + cut])
+    ]
     assert whole == parts and a == b

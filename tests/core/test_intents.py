@@ -16,7 +16,9 @@ MINUTE_NS = 60_000_000_000
 FLAT, LONG, SHORT = Decimal(0), Decimal("0.25"), Decimal("-0.25")
 
 
-def aggregated(side: SignalSide, bar: int = 0, score: float | None = None, price: float = 46_377.0) -> AggregatedSignal:
+def aggregated(
+    side: SignalSide, bar: int = 0, score: float | None = None, price: float = 46_377.0
+) -> AggregatedSignal:
     if score is None:
         score = {"buy": 0.4, "sell": -0.4, "hold": 0.0}[side]
     ts = (bar + 1) * MINUTE_NS
@@ -42,9 +44,19 @@ def test_buy_while_flat_opens_a_long() -> None:
     sig = aggregated("buy")
     intent = IntentPolicy(qty=Decimal("0.01")).on_signal(sig, FLAT, ts_init=123)
     assert intent is not None
-    assert (intent.side, intent.qty, intent.reduce_only, intent.order_type) == ("buy", Decimal("0.01"), False, "market")
+    assert (intent.side, intent.qty, intent.reduce_only, intent.order_type) == (
+        "buy",
+        Decimal("0.01"),
+        False,
+        "market",
+    )
     assert intent.client_order_id == make_id("order", sig.event_id)
-    assert (intent.strategy, intent.price, intent.ts_event, intent.ts_init) == ("sma_cross", 46_377.0, sig.ts_event, 123)
+    assert (intent.strategy, intent.price, intent.ts_event, intent.ts_init) == (
+        "sma_cross",
+        46_377.0,
+        sig.ts_event,
+        123,
+    )
     assert (intent.exchange, intent.symbol) == ("binance", "BTC/USDT")
     assert intent.reason == "open long: buy signal (score +0.4000, led by sma_cross)"
 
@@ -67,7 +79,9 @@ def test_sell_while_long_closes_it() -> None:
     [("buy", LONG), ("hold", FLAT), ("hold", LONG), ("hold", SHORT), ("sell", SHORT)],
 )
 def test_nothing_to_do(side: SignalSide, position: Decimal, allow_short: bool) -> None:
-    assert IntentPolicy(qty=Decimal(1), allow_short=allow_short).on_signal(aggregated(side), position, 0) is None
+    assert (
+        IntentPolicy(qty=Decimal(1), allow_short=allow_short).on_signal(aggregated(side), position, 0) is None
+    )
 
 
 def test_no_shorts_unless_allowed() -> None:

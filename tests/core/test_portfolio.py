@@ -105,7 +105,7 @@ def test_inexact_average_keeps_identities_exact() -> None:
     booked, pos = pf.apply(fill("sell", "1", "2"))
     assert booked.realized_pnl == D("0.333333333333333333")  # cost share rounded to 1e-18
     assert pos.qty == 2
-    pf.mark(BTC, "1.7")
+    pf.mark(BTC, D("1.7"))
     assert_identities(pf)
     booked, pos = pf.apply(fill("sell", "2", "1.5"))
     assert pos.qty == 0

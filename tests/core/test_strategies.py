@@ -79,7 +79,7 @@ def sma_rows(pairs: Iterable[tuple[float, float]], fast: int = 50, slow: int = 2
 def reference_crosses(fast: pd.Series, slow: pd.Series) -> list[tuple[int, str]]:
     """The reference semantics, vectorised: sign of (fast - slow), zero keeps the previous sign, the
     first sign establishes the state; a change of sign is a cross."""
-    sign = np.sign(fast - slow).replace(0.0, np.nan).ffill()
+    sign = pd.Series(np.sign(fast - slow)).replace(0.0, np.nan).ffill()
     previous = sign.shift()
     crossed = (sign != previous) & sign.notna() & previous.notna()
     return [(int(i), "buy" if sign.iloc[i] > 0 else "sell") for i in np.flatnonzero(crossed.to_numpy())]
@@ -146,7 +146,7 @@ def test_sma_cross_reference_is_not_the_naive_sign_change(btc: pd.DataFrame) -> 
     # The zero rule matters on this data: a naive sign change (zero as its own sign) differs.
     close = btc["close"]
     fast, slow = close.rolling(1).mean(), close.rolling(2).mean()
-    naive = np.sign(fast - slow)
+    naive = pd.Series(np.sign(fast - slow))
     naive_changes = int(((naive != naive.shift()) & naive.shift().notna() & naive.notna()).sum())
     assert naive_changes > len(reference_crosses(fast, slow))
 
@@ -263,7 +263,10 @@ def test_macd_cross_by_hand() -> None:
         (0.2, 0.2, 0.0),  # touching
         (0.1, 0.3, -0.2),  # crosses below: sell
     ]
-    decisions = run(MacdCross(), [{"macd_12_26_9": m, "macd_signal_12_26_9": s, "macd_hist_12_26_9": h} for m, s, h in rows])
+    decisions = run(
+        MacdCross(),
+        [{"macd_12_26_9": m, "macd_signal_12_26_9": s, "macd_hist_12_26_9": h} for m, s, h in rows],
+    )
     assert sides(decisions) == ["hold"] * 3 + ["buy", "hold", "sell"]
     assert decisions[3].values == {"macd_12_26_9": 0.5, "macd_signal_12_26_9": -0.3, "macd_hist_12_26_9": 0.8}
     # gap 0.8 on a close of 100 = 0.8%; half_gap 0.02%
@@ -363,7 +366,12 @@ def test_make_signal() -> None:
         0.25,
         101.5,
     )
-    assert (sig.exchange, sig.symbol, sig.timeframe, sig.values) == ("binance", "BTC/USDT", "1m", {"sma_50": 101.0})
+    assert (sig.exchange, sig.symbol, sig.timeframe, sig.values) == (
+        "binance",
+        "BTC/USDT",
+        "1m",
+        {"sma_50": 101.0},
+    )
     # a replay of the same candle gives the same id; the signal survives JSON (no NaN in values)
     assert make_signal(strategy, bar, Decision.hold(), ts_init=1).event_id == sig.event_id
     warm = make_signal(strategy, bar, Decision.hold({"sma_50": NAN}), ts_init=1)
@@ -374,12 +382,12 @@ def test_make_signal() -> None:
 
 
 def test_registry_names() -> None:
-    assert STRATEGIES == {
+    assert {
         "sma_cross": SmaCross,
         "rsi_reversion": RsiReversion,
         "macd_cross": MacdCross,
         "bollinger_breakout": BollingerBreakout,
-    }
+    } == STRATEGIES
     assert load_strategy("sma_cross") == SmaCross(fast=50, slow=200)
     assert load_strategy("rsi_reversion", period=7, lower=20, upper=80) == RsiReversion(
         period=7, lower=20, upper=80
@@ -390,7 +398,11 @@ def test_registry_names() -> None:
     ("ref", "params", "message"),
     [
         ("smacross", {}, "unknown strategy 'smacross'; registered: bollinger_breakout, macd_cross"),
-        ("sma_cross", {"fats": 5}, "unexpected keyword argument 'fats'; its parameters: fast, slow, half_gap"),
+        (
+            "sma_cross",
+            {"fats": 5},
+            "unexpected keyword argument 'fats'; its parameters: fast, slow, half_gap",
+        ),
         ("sma_cross", {"fast": 200, "slow": 50}, "must be shorter than slow"),
         ("sma_cross", {"fast": "20"}, "fast must be an integer >= 1"),
         ("sma_cross", {"half_gap": 0}, "half_gap must be a number > 0"),
@@ -408,7 +420,7 @@ def test_load_strategy_errors(ref: str, params: dict[str, object], message: str)
         load_strategy(ref, **params)
 
 
-USER_STRATEGY = '''
+USER_STRATEGY = """
 from dataclasses import dataclass, field
 from mambo.core.strategies import Bar, Crossing, Decision, Strategy
 
@@ -429,7 +441,7 @@ class CloseAboveSma(Strategy):
 
 class Nameless(CloseAboveSma):
     name = ""
-'''
+"""
 
 
 def test_load_a_users_strategy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -29,6 +29,9 @@ class IndicatorSet:
     """
 
     def __init__(self, specs: Iterable[str]) -> None:
+        self._build(specs)
+
+    def _build(self, specs: Iterable[str]) -> None:
         if isinstance(specs, str):
             raise TypeError(f"IndicatorSet takes a list of specs, e.g. [{specs!r}], not a single string")
         parsed: dict[tuple[str, ...], Spec] = {}
@@ -106,8 +109,6 @@ class IndicatorSet:
             return NotImplemented
         return self.specs == other.specs and np.array_equal(self._state, other._state, equal_nan=True)
 
-    __hash__ = None  # type: ignore[assignment]  # mutable state
-
     def __repr__(self) -> str:
         return f"IndicatorSet({list(self.specs)!r})"
 
@@ -115,7 +116,7 @@ class IndicatorSet:
         return {"specs": self.specs, "state": self._state}
 
     def __setstate__(self, saved: dict[str, Any]) -> None:
-        self.__init__(saved["specs"])  # type: ignore[misc]
+        self._build(saved["specs"])
         self._state[:] = saved["state"]
 
 

@@ -47,7 +47,9 @@ class BollingerBreakout(Strategy):
 
     def on_bar(self, bar: Bar) -> Decision:
         close = bar.close
-        upper, middle, lower = (bar.value(f"bb_{band}_{self._suffix}") for band in ("upper", "middle", "lower"))
+        upper, middle, lower = (
+            bar.value(f"bb_{band}_{self._suffix}") for band in ("upper", "middle", "lower")
+        )
         values = {
             f"bb_upper_{self._suffix}": upper,
             f"bb_middle_{self._suffix}": middle,

@@ -1,0 +1,365 @@
+"""Indicators against TA-Lib on real candles, the batch path against the incremental one, and the
+spec language."""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Callable
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+import pytest
+import talib
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mambo.core.indicators import FORMS, IndicatorSet, compute, output_names
+
+FIXTURE = Path(__file__).parents[1] / "fixtures" / "btc_perp_1m_5000.csv"
+NS_PER_MINUTE = 60_000_000_000
+# 2022-01-01 00:00 UTC
+NEW_YEAR = 1_640_995_200_000_000_000
+
+Array = npt.NDArray[np.float64]
+
+
+class Candles(NamedTuple):
+    ts: npt.NDArray[np.int64]
+    open: Array
+    high: Array
+    low: Array
+    close: Array
+    volume: Array
+
+
+@pytest.fixture(scope="module")
+def btc() -> Candles:
+    df = pd.read_csv(FIXTURE)
+    ts = pd.to_datetime(df["timestamp"], utc=True).to_numpy(dtype="datetime64[ns]").view(np.int64)
+    return Candles(ts, *(df[c].to_numpy(dtype=np.float64) for c in ["open", "high", "low", "close", "volume"]))
+
+
+def run(specs: list[str], c: Candles) -> dict[str, Array]:
+    return compute(specs, c.ts, c.open, c.high, c.low, c.close, c.volume)
+
+
+def run_incrementally(specs: list[str], c: Candles) -> dict[str, Array]:
+    state = IndicatorSet(specs)
+    rows = [state.update(*bar) for bar in zip(*(a.tolist() for a in c), strict=True)]
+    return {name: np.array([row[name] for row in rows], dtype=np.float64) for name in state.names}
+
+
+# --- against TA-Lib ------------------------------------------------------------------------------
+
+# spec -> TA-Lib's outputs in the spec's output order (TA-Lib defaults: SMA smoothing, unstable 0)
+Reference = Callable[[Candles], tuple[Array, ...]]
+TALIB: dict[str, Reference] = {}
+for n in (2, 20, 200):
+    TALIB[f"sma:{n}"] = lambda c, n=n: (talib.SMA(c.close, n),)
+for n in (2, 12, 50):
+    TALIB[f"ema:{n}"] = lambda c, n=n: (talib.EMA(c.close, n),)
+for n in (2, 20, 100):
+    TALIB[f"wma:{n}"] = lambda c, n=n: (talib.WMA(c.close, n),)
+for n in (2, 14, 50):
+    TALIB[f"rsi:{n}"] = lambda c, n=n: (talib.RSI(c.close, n),)
+for f, s, g in ((12, 26, 9), (5, 35, 5), (3, 10, 1)):
+    TALIB[f"macd:{f}:{s}:{g}"] = lambda c, f=f, s=s, g=g: talib.MACD(c.close, f, s, g)
+for n, k in ((20, "2"), (5, "1"), (50, "2.5")):
+    TALIB[f"bbands:{n}:{k}"] = lambda c, n=n, k=k: talib.BBANDS(c.close, n, float(k), float(k), 0)
+for n in (1, 14, 50):
+    TALIB[f"atr:{n}"] = lambda c, n=n: (talib.ATR(c.high, c.low, c.close, n),)
+for k, s, d in ((14, 3, 3), (5, 1, 1), (21, 5, 7)):
+    TALIB[f"stoch:{k}:{s}:{d}"] = lambda c, k=k, s=s, d=d: talib.STOCH(c.high, c.low, c.close, k, s, 0, d, 0)
+for n in (2, 14, 50):
+    TALIB[f"willr:{n}"] = lambda c, n=n: (talib.WILLR(c.high, c.low, c.close, n),)
+for n in (2, 20, 100):
+    TALIB[f"cci:{n}"] = lambda c, n=n: (talib.CCI(c.high, c.low, c.close, n),)
+TALIB["obv"] = lambda c: (talib.OBV(c.close, c.volume),)
+for n in (2, 14, 30):
+    TALIB[f"adx:{n}"] = lambda c, n=n: (
+        talib.ADX(c.high, c.low, c.close, n),
+        talib.PLUS_DI(c.high, c.low, c.close, n),
+        talib.MINUS_DI(c.high, c.low, c.close, n),
+    )
+
+RTOL = 1e-9
+# TA-Lib's running sums leave residue of order 1e-13 where the exact value is 0 (a Stochastic %K of
+# three zero readings, a MACD line crossing zero); ours are rebuilt each window, so compare values
+# that close to zero absolutely.
+ATOL = 1e-11
+
+
+def relative_error(ours: Array, ref: Array) -> float:
+    """The largest relative difference where TA-Lib has a value, both warming up alike."""
+    np.testing.assert_array_equal(np.isnan(ours), np.isnan(ref), err_msg="warm-up differs")
+    both = ~np.isnan(ref)
+    if not both.any():
+        return 0.0
+    diff = np.abs(ours[both] - ref[both])
+    return float(np.max(diff / np.maximum(np.abs(ref[both]), ATOL / RTOL)))
+
+
+@pytest.mark.parametrize("spec", list(TALIB))
+def test_matches_talib(spec: str, btc: Candles) -> None:
+    ours = run([spec], btc)
+    refs = TALIB[spec](btc)
+    names = output_names(spec)
+    assert len(refs) == len(names)
+    for name, ref in zip(names, refs, strict=True):
+        assert not np.isnan(ref[-1]), "reference never warmed up"
+        assert relative_error(ours[name], ref) <= RTOL, name
+
+
+def test_vwap_is_the_session_vwap_of_typical_price(btc: Candles) -> None:
+    ours = run(["vwap"], btc)["vwap"]
+    df = pd.DataFrame(btc._asdict())
+    day = pd.to_datetime(df["ts"], utc=True).dt.date
+    typical = (df["high"] + df["low"] + df["close"]) / 3
+    ref = (typical * df["volume"]).groupby(day).cumsum() / df["volume"].groupby(day).cumsum()
+    assert day.nunique() == 5  # 2021-12-31 23:01 to 2022-01-04 10:20: four UTC midnights
+    np.testing.assert_allclose(ours, ref.to_numpy(), rtol=1e-12, atol=0)
+
+
+def test_vwap_resets_at_utc_midnight_and_waits_for_volume() -> None:
+    ts = np.array([-1, 0, 1, 2]) * NS_PER_MINUTE + NEW_YEAR
+    high = np.array([12.0, 30.0, 40.0, 50.0])
+    low = np.array([6.0, 30.0, 40.0, 20.0])
+    close = np.array([9.0, 30.0, 40.0, 35.0])
+    volume = np.array([1.0, 0.0, 3.0, 1.0])
+    vwap = compute(["vwap"], ts, close, high, low, close, volume)["vwap"]
+    np.testing.assert_array_equal(vwap[:3], [9.0, np.nan, 40.0])
+    assert vwap[3] == pytest.approx((40.0 * 3 + 35.0) / 4, rel=1e-15)
+
+
+# --- one code path: batch == incremental, bit for bit --------------------------------------------
+
+ALL_SPECS = [*TALIB, "vwap"]
+
+
+def test_batch_equals_incremental_on_real_candles(btc: Candles) -> None:
+    batch = run(ALL_SPECS, btc)
+    incremental = run_incrementally(ALL_SPECS, btc)
+    assert list(batch) == list(incremental)
+    for name in batch:
+        np.testing.assert_array_equal(batch[name], incremental[name], err_msg=name)
+
+
+def test_batches_resume_where_the_state_left_off(btc: Candles) -> None:
+    whole = run(ALL_SPECS, btc)
+    state = IndicatorSet(ALL_SPECS)
+    first = state.update_many(*(a[:1234] for a in btc))
+    state = pickle.loads(pickle.dumps(state))  # a checkpoint in between
+    rest = state.update_many(*(a[1234:] for a in btc))
+    for name in whole:
+        np.testing.assert_array_equal(np.concatenate([first[name], rest[name]]), whole[name], err_msg=name)
+
+
+def test_state_pickles_and_compares(btc: Candles) -> None:
+    a, b = IndicatorSet(["rsi:14", "bbands:20:2"]), IndicatorSet(["rsi:14", "bbands:20:2"])
+    assert a == b
+    for bar in zip(*(x[:30].tolist() for x in btc), strict=True):
+        a.update(*bar)
+    assert a != b
+    restored = pickle.loads(pickle.dumps(a))
+    assert restored == a
+    assert repr(restored) == "IndicatorSet(['rsi:14', 'bbands:20:2'])"
+    bar = tuple(x[30].item() for x in btc)
+    assert restored.update(*bar) == a.update(*bar)
+    assert restored == a
+    assert IndicatorSet(["rsi:14"]) != IndicatorSet(["rsi:15"])
+
+
+def test_update_names_every_output_and_accepts_datetimes(btc: Candles) -> None:
+    state = IndicatorSet(["macd:12:26:9", "obv", "adx:14"])
+    assert state.names == (
+        "macd_12_26_9",
+        "macd_signal_12_26_9",
+        "macd_hist_12_26_9",
+        "obv",
+        "adx_14",
+        "plus_di_14",
+        "minus_di_14",
+    )
+    out = state.update(*(x[0].item() for x in btc))
+    assert list(out) == list(state.names)
+    assert out["obv"] == btc.volume[0] and np.isnan(out["adx_14"])
+    by_datetime = compute(["sma:3"], btc.ts.view("datetime64[ns]"), *btc[1:])
+    np.testing.assert_array_equal(by_datetime["sma_3"], run(["sma:3"], btc)["sma_3"])
+
+
+def test_batch_rejects_ragged_arrays(btc: Candles) -> None:
+    with pytest.raises(ValueError, match="one length"):
+        compute(["sma:3"], btc.ts, btc.open, btc.high, btc.low, btc.close[:-1], btc.volume)
+
+
+# --- properties ----------------------------------------------------------------------------------
+
+SMALL_SPECS = [
+    "sma:2",
+    "sma:5",
+    "ema:3",
+    "wma:4",
+    "rsi:3",
+    "macd:2:5:3",
+    "macd:3:4:1",
+    "bbands:4:2",
+    "bbands:3:0.5",
+    "atr:1",
+    "atr:3",
+    "stoch:3:2:2",
+    "stoch:1:1:1",
+    "willr:3",
+    "cci:4",
+    "obv",
+    "vwap",
+    "adx:2",
+    "adx:3",
+]
+
+prices = st.floats(min_value=1e-3, max_value=1e6, allow_nan=False, allow_infinity=False)
+
+
+@st.composite
+def candle_series(draw: st.DrawFn, constant: bool = False) -> Candles:
+    """Positive OHLCV bars, a minute to several hours apart (so sessions roll over)."""
+    n = draw(st.integers(min_value=1, max_value=80))
+    if constant:
+        closes = [draw(prices)] * n
+    else:
+        closes = draw(st.lists(prices, min_size=n, max_size=n))
+    spread = draw(st.lists(st.floats(min_value=0, max_value=0.05), min_size=2 * n, max_size=2 * n))
+    close = np.array(closes)
+    open_ = np.concatenate([close[:1], close[:-1]])
+    high = np.maximum(open_, close) * (1 + np.array(spread[:n]))
+    low = np.minimum(open_, close) * (1 - np.array(spread[n:]))
+    if constant:
+        open_ = high = low = close
+    volume = np.array(draw(st.lists(st.floats(min_value=0, max_value=1e9), min_size=n, max_size=n)))
+    gaps = draw(st.lists(st.integers(min_value=1, max_value=600), min_size=n, max_size=n))
+    ts = NEW_YEAR + np.cumsum(gaps).astype(np.int64) * NS_PER_MINUTE
+    return Candles(ts, open_, high, low, close, volume)
+
+
+@settings(max_examples=60, deadline=None)
+@given(candles=candle_series(), specs=st.lists(st.sampled_from(SMALL_SPECS), min_size=1, max_size=6))
+def test_property_batch_equals_incremental(candles: Candles, specs: list[str]) -> None:
+    batch = run(specs, candles)
+    incremental = run_incrementally(specs, candles)
+    for name in batch:
+        np.testing.assert_array_equal(batch[name], incremental[name], err_msg=name)
+
+
+@settings(max_examples=60, deadline=None)
+@given(candles=candle_series())
+def test_property_outputs_stay_in_their_ranges(candles: Candles) -> None:
+    out = run(SMALL_SPECS, candles)
+
+    def within(name: str, low: float, high: float) -> None:
+        values = out[name][~np.isnan(out[name])]
+        assert np.all((values >= low) & (values <= high)), name
+
+    for name in ("rsi_3", "stoch_k_3_2_2", "stoch_d_3_2_2", "adx_3", "plus_di_3", "minus_di_3"):
+        within(name, 0, 100)
+    within("willr_3", -100, 0)
+    within("atr_3", 0, np.inf)
+    low, high = float(candles.low.min()), float(candles.high.max())
+    for name in ("sma_5", "ema_3", "wma_4", "bb_middle_4_2", "vwap"):
+        within(name, low * (1 - 1e-12), high * (1 + 1e-12))
+    upper, lower = out["bb_upper_4_2"], out["bb_lower_4_2"]
+    warm = ~np.isnan(upper)
+    assert np.all(lower[warm] <= out["bb_middle_4_2"][warm])
+    assert np.all(out["bb_middle_4_2"][warm] <= upper[warm])
+
+
+@settings(max_examples=40, deadline=None)
+@given(candles=candle_series(constant=True))
+def test_property_constant_prices(candles: Candles) -> None:
+    out = run(SMALL_SPECS, candles)
+    price = candles.close[0]
+    for name in ("sma_5", "ema_3", "wma_4", "bb_upper_4_2", "bb_middle_4_2", "bb_lower_4_2"):
+        values = out[name][~np.isnan(out[name])]
+        np.testing.assert_allclose(values, price, rtol=1e-13, err_msg=name)
+    for name in ("macd_2_5_3", "macd_hist_2_5_3"):
+        values = out[name][~np.isnan(out[name])]
+        np.testing.assert_allclose(values, 0.0, atol=price * 1e-13, err_msg=name)
+    for name in ("rsi_3", "willr_3", "stoch_k_3_2_2", "cci_4", "atr_3", "adx_3", "plus_di_3"):
+        values = out[name][~np.isnan(out[name])]
+        np.testing.assert_array_equal(values, 0.0, err_msg=name)
+
+
+# --- specs ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("spec", "names"),
+    [
+        ("sma:50", ("sma_50",)),
+        ("ema:20", ("ema_20",)),
+        ("wma:10", ("wma_10",)),
+        ("rsi:14", ("rsi_14",)),
+        ("macd:12:26:9", ("macd_12_26_9", "macd_signal_12_26_9", "macd_hist_12_26_9")),
+        ("bbands:20:2", ("bb_upper_20_2", "bb_middle_20_2", "bb_lower_20_2")),
+        ("bbands:20:2.5", ("bb_upper_20_2.5", "bb_middle_20_2.5", "bb_lower_20_2.5")),
+        ("atr:14", ("atr_14",)),
+        ("stoch:14:3:3", ("stoch_k_14_3_3", "stoch_d_14_3_3")),
+        ("willr:14", ("willr_14",)),
+        ("cci:20", ("cci_20",)),
+        ("obv", ("obv",)),
+        ("vwap", ("vwap",)),
+        ("adx:14", ("adx_14", "plus_di_14", "minus_di_14")),
+    ],
+)
+def test_output_names(spec: str, names: tuple[str, ...]) -> None:
+    assert output_names(spec) == names
+    assert IndicatorSet([spec]).names == names
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("", "unknown indicator"),
+        ("kama:10", "unknown indicator"),
+        ("SMA:20", "unknown indicator"),
+        ("sma", "should look like 'sma:N'"),
+        ("sma:20:1", "should look like 'sma:N'"),
+        ("obv:3", "should look like 'obv'"),
+        ("sma:", "whole number"),
+        ("sma:x", "whole number"),
+        ("sma:-3", "whole number"),
+        ("sma:2.5", "whole number"),
+        ("sma:1", "from 2 to"),
+        ("sma:100001", "from 2 to"),
+        ("atr:0", "from 1 to"),
+        ("macd:26:12:9", "fast period"),
+        ("macd:12:12:9", "fast period"),
+        ("bbands:20:0", "positive number"),
+        ("bbands:20:-2", "positive number"),
+        ("bbands:20:nan", "positive number"),
+        ("bbands:20:inf", "positive number"),
+    ],
+)
+def test_bad_specs_say_what_is_wrong(spec: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        output_names(spec)
+    with pytest.raises(ValueError, match=message):
+        IndicatorSet(["sma:5", spec])
+
+
+def test_specs_are_deduplicated_in_order() -> None:
+    state = IndicatorSet(["rsi:14", "sma:20", "rsi:14", "sma:020"])
+    assert state.specs == ("rsi:14", "sma:20")
+    assert state.names == ("rsi_14", "sma_20")
+    assert IndicatorSet([]).names == ()
+
+
+def test_a_single_string_is_not_a_list_of_specs() -> None:
+    with pytest.raises(TypeError, match="list of specs"):
+        IndicatorSet("sma:20")
+
+
+def test_every_form_is_tested() -> None:
+    tested = {spec.split(":")[0] for spec in ALL_SPECS}
+    assert tested == {form.split(":")[0] for form in FORMS}
