@@ -3,7 +3,7 @@
 Input: the bundled real Binance recording (69,808 trades of 4 markets, mambo/data) tiled end to end
 until it holds --trades trades; each tile is shifted in time by the recording's span and its trade
 ids are suffixed, so candles keep closing and no event repeats. Every stage runs: validation, candles
-(1s and 1m), indicators, the four strategies on 1s candles, aggregation, intents, risk, paper fills,
+(1m and 5m), indicators, the four strategies on 1m candles, aggregation, intents, risk, paper fills,
 portfolio, and the ClickHouse sink (embedded chdb in a temporary folder) for every topic.
 
 Baseline, run side by side: the same pipeline fed one trade at a time (batches of 1) on the first
@@ -27,6 +27,7 @@ from mambo.connectors.clickhouse import ClickHouseSink, connect, ensure_schema
 from mambo.connectors.replay import DEMO_TRADES, Recording, load_trades, replay
 from mambo.core.market import Market
 from mambo.core.stages import EngineConfig
+from mambo.logs import configure_logging
 from mambo.schemas.batches import TradeBatch
 from mambo.schemas.events import split_key
 from mambo.streams.embedded import EmbeddedRuntime, SinkObserver, run_replay
@@ -44,7 +45,7 @@ def tiled(base: TradeBatch, n: int) -> TradeBatch:
 
 
 def run(trades: TradeBatch, batch_size: int, folder: Path, database: str) -> tuple[float, EmbeddedRuntime]:
-    config = EngineConfig(timeframes=("1s", "1m"), trading_timeframe="1s", strategies=STRATEGIES)
+    config = EngineConfig(timeframes=("1m", "5m"), trading_timeframe="1m", strategies=STRATEGIES)
     markets = {k: Market.default(*split_key(k)) for k in trades.keys}
     runtime = EmbeddedRuntime(config, markets, known_markets=list(markets))
     client = connect(f"chdb://{folder}", database)
@@ -63,6 +64,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=20_000)
     ap.add_argument("--baseline-trades", type=int, default=20_000)
     args = ap.parse_args()
+    configure_logging()
     base, _ = load_trades(DEMO_TRADES)
     trades = tiled(base, args.trades)
     print(f"input: {len(trades):,} trades of {len(trades.keys)} markets (the bundled recording tiled)")

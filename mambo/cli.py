@@ -7,6 +7,7 @@ API can do too. ``mambo --help`` lists them.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -88,6 +89,15 @@ def sql(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
     typer.echo(format_result(df, fmt))  # type: ignore[arg-type]
+
+
+# Each area keeps its commands in mambo/commands/<area>.py with a ``register(app)`` function that
+# defines them (heavy imports inside the command bodies, so ``mambo --help`` stays fast). One line here
+# per area.
+_AREAS: tuple[str, ...] = ()
+
+for _area in _AREAS:
+    importlib.import_module(_area).register(app)
 
 
 def main() -> None:

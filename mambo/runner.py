@@ -103,7 +103,9 @@ async def run_demo(
     speed: float = 0.0,
     batch_size: int = 2_000,
 ) -> int:
-    console = Console(stderr=False)
+    console = Console()
+    if not console.is_terminal:  # a pipe or CI: wide enough for the summary table
+        console = Console(width=140)
     wanted = {x.strip() for x in symbols.split(",")} if symbols else None
     trades, dead_t = load_trades(data or DEMO_TRADES, wanted)
     quote_list, dead_q = load_quotes(quotes or DEMO_QUOTES, wanted)

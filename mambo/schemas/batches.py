@@ -15,6 +15,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 
 from mambo.schemas.events import DeadLetter, Trade, make_id, split_key
 
@@ -25,9 +26,27 @@ SIDE_CODES = {"buy": 1, "sell": -1, "": 0}
 _SIDE_NAMES = {1: "buy", -1: "sell", 0: ""}
 
 
+_MIX = np.uint64(0x9E3779B97F4A7C15)
+
+
+def trade_event_ids(keys: Sequence[str], market: np.ndarray, trade_id: np.ndarray) -> np.ndarray:
+    """Deterministic event ids of trades, vectorized: 16 hex digits (as ``S16`` bytes) of a 64-bit
+    hash of the market key and the venue's trade id.
+
+    Trades are the one event hashed on the hot path, so this uses pandas' SipHash over whole arrays
+    (fixed key, stable across runs and processes) rather than :func:`make_id` per trade, which cost
+    4 µs a trade. Unique per (market, trade id) with overwhelming probability; ClickHouse sorts
+    trades by (exchange, symbol, ts_event, event_id), so a clash would have to fall in one market.
+    """
+    h_keys = pd.util.hash_array(np.asarray(keys, dtype=object), categorize=False)
+    h = pd.util.hash_array(np.asarray(trade_id, dtype=object), categorize=False)
+    mixed = (h ^ h_keys[market]) * _MIX
+    return np.frombuffer(mixed.astype(">u8").tobytes().hex().encode(), dtype="S16")
+
+
 def trade_event_id(key: str, trade_id: str) -> str:
-    """The deterministic event id of a trade: a hash of its market and the venue's trade id."""
-    return make_id("trade", key, trade_id)
+    """The event id of one trade (the same as :func:`trade_event_ids` gives in a batch)."""
+    return bytes(trade_event_ids((key,), np.zeros(1, np.int32), np.array([trade_id], dtype=object))[0]).decode()
 
 
 @dataclass(frozen=True, eq=False)
@@ -65,11 +84,10 @@ class TradeBatch:
         )
 
     def event_ids(self) -> np.ndarray:
-        keys = self.keys
-        return np.array(
-            [trade_event_id(keys[m], t) for m, t in zip(self.market.tolist(), self.trade_id.tolist(), strict=True)],
-            dtype=object,
-        )
+        """Event ids as ``S16`` bytes (see :func:`trade_event_ids`)."""
+        if not len(self):
+            return np.empty(0, "S16")
+        return trade_event_ids(self.keys, self.market, self.trade_id)
 
     def columns(self) -> dict[str, np.ndarray]:
         """Columns named as the Trade model's fields (for the ClickHouse sink)."""
@@ -89,6 +107,7 @@ class TradeBatch:
 
     def to_trades(self) -> list[Trade]:
         cols = self.columns()
+        cols["event_id"] = cols["event_id"].astype("U16")
         names = list(cols)
         rows = zip(*(cols[n].tolist() for n in names), strict=True)
         return [Trade.model_construct(**dict(zip(names, r, strict=True))) for r in rows]

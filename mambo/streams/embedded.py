@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from mambo.core.market import Market
@@ -136,8 +136,9 @@ async def run_replay(
             delay = (ts - first_ts) / 1e9 / speed - (time.perf_counter() - start)
             if delay > 0:
                 await asyncio.sleep(delay)
-        runtime.ingest_quotes(quotes)
-        runtime.ingest_trades(batch)
+        now_ns = time.time_ns()  # ts_init: when the data entered Mambo; derived events inherit it
+        runtime.ingest_quotes([q.model_copy(update={"ts_init": now_ns}) for q in quotes])
+        runtime.ingest_trades(replace(batch, ts_init=now_ns))
         progress.trades += len(batch)
         progress.quotes += len(quotes)
         if len(batch):

@@ -4,7 +4,10 @@ nothing; DSNs are checked and never leak a password."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from decimal import Decimal
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -42,6 +45,7 @@ from mambo.schemas.events import (
 )
 from mambo.schemas.topics import TABLES
 
+REPO = Path(__file__).resolve().parents[2]
 TS = 1_700_000_000_123_456_789  # a timestamp with every nanosecond digit set
 TINY = Decimal("0.000000000000000001")
 BIG = Decimal("123456789.123456789")
@@ -207,7 +211,8 @@ def test_every_model_round_trips_through_insert_and_select(
     sink = ClickHouseSink(clickhouse_client, clickhouse_db)
     sink.write(table, [SAMPLES[table]])
     assert sink.pending_rows(table) == 1
-    assert sink.flush() == 1
+    sink.flush()
+    assert sink.pending_rows() == 0
     assert read_events(clickhouse_client, table, clickhouse_db) == [SAMPLES[table]]
     assert sink.rows_written == {table: 1}
 
@@ -247,7 +252,8 @@ def test_decimals_round_trip_exactly_and_too_many_places_are_refused(
     sink.write(
         "fills", [fill.model_copy(update={"event_id": "z", "fee": Decimal("0.1000000000000000000000")})]
     )
-    assert sink.flush() == 1  # trailing zeros past 18 places lose nothing
+    sink.flush()
+    assert sink.rows_written == {"fills": 2}  # trailing zeros past 18 places lose nothing
 
 
 def test_write_columns_takes_a_100k_trade_batch_and_flushes_on_size(
@@ -279,7 +285,14 @@ def test_write_columns_fills_defaults_and_refuses_bad_batches(
     del cols["side"]  # the model's default: the venue did not say
     sink.write_columns("trades", cols)
     sink.flush()
-    assert {t.side for t in read_events(clickhouse_client, "trades", clickhouse_db)} == {""}  # type: ignore[attr-defined]
+    trades = read_events(clickhouse_client, "trades", clickhouse_db)
+    assert len(trades) == 3 and all(isinstance(t, Trade) and t.side == "" for t in trades)
+    signal = SAMPLES["signals_raw"]
+    sink.write_columns("signals_raw", {k: [v] for k, v in signal.model_dump().items() if k != "values"})
+    sink.flush()  # values: the model's default_factory (an empty map)
+    assert read_events(clickhouse_client, "signals_raw", clickhouse_db) == [
+        signal.model_copy(update={"values": {}})
+    ]
 
     bad = [
         ({**trade_columns(2), "venue": np.zeros(2)}, "unknown columns"),
@@ -345,7 +358,8 @@ def test_a_failed_insert_keeps_the_batch_and_the_next_flush_writes_it(
     assert sink.rows_written == {"signals": 1}  # the other table still went out
     sink.write_columns("trades", trade_columns(5, start=10))  # below batch_rows: buffered, no insert
     ensure_schema(clickhouse_client, clickhouse_db)
-    assert sink.flush() == 15
+    sink.flush()
+    assert sink.rows_written == {"signals": 1, "trades": 15}
     assert count(clickhouse_client, clickhouse_db, "trades") == 15
     assert sink.pending_rows() == 0
 
@@ -413,6 +427,16 @@ def test_one_chdb_folder_at_a_time_per_process(
     assert clickhouse_client.command("SELECT 1") == 1  # the session's engine is unharmed
 
 
+def test_a_second_process_cannot_open_the_folder(clickhouse_client: Client, clickhouse_dsn: str) -> None:
+    script = "import sys; from mambo.connectors.clickhouse import connect; connect(sys.argv[1])"
+    run = subprocess.run(
+        [sys.executable, "-c", script, clickhouse_dsn], capture_output=True, text=True, timeout=120, cwd=REPO
+    )
+    assert run.returncode != 0
+    assert "is another process using this chdb folder?" in run.stderr
+    assert clickhouse_client.command("SELECT 1") == 1
+
+
 def test_connect_uses_the_database_once_it_exists(clickhouse_dsn: str, clickhouse_db: str) -> None:
     client, other = connect(clickhouse_dsn, clickhouse_db), connect(clickhouse_dsn, "not_there")
     try:
@@ -439,4 +463,4 @@ def test_query_df_and_format_result(clickhouse_client: Client, clickhouse_db: st
     assert table[0].split() == ["trade_id", "price", "side"] and table[3].split() == ["2", "100.02", "buy"]
     assert format_result(pd.DataFrame(columns=["a", "b"]), "table") == "a  b\n(0 rows)"
     with pytest.raises(ValueError, match="use 'table' or 'csv'"):
-        format_result(df, "json")  # type: ignore[arg-type]
+        format_result(df, "json")  # type: ignore[arg-type]  # the wrong format on purpose

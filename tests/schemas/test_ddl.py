@@ -25,10 +25,7 @@ from mambo.schemas.ddl import (
 )
 from mambo.schemas.events import Candle, EquitySnapshot, Trade
 from mambo.schemas.topics import TABLES
-from tests.connectors import conftest as ch
 
-# chdb opens one folder per process at a time: share the session engine of tests/connectors.
-clickhouse_dsn, clickhouse_client, clickhouse_db = ch.clickhouse_dsn, ch.clickhouse_client, ch.clickhouse_db
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from mambo.schemas import ALL_TOPICS, TABLES, Trade, by_name, candle_topic, dlq_topic
-from mambo.schemas.batches import TradeBatch, validate_trades
+from mambo.schemas.batches import TradeBatch, trade_event_id, validate_trades
 from mambo.schemas.events import TIMEFRAMES, make_id, market_key, split_key, timeframe_ns
 
 GOOD = dict(event_id="e", ts_event=1, ts_init=2, exchange="binance", symbol="BTC/USDT", trade_id="1", price=10.0, qty=1.0)
@@ -79,5 +79,5 @@ def test_trade_batch_round_trips_events() -> None:
     batch = TradeBatch.from_trades(trades)
     back = batch.to_trades()
     assert [(t.trade_id, t.price, t.side) for t in back] == [(t.trade_id, t.price, t.side) for t in trades]
-    assert back[0].event_id == batch.event_ids()[0]
+    assert back[0].event_id == batch.event_ids()[0].decode() == trade_event_id("binance:BTC/USDT", "0")
     assert TradeBatch.concat([batch.slice(0, 2), batch.slice(2, 5)]).trade_id.tolist() == batch.trade_id.tolist()

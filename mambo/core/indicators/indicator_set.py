@@ -1,5 +1,6 @@
-"""The indicators of one market and timeframe: :class:`IndicatorSet` (bar by bar) and :func:`compute`
-(whole arrays), which give bit-identical results because both run the kernels' one step function."""
+"""The indicators of one market and timeframe: :class:`IndicatorSet` (bar by bar, or many bars at
+once) and :func:`compute` (whole arrays from a fresh state). A single bar goes through the same
+kernels as a batch, as arrays of length one, so the two agree bit for bit."""
 
 from __future__ import annotations
 
@@ -24,8 +25,8 @@ class IndicatorSet:
 
     ``IndicatorSet(["sma:50", "rsi:14"])`` parses and de-duplicates the specs (see
     :mod:`mambo.core.indicators.specs`); :attr:`names` lists every output in spec order. Instances
-    pickle and compare equal when they hold the same specs and the same state, so a Faust table or a
-    checkpoint can hold one per market and timeframe.
+    pickle, and compare equal when they compute the same outputs from the same state, so a Faust
+    table or a checkpoint can hold one per market and timeframe. Not for sharing between threads.
     """
 
     def __init__(self, specs: Iterable[str]) -> None:
@@ -99,7 +100,11 @@ class IndicatorSet:
             self._s_off,
             self._o_off,
             times,
-            *prices,
+            prices[0],
+            prices[1],
+            prices[2],
+            prices[3],
+            prices[4],
             out,
         )
         return dict(zip(self.names, out, strict=True))
@@ -107,7 +112,7 @@ class IndicatorSet:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, IndicatorSet):
             return NotImplemented
-        return self.specs == other.specs and np.array_equal(self._state, other._state, equal_nan=True)
+        return self.names == other.names and np.array_equal(self._state, other._state, equal_nan=True)
 
     def __repr__(self) -> str:
         return f"IndicatorSet({list(self.specs)!r})"

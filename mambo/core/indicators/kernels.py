@@ -6,9 +6,11 @@ run. :func:`run_all` runs every indicator of a set over arrays of bars; :func:`s
 bar as arrays of length one and calls :func:`run_all`. So the incremental and the batch path are
 one code path, and agree bit for bit by construction.
 
-The kernels follow TA-Lib's C source (its warm-up, its seeding, its order of operations). The
-TA-Lib 0.8 wheels are compiled with reciprocal-style optimisations, so results differ from them in
-the last bits. Two deliberate departures, both for long streams:
+The kernels follow TA-Lib's C source: its warm-up, its seeding, its order of operations (the TA-Lib
+0.8 wheels themselves are compiled with reciprocal-style optimisations, so some results differ from
+theirs in the last bits). Stochastic and Williams %R take the ratio first and then scale it, as
+those wheels do, so they stay within 0..100 and -100..0 exactly. Departures, for long streams and
+degenerate windows:
 
 - Window sums are running sums (TA-Lib's order: add the new value, drop the oldest), but each time
   the ring buffer wraps the sum is rebuilt from the ring, so rounding never accumulates over more
@@ -17,6 +19,7 @@ the last bits. Two deliberate departures, both for long streams:
 - The Bollinger deviation is the two-pass ``sqrt(mean((x - sma)**2))`` over the window, not
   TA-Lib's ``E[x**2] - sma**2``, which cancels catastrophically on prices like 47,000 and which it
   then zeroes below 1e-14.
+- A CCI window of one repeated price gives 0 (see :func:`_cci`).
 
 Inputs must be finite; counts are kept as float64 (exact up to 2**53 bars).
 """
@@ -135,7 +138,8 @@ def _window_mean(w, n, x):
 def _push_range(w, n, high, low):
     """Push a bar into the high/low rings ``w`` (``[pushed, highs(n), lows(n)]``).
 
-    Returns ``(pushed, highest, lowest)``, the extremes of the last n bars once pushed >= n.
+    Returns ``(pushed, highest, lowest)``, the extremes of the last n bars once pushed >= n. (A plain
+    scan: for the usual periods it beats tracking where the extreme sits, as TA-Lib does.)
     """
     pushed = int(w[0]) + 1
     w[0] = pushed
@@ -343,8 +347,8 @@ def _stoch(p, s, high, low, close, out):
         pushed, highest, lowest = _push_range(ranges, fast_k, high[i], low[i])
         if pushed < fast_k:
             continue
-        diff = (highest - lowest) / 100.0
-        raw = (close[i] - lowest) / diff if diff != 0.0 else 0.0
+        diff = highest - lowest
+        raw = (close[i] - lowest) / diff * 100.0 if diff != 0.0 else 0.0
         k = _window_mean(k_window, slow_k, raw)
         if np.isnan(k):
             continue
@@ -364,8 +368,8 @@ def _willr(p, s, high, low, close, out):
         if pushed < n:
             out[0, i] = _NAN
             continue
-        diff = (highest - lowest) / -100.0
-        out[0, i] = (highest - close[i]) / diff if diff != 0.0 else 0.0
+        diff = highest - lowest
+        out[0, i] = (highest - close[i]) / diff * -100.0 if diff != 0.0 else 0.0
 
 
 @njit(cache=True)

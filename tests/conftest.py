@@ -2,8 +2,6 @@
 
 chdb opens one data folder at a time per process, so every test in the session must share the same
 folder: use ``clickhouse_client`` (or ``clickhouse_db``) rather than opening a chdb path of your own.
-The folder is a fixed name under the session's base temp dir, so test modules outside this package may
-take the fixtures over (see tests/schemas/test_ddl.py) and still land on the same folder.
 """
 
 from __future__ import annotations

@@ -1,0 +1,4 @@
+"""Connectors: sources that bring market data in (file replay) and sinks that keep it (ClickHouse).
+
+Start with :mod:`mambo.connectors.replay` and :mod:`mambo.connectors.clickhouse`.
+"""
