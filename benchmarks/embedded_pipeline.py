@@ -40,7 +40,9 @@ def tiled(base: TradeBatch, n: int) -> TradeBatch:
     tiles = []
     for k in range(-(-n // len(base))):
         ids = base.trade_id if k == 0 else np.array([f"{t}-{k}" for t in base.trade_id], dtype=object)
-        tiles.append(TradeBatch(base.keys, base.market, base.ts + k * span, base.price, base.qty, base.side, ids))
+        tiles.append(
+            TradeBatch(base.keys, base.market, base.ts + k * span, base.price, base.qty, base.side, ids)
+        )
     return TradeBatch.concat(tiles).slice(0, n)
 
 

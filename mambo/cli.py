@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -36,7 +35,9 @@ def _settings(config: Path | None, data_dir: Path | None, **engine: Any) -> Mamb
             settings.data_dir = data_dir
         updates = {k: v for k, v in engine.items() if v is not None}
         if updates:
-            settings.engine = type(settings.engine).model_validate({**settings.engine.model_dump(), **updates})
+            settings.engine = type(settings.engine).model_validate(
+                {**settings.engine.model_dump(), **updates}
+            )
     except (ValueError, FileNotFoundError) as exc:
         typer.echo(f"error: bad settings: {exc}", err=True)
         raise typer.Exit(2) from exc
@@ -46,14 +47,22 @@ def _settings(config: Path | None, data_dir: Path | None, **engine: Any) -> Mamb
 
 @app.command()
 def demo(
-    data: Annotated[Path | None, typer.Option(help="Trades CSV (default: the bundled Binance recording).")] = None,
-    quotes: Annotated[Path | None, typer.Option(help="Book-top CSV (default: the bundled recording).")] = None,
-    symbols: Annotated[str | None, typer.Option(help="Comma-separated symbols or exchange:symbol keys.")] = None,
+    data: Annotated[
+        Path | None, typer.Option(help="Trades CSV (default: the bundled Binance recording).")
+    ] = None,
+    quotes: Annotated[
+        Path | None, typer.Option(help="Book-top CSV (default: the bundled recording).")
+    ] = None,
+    symbols: Annotated[
+        str | None, typer.Option(help="Comma-separated symbols or exchange:symbol keys.")
+    ] = None,
     strategies: Annotated[
         str, typer.Option(help="Comma-separated strategy names, or module:Class of your own.")
     ] = "sma_cross,rsi_reversion,macd_cross,bollinger_breakout",
     timeframe: Annotated[str, typer.Option(help="The timeframe strategies trade on.")] = "1s",
-    speed: Annotated[float, typer.Option(help="Replay speed as a multiple of real time; 0 = as fast as it goes.")] = 0.0,
+    speed: Annotated[
+        float, typer.Option(help="Replay speed as a multiple of real time; 0 = as fast as it goes.")
+    ] = 0.0,
     batch_size: Annotated[int, typer.Option(help="Trades per batch.")] = 2_000,
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
@@ -61,16 +70,24 @@ def demo(
     """Run the whole pipeline in one process on recorded market data, with live progress."""
     from mambo.runner import run_demo
 
-    settings = _settings(config, data_dir, strategies=strategies, trading_timeframe=timeframe,
-                         timeframes=("1s", "1m", timeframe))
-    code = asyncio.run(run_demo(settings, data=data, quotes=quotes, symbols=symbols, speed=speed,
-                                batch_size=batch_size))
+    settings = _settings(
+        config,
+        data_dir,
+        strategies=strategies,
+        trading_timeframe=timeframe,
+        timeframes=("1s", "1m", timeframe),
+    )
+    code = asyncio.run(
+        run_demo(settings, data=data, quotes=quotes, symbols=symbols, speed=speed, batch_size=batch_size)
+    )
     raise typer.Exit(code)
 
 
 @app.command()
 def sql(
-    query: Annotated[str, typer.Argument(help='SQL, e.g. "SELECT strategy, sum(realized_pnl) FROM fills GROUP BY 1"')],
+    query: Annotated[
+        str, typer.Argument(help='SQL, e.g. "SELECT strategy, sum(realized_pnl) FROM fills GROUP BY 1"')
+    ],
     fmt: Annotated[str, typer.Option("--format", help="table or csv")] = "table",
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
@@ -105,4 +122,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -78,7 +78,17 @@ def _progress_table(p: ReplayProgress, s: PipelineStats, total: int) -> Table:
 def _summary(rt: EmbeddedRuntime, s: PipelineStats, markets: list[str]) -> Table:
     pf = rt.portfolio
     t = Table(title="mambo demo: summary")
-    for col in ("market", "candles", "buy sig", "sell sig", "orders", "fills", "position", "realized PnL", "fees"):
+    for col in (
+        "market",
+        "candles",
+        "buy sig",
+        "sell sig",
+        "orders",
+        "fills",
+        "position",
+        "realized PnL",
+        "fees",
+    ):
         t.add_column(col, justify="left" if col == "market" else "right")
     for key in markets:
         t.add_row(
@@ -141,11 +151,12 @@ async def run_demo(
         live.update(_progress_table(progress, stats, len(trades)))
     sink.flush()
     console.print(Group(_summary(runtime, stats, recording.markets)))
-    eq = stats.equity
+    cash = settings.engine.initial_cash
+    equity = stats.equity.equity if stats.equity else cash
     console.print(
-        f"equity {eq.equity if eq else settings.engine.initial_cash:,.2f} (start {settings.engine.initial_cash:,.2f}); "
+        f"equity {equity:,.2f} (start {cash:,.2f}); "
         f"history in ClickHouse at {settings.data_dir / 'clickhouse'}: try\n"
-        f"  mambo sql \"SELECT strategy, count() AS fills, sum(realized_pnl) AS pnl, sum(fee) AS fees "
-        f"FROM fills GROUP BY strategy\""
+        f'  mambo sql "SELECT strategy, count() AS fills, sum(realized_pnl) AS pnl, sum(fee) AS fees '
+        f'FROM fills GROUP BY strategy"'
     )
     return 0

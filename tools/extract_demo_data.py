@@ -35,12 +35,13 @@ def main(shared: Path, out: Path) -> None:
     quotes: list[tuple] = []
     for (exchange, symbol), names in FILES.items():
         for name in names:
-            lines = [ln.split(" ", 1) for ln in gzip.open(base / name, "rt")]
+            with gzip.open(base / name, "rt") as f:
+                lines = [ln.split(" ", 1) for ln in f]
             msgs = [(int(ts), json.loads(js)) for ts, js in lines]
             msgs = [(ts, m) for ts, m in msgs if "stream" in m]
             offsets = [m["data"]["E"] * 1_000_000 - ts for ts, m in msgs if m["stream"].endswith("@trade")]
             offset_ns = int(statistics.median(offsets))
-            last_q = -10**18
+            last_q = -(10**18)
             for ts, m in msgs:
                 d = m["data"]
                 if m["stream"].endswith("@trade"):
@@ -66,5 +67,7 @@ def main(shared: Path, out: Path) -> None:
 
 
 if __name__ == "__main__":
-    shared = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parents[2] / "shared" / "data"
+    shared = (
+        Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parents[2] / "shared" / "data"
+    )
     main(shared, Path(__file__).resolve().parents[1] / "mambo" / "data")

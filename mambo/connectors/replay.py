@@ -39,7 +39,7 @@ DEMO_QUOTES = _demo_file("demo_quotes.csv.gz")
 
 def _open(path: Path) -> Iterator[dict[str, str]]:
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", newline="") as f:  # type: ignore[operator]
+    with opener(path, "rt", newline="") as f:
         yield from csv.DictReader(f)
 
 
@@ -68,7 +68,9 @@ class Recording:
         return sorted(set(self.trades.keys) | {q.key for q in self.quotes})
 
 
-def load_trades(path: Path = DEMO_TRADES, symbols: set[str] | None = None) -> tuple[TradeBatch, list[DeadLetter]]:
+def load_trades(
+    path: Path = DEMO_TRADES, symbols: set[str] | None = None
+) -> tuple[TradeBatch, list[DeadLetter]]:
     """Trades of a CSV (exchange,symbol,trade_id,ts_ms,price,qty,side), optionally only some markets.
 
     Values are parsed, not validated: a NaN or negative price stays in the batch for the pipeline's
@@ -82,7 +84,12 @@ def load_trades(path: Path = DEMO_TRADES, symbols: set[str] | None = None) -> tu
             key = market_key(row["exchange"], row["symbol"])
             if symbols is not None and row["symbol"] not in symbols and key not in symbols:
                 continue
-            t, p, q, s = int(row["ts_ms"]) * NS_PER_MS, float(row["price"]), float(row["qty"]), SIDE_CODES[row["side"]]
+            t, p, q, s = (
+                int(row["ts_ms"]) * NS_PER_MS,
+                float(row["price"]),
+                float(row["qty"]),
+                SIDE_CODES[row["side"]],
+            )
         except (KeyError, ValueError, TypeError) as exc:
             dead.append(_dead(TRADES.name, path, line, row, f"malformed trade row: {exc!r}"))
             continue
@@ -105,7 +112,9 @@ def load_trades(path: Path = DEMO_TRADES, symbols: set[str] | None = None) -> tu
     return batch, dead
 
 
-def load_quotes(path: Path = DEMO_QUOTES, symbols: set[str] | None = None) -> tuple[list[Quote], list[DeadLetter]]:
+def load_quotes(
+    path: Path = DEMO_QUOTES, symbols: set[str] | None = None
+) -> tuple[list[Quote], list[DeadLetter]]:
     """Book tops of a CSV (exchange,symbol,ts_ms,bid,bid_qty,ask,ask_qty)."""
     quotes, dead = [], []
     for line, row in enumerate(_open(path), start=2):
@@ -133,9 +142,7 @@ def load_quotes(path: Path = DEMO_QUOTES, symbols: set[str] | None = None) -> tu
     return quotes, dead
 
 
-def replay(
-    recording: Recording, batch_size: int = 10_000
-) -> Iterator[tuple[TradeBatch, list[Quote]]]:
+def replay(recording: Recording, batch_size: int = 10_000) -> Iterator[tuple[TradeBatch, list[Quote]]]:
     """Time-ordered slices: a trade batch and the quotes up to its last trade's time."""
     trades, quotes = recording.trades, recording.quotes
     q = 0

@@ -182,7 +182,7 @@ class CandleBuilder:
     def advance(self, watermark: int, ts_init: int = 0) -> list[Candle]:
         """Close every open candle that ends at or before ``watermark`` (no trade needed)."""
         out = []
-        for j, tf in enumerate(self.timeframes):
+        for j in range(len(self.timeframes)):
             ot, n = self._istate[j]
             if ot >= 0 and ot + self._tf_ns[j] <= watermark:
                 out.append(self._candle((0, j, int(ot), int(n)), self._fstate[j].tolist(), ts_init)[1])
@@ -192,7 +192,7 @@ class CandleBuilder:
     def open_candles(self) -> list[Candle]:
         """The candles still open (``closed=False``), e.g. for a live chart."""
         out = []
-        for j, tf in enumerate(self.timeframes):
+        for j in range(len(self.timeframes)):
             ot, n = self._istate[j]
             if ot >= 0:
                 c = self._candle((0, j, int(ot), int(n)), self._fstate[j].tolist(), 0)[1]

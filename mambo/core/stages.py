@@ -7,8 +7,8 @@ operators, so each stage can be partitioned by ``exchange:symbol``.
 
 Order on a candle topic matters and is the registration order of :func:`build_stages`: execution
 (candle-driven fills at the next candle's open), portfolio (mark and equity), risk (stops), signals
-(keeps the candle), then indicators → strategies → aggregation → intents → risk → orders. So an order decided on candle t
-always fills on later data, never on candle t itself.
+(keeps the candle), then indicators → strategies → aggregation → intents → risk → orders. So an
+order decided on candle t always fills on later data, never on candle t itself.
 
 The candle stage is the one *splitting* stage: it returns, with each candle, the index in the trade
 batch of the trade that closed it, and the bus hands the later md.trades subscribers (execution) the

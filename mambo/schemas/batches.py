@@ -26,6 +26,7 @@ SIDE_CODES = {"buy": 1, "sell": -1, "": 0}
 _SIDE_NAMES = {1: "buy", -1: "sell", 0: ""}
 
 
+_Selector = slice | np.ndarray  # named here: inside TradeBatch, `slice` is the method
 _MIX = np.uint64(0x9E3779B97F4A7C15)
 
 
@@ -46,7 +47,9 @@ def trade_event_ids(keys: Sequence[str], market: np.ndarray, trade_id: np.ndarra
 
 def trade_event_id(key: str, trade_id: str) -> str:
     """The event id of one trade (the same as :func:`trade_event_ids` gives in a batch)."""
-    return bytes(trade_event_ids((key,), np.zeros(1, np.int32), np.array([trade_id], dtype=object))[0]).decode()
+    return bytes(
+        trade_event_ids((key,), np.zeros(1, np.int32), np.array([trade_id], dtype=object))[0]
+    ).decode()
 
 
 @dataclass(frozen=True, eq=False)
@@ -71,7 +74,7 @@ class TradeBatch:
     def take(self, mask_or_index: np.ndarray) -> TradeBatch:
         return self._take(mask_or_index)
 
-    def _take(self, sel: slice | np.ndarray) -> TradeBatch:
+    def _take(self, sel: _Selector) -> TradeBatch:
         return TradeBatch(
             self.keys,
             self.market[sel],
@@ -102,7 +105,9 @@ class TradeBatch:
             "trade_id": self.trade_id,
             "price": self.price,
             "qty": self.qty,
-            "side": np.array([_SIDE_NAMES[s] for s in (-1, 0, 1)], dtype=object)[self.side.astype(np.int64) + 1],
+            "side": np.array([_SIDE_NAMES[s] for s in (-1, 0, 1)], dtype=object)[
+                self.side.astype(np.int64) + 1
+            ],
         }
 
     def to_trades(self) -> list[Trade]:

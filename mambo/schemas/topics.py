@@ -77,7 +77,9 @@ REJECTIONS = Topic("risk.rejections", RiskRejection, "risk_rejections", retentio
 ORDERS = Topic("orders", Order, "orders", retention_ms=365 * DAY_MS)
 FILLS = Topic("fills", Fill, "fills", retention_ms=365 * DAY_MS)
 POSITIONS = Topic("positions", Position, "positions", compacted=True)
-EQUITY = Topic("equity", EquitySnapshot, "equity", key_field="account", partitions=1, retention_ms=365 * DAY_MS)
+EQUITY = Topic(
+    "equity", EquitySnapshot, "equity", key_field="account", partitions=1, retention_ms=365 * DAY_MS
+)
 
 _MAIN: tuple[Topic, ...] = (
     TRADES,
@@ -95,7 +97,8 @@ _MAIN: tuple[Topic, ...] = (
     EQUITY,
 )
 _DLQ: tuple[Topic, ...] = tuple(
-    Topic(dlq_topic(t.name), DeadLetter, "dead_letters", partitions=1, retention_ms=30 * DAY_MS) for t in _MAIN
+    Topic(dlq_topic(t.name), DeadLetter, "dead_letters", partitions=1, retention_ms=30 * DAY_MS)
+    for t in _MAIN
 )
 ALL_TOPICS: tuple[Topic, ...] = _MAIN + _DLQ
 _BY_NAME = {t.name: t for t in ALL_TOPICS}

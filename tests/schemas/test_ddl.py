@@ -27,7 +27,6 @@ from mambo.schemas.events import Candle, EquitySnapshot, Trade
 from mambo.schemas.topics import TABLES
 
 
-
 @pytest.mark.parametrize(
     "name,annotation,expected",
     [

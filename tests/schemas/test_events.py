@@ -12,13 +12,28 @@ from mambo.schemas import ALL_TOPICS, TABLES, Trade, by_name, candle_topic, dlq_
 from mambo.schemas.batches import TradeBatch, trade_event_id, validate_trades
 from mambo.schemas.events import TIMEFRAMES, make_id, market_key, split_key, timeframe_ns
 
-GOOD = dict(event_id="e", ts_event=1, ts_init=2, exchange="binance", symbol="BTC/USDT", trade_id="1", price=10.0, qty=1.0)
+GOOD = dict(
+    event_id="e",
+    ts_event=1,
+    ts_init=2,
+    exchange="binance",
+    symbol="BTC/USDT",
+    trade_id="1",
+    price=10.0,
+    qty=1.0,
+)
 
 
 @pytest.mark.parametrize(
     "field,value,message",
-    [("price", math.nan, "finite number > 0"), ("price", -1.0, "finite number > 0"), ("qty", -0.5, "finite number > 0"),
-     ("qty", math.inf, "finite number > 0"), ("ts_event", -1, "greater than or equal"), ("symbol", "", "at least 1")],
+    [
+        ("price", math.nan, "finite number > 0"),
+        ("price", -1.0, "finite number > 0"),
+        ("qty", -0.5, "finite number > 0"),
+        ("qty", math.inf, "finite number > 0"),
+        ("ts_event", -1, "greater than or equal"),
+        ("symbol", "", "at least 1"),
+    ],
 )
 def test_trade_rejects_bad_values_with_a_reason(field: str, value: object, message: str) -> None:
     with pytest.raises(ValidationError, match=message):
@@ -75,9 +90,14 @@ def test_validate_trades_rejects_each_bad_row_with_its_reason_and_keeps_the_rest
 
 
 def test_trade_batch_round_trips_events() -> None:
-    trades = [Trade(**{**GOOD, "trade_id": str(i), "price": 10.0 + i, "side": "buy" if i % 2 else "sell"}) for i in range(5)]
+    trades = [
+        Trade(**{**GOOD, "trade_id": str(i), "price": 10.0 + i, "side": "buy" if i % 2 else "sell"})
+        for i in range(5)
+    ]
     batch = TradeBatch.from_trades(trades)
     back = batch.to_trades()
     assert [(t.trade_id, t.price, t.side) for t in back] == [(t.trade_id, t.price, t.side) for t in trades]
     assert back[0].event_id == batch.event_ids()[0].decode() == trade_event_id("binance:BTC/USDT", "0")
-    assert TradeBatch.concat([batch.slice(0, 2), batch.slice(2, 5)]).trade_id.tolist() == batch.trade_id.tolist()
+    assert (
+        TradeBatch.concat([batch.slice(0, 2), batch.slice(2, 5)]).trade_id.tolist() == batch.trade_id.tolist()
+    )

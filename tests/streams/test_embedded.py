@@ -47,8 +47,18 @@ def fixture_candles() -> list[Candle]:
     return [
         Candle(
             event_id=make_id("candle", "binance", "BTC/USDT", "1m", int(t)),
-            ts_event=int(t) + MINUTE, ts_init=0, exchange="binance", symbol="BTC/USDT", timeframe="1m",
-            open_time=int(t), open=o, high=h, low=lo, close=c, volume=v, trades=0,
+            ts_event=int(t) + MINUTE,
+            ts_init=0,
+            exchange="binance",
+            symbol="BTC/USDT",
+            timeframe="1m",
+            open_time=int(t),
+            open=o,
+            high=h,
+            low=lo,
+            close=c,
+            volume=v,
+            trades=0,
         )
         for t, o, h, lo, c, v in zip(ts, df.open, df.high, df.low, df.close, df.volume, strict=True)
     ]
@@ -81,8 +91,14 @@ def test_sma_crossover_trades_equal_the_reference_semantics_on_real_candles() ->
     candles = fixture_candles()
     qty, fee = Decimal("0.5"), Decimal("0.001")
     config = EngineConfig(
-        timeframes=("1m",), trading_timeframe="1m", strategies=("sma_cross",), order_qty=qty, fee_taker=fee,
-        fill_on="candles", initial_cash=Decimal(10**9), indicators=(),
+        timeframes=("1m",),
+        trading_timeframe="1m",
+        strategies=("sma_cross",),
+        order_qty=qty,
+        fee_taker=fee,
+        fill_on="candles",
+        initial_cash=Decimal(10**9),
+        indicators=(),
         risk=RiskConfig(position_fraction=1.0, max_exposure_per_symbol=1.0, max_total_exposure=1.0),
     )
     rt = EmbeddedRuntime(config, {"binance:BTC/USDT": Market.default("binance", "BTC/USDT")})
@@ -104,7 +120,9 @@ def spot_trades() -> TradeBatch:
     return batch
 
 
-def run(batch: TradeBatch, batch_size: int, known: list[str] | None = None) -> tuple[Recorder, EmbeddedRuntime]:
+def run(
+    batch: TradeBatch, batch_size: int, known: list[str] | None = None
+) -> tuple[Recorder, EmbeddedRuntime]:
     config = EngineConfig(timeframes=("1s", "1m"), trading_timeframe="1s", strategies=STRATEGIES)
     markets = {k: Market.default(*split_key(k)) for k in ("binance:BTC/USDT", "binance:ETH/USDT")}
     rt = EmbeddedRuntime(config, markets, known_markets=known or list(markets))
@@ -116,7 +134,7 @@ def run(batch: TradeBatch, batch_size: int, known: list[str] | None = None) -> t
 
 
 def test_one_at_a_time_and_batches_give_identical_outputs(spot_trades: TradeBatch) -> None:
-    ref, rt = run(spot_trades, len(spot_trades))
+    ref, _ = run(spot_trades, len(spot_trades))
     topics = {t for t, _ in ref.events}
     assert {"md.candles.1s", "indicators", "signals.raw", "signals", "orders", "fills", "equity"} <= topics
     assert len(ref.of("fills")) > 0
@@ -135,8 +153,15 @@ def test_bad_input_is_dead_lettered_with_reasons_and_loses_nothing_else(spot_tra
     keys = (*clean.keys, "binance:DOGE/USDT")
     pos = np.array([100, 2000, 4000, 7000])
     idx = np.insert(np.arange(len(clean)), pos, pos)  # duplicate the rows at pos, then spoil the copies
-    bad = TradeBatch(keys, clean.market[idx].copy(), clean.ts[idx], clean.price[idx].copy(), clean.qty[idx].copy(),
-                     clean.side[idx], clean.trade_id[idx].copy())
+    bad = TradeBatch(
+        keys,
+        clean.market[idx].copy(),
+        clean.ts[idx],
+        clean.price[idx].copy(),
+        clean.qty[idx].copy(),
+        clean.side[idx],
+        clean.trade_id[idx].copy(),
+    )
     spoiled = pos + np.arange(n_bad)
     bad.price[spoiled[0]] = np.nan
     bad.price[spoiled[1]] = -5.0
@@ -148,7 +173,12 @@ def test_bad_input_is_dead_lettered_with_reasons_and_loses_nothing_else(spot_tra
     letters = rec.of("md.trades.dlq")
     assert len(letters) == n_bad == rt.dead_letter_count
     reasons = " | ".join(d.reason for d in letters)
-    for needle in ("got nan", "got -5.0", "qty must be a finite number > 0, got -1.0", "unknown market binance:DOGE/USDT"):
+    for needle in (
+        "got nan",
+        "got -5.0",
+        "qty must be a finite number > 0, got -1.0",
+        "unknown market binance:DOGE/USDT",
+    ):
         assert needle in reasons
     assert [e for e in rec.events if not e[0].endswith(".dlq")] == ref.events
     assert [t for t in rec.trade_ids if not t.startswith("bad-")] == ref.trade_ids
@@ -175,5 +205,5 @@ def test_a_failing_stage_dead_letters_the_message_and_the_run_goes_on(spot_trade
         rt.ingest_trades(spot_trades.slice(start, start + 1000))
     letters = rec.of("md.candles.1m.dlq")
     assert Boom.calls == len(letters) > 0
-    assert all("boom: RuntimeError('operator fault')" == d.reason for d in letters)
+    assert all(d.reason == "boom: RuntimeError('operator fault')" for d in letters)
     assert [e for e in rec.events if not e[0].endswith(".dlq")] == ref.events

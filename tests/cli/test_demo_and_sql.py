@@ -1,0 +1,89 @@
+"""`mambo demo` then `mambo sql`, run as a user runs them: separate processes, a fresh data folder."""
+
+from __future__ import annotations
+
+import csv
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mambo.connectors.replay import DEMO_TRADES, load_trades
+
+MAMBO = [sys.executable, "-m", "mambo.cli"]
+
+
+def mambo(*args: str, data_dir: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*MAMBO, *args, "--data-dir", str(data_dir)], capture_output=True, text=True, timeout=300, check=False
+    )
+
+
+def rows(out: str) -> list[dict[str, str]]:
+    return list(csv.DictReader(io.StringIO(out)))
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    data_dir = tmp_path_factory.mktemp("demo")
+    done = mambo("demo", "--symbols", "BTC/USDT,ETH/USDT", data_dir=data_dir)
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert "mambo demo: summary" in done.stdout
+    assert "binance:BTC/USDT" in done.stdout
+    return data_dir
+
+
+def test_help_lists_every_command() -> None:
+    out = subprocess.run([*MAMBO, "--help"], capture_output=True, text=True, check=True).stdout
+    for command in ("demo", "sql"):
+        assert command in out
+
+
+def test_history_holds_the_run(demo_dir: Path) -> None:
+    batch, _ = load_trades(DEMO_TRADES, {"BTC/USDT", "ETH/USDT"})
+    query = (
+        "SELECT (SELECT count() FROM trades FINAL) AS trades, (SELECT count() FROM candles FINAL) AS candles, "
+        "(SELECT count() FROM indicators FINAL) AS indicators, (SELECT count() FROM signals FINAL) AS signals, "
+        "(SELECT count() FROM orders FINAL) AS orders, (SELECT count() FROM fills FINAL) AS fills"
+    )
+    done = mambo("sql", query, "--format", "csv", data_dir=demo_dir)
+    assert done.returncode == 0, done.stderr
+    (counts,) = rows(done.stdout)
+    assert int(counts["trades"]) == len(batch)
+    for table in ("candles", "indicators", "signals", "orders", "fills"):
+        assert int(counts[table]) > 0, table
+
+
+def test_pnl_by_strategy_adds_up_to_the_fills(demo_dir: Path) -> None:
+    by_strategy = mambo(
+        "sql",
+        "SELECT strategy, sum(realized_pnl) AS pnl, sum(fee) AS fees FROM fills FINAL GROUP BY strategy ORDER BY 1",
+        "--format",
+        "csv",
+        data_dir=demo_dir,
+    )
+    total = mambo(
+        "sql", "SELECT sum(realized_pnl) AS pnl FROM fills FINAL", "--format", "csv", data_dir=demo_dir
+    )
+    assert by_strategy.returncode == 0 and total.returncode == 0, by_strategy.stderr + total.stderr
+    parts = rows(by_strategy.stdout)
+    assert parts and {p["strategy"] for p in parts} <= {
+        "sma_cross",
+        "rsi_reversion",
+        "macd_cross",
+        "bollinger_breakout",
+    }
+    from decimal import Decimal
+
+    assert sum(Decimal(p["pnl"]) for p in parts) == Decimal(rows(total.stdout)[0]["pnl"])
+
+
+def test_table_output_and_bad_sql(demo_dir: Path) -> None:
+    ok = mambo(
+        "sql", "SELECT symbol, count() AS n FROM trades GROUP BY symbol ORDER BY symbol", data_dir=demo_dir
+    )
+    assert ok.returncode == 0 and "BTC/USDT" in ok.stdout
+    bad = mambo("sql", "SELEC nonsense", data_dir=demo_dir)
+    assert bad.returncode == 1 and bad.stderr.startswith("error:") and "Traceback" not in bad.stderr
