@@ -6,6 +6,7 @@ import csv
 import io
 import subprocess
 import sys
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ import pytest
 from mambo.connectors.replay import DEMO_TRADES, load_trades
 
 MAMBO = [sys.executable, "-m", "mambo.cli"]
+STRATEGIES = ("sma_cross", "rsi_reversion", "macd_cross", "bollinger_breakout")
 
 
 def mambo(*args: str, data_dir: Path) -> subprocess.CompletedProcess[str]:
@@ -43,11 +45,8 @@ def test_help_lists_every_command() -> None:
 
 def test_history_holds_the_run(demo_dir: Path) -> None:
     batch, _ = load_trades(DEMO_TRADES, {"BTC/USDT", "ETH/USDT"})
-    query = (
-        "SELECT (SELECT count() FROM trades FINAL) AS trades, (SELECT count() FROM candles FINAL) AS candles, "
-        "(SELECT count() FROM indicators FINAL) AS indicators, (SELECT count() FROM signals FINAL) AS signals, "
-        "(SELECT count() FROM orders FINAL) AS orders, (SELECT count() FROM fills FINAL) AS fills"
-    )
+    tables = ("trades", "candles", "indicators", "signals", "orders", "fills")
+    query = "SELECT " + ", ".join(f"(SELECT count() FROM {t} FINAL) AS {t}" for t in tables)
     done = mambo("sql", query, "--format", "csv", data_dir=demo_dir)
     assert done.returncode == 0, done.stderr
     (counts,) = rows(done.stdout)
@@ -59,7 +58,7 @@ def test_history_holds_the_run(demo_dir: Path) -> None:
 def test_pnl_by_strategy_adds_up_to_the_fills(demo_dir: Path) -> None:
     by_strategy = mambo(
         "sql",
-        "SELECT strategy, sum(realized_pnl) AS pnl, sum(fee) AS fees FROM fills FINAL GROUP BY strategy ORDER BY 1",
+        "SELECT strategy, sum(realized_pnl) AS pnl, sum(fee) AS fees FROM fills FINAL GROUP BY 1 ORDER BY 1",
         "--format",
         "csv",
         data_dir=demo_dir,
@@ -75,7 +74,6 @@ def test_pnl_by_strategy_adds_up_to_the_fills(demo_dir: Path) -> None:
         "macd_cross",
         "bollinger_breakout",
     }
-    from decimal import Decimal
 
     assert sum(Decimal(p["pnl"]) for p in parts) == Decimal(rows(total.stdout)[0]["pnl"])
 
