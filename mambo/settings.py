@@ -120,16 +120,19 @@ class MamboSettings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        config = os.environ.get("MAMBO_CONFIG")
-        if config:
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config)))
+        if settings_cls.model_config.get("toml_file"):
+            sources.append(TomlConfigSettingsSource(settings_cls))
         return tuple(sources)
 
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> MamboSettings:
     """Settings from ``config_file`` (or ``MAMBO_CONFIG``), the environment and ``overrides``."""
-    if config_file is not None:
-        if not config_file.is_file():
-            raise FileNotFoundError(f"config file {config_file} does not exist")
-        os.environ["MAMBO_CONFIG"] = str(config_file)
-    return MamboSettings(**overrides)
+    path = config_file or (Path(os.environ["MAMBO_CONFIG"]) if os.environ.get("MAMBO_CONFIG") else None)
+    if path is None:
+        return MamboSettings(**overrides)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    from_file = type(
+        "MamboSettings", (MamboSettings,), {"model_config": {**MamboSettings.model_config, "toml_file": path}}
+    )
+    return from_file(**overrides)
