@@ -1,0 +1,90 @@
+"""Making ccxt clients: the one place that knows how to point ccxt at an exchange, a testnet or the
+local exchange, and where API keys enter (as ``SecretStr``, never logged).
+
+:func:`make_exchange` returns a ``ccxt.pro`` client (async REST and WebSocket in one object).
+:func:`market_from_ccxt` turns a ccxt market into Mambo's :class:`~mambo.core.market.Market`, so
+exchange rules are data at the border.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import ccxt.pro as ccxtpro
+from pydantic import SecretStr
+
+from mambo.core.market import Market
+
+__all__ = ["local_urls", "make_exchange", "market_from_ccxt"]
+
+
+def local_urls(urls: Any, base_url: str) -> Any:
+    """ccxt's URL table with every host replaced by the local exchange's: http(s) by ``base_url``,
+    ws(s) by its WebSocket twin, paths kept. Nothing the client asks for can leave the machine."""
+    local = urlsplit(base_url.rstrip("/"))
+    if isinstance(urls, dict):
+        return {k: local_urls(v, base_url) for k, v in urls.items()}
+    if not isinstance(urls, str) or "://" not in urls:
+        return urls
+    parts = urlsplit(urls)
+    scheme = "ws" if parts.scheme.startswith("ws") else local.scheme
+    return urlunsplit((scheme, local.netloc, parts.path, parts.query, parts.fragment))
+
+
+def make_exchange(
+    exchange_id: str,
+    *,
+    base_url: str | None = None,
+    api_key: SecretStr | None = None,
+    secret: SecretStr | None = None,
+    sandbox: bool = False,
+    options: dict[str, Any] | None = None,
+) -> Any:
+    """A ``ccxt.pro`` client of ``exchange_id``, rate limited by ccxt.
+
+    ``base_url`` points a ``binance`` client at the local exchange (``mambo exchange``); ``sandbox``
+    switches to the exchange's testnet through ccxt's sandbox mode (Binance spot testnet).
+    """
+    try:
+        cls = getattr(ccxtpro, exchange_id)
+    except AttributeError:
+        raise ValueError(f"ccxt.pro has no exchange {exchange_id!r}") from None
+    config: dict[str, Any] = {"enableRateLimit": True, "options": dict(options or {})}
+    if api_key is not None and secret is not None:
+        config["apiKey"] = api_key.get_secret_value()
+        config["secret"] = secret.get_secret_value()
+    if exchange_id == "binance":
+        # spot only: the local exchange, and Mambo's spot sources, need no futures market lists
+        config["options"].setdefault("fetchMarkets", {"types": ["spot"]})
+        config["options"].setdefault("fetchCurrencies", False)
+        config["options"].setdefault("fetchMargins", False)
+    exchange = cls(config)
+    if sandbox:
+        exchange.set_sandbox_mode(True)
+    if base_url is not None:
+        if exchange_id != "binance":
+            raise ValueError("the local exchange speaks Binance: use --exchange binance with a base URL")
+        exchange.urls["api"] = local_urls(exchange.urls["api"], base_url)
+        exchange.rateLimit = 1  # a local peer: ccxt's throttle need not pace us
+    return exchange
+
+
+def market_from_ccxt(exchange_id: str, market: dict[str, Any]) -> Market:
+    """Mambo's market rules from a ccxt market (precision is a tick size in ccxt 4's default mode)."""
+    precision, limits = market.get("precision") or {}, market.get("limits") or {}
+    tick = precision.get("price") or 0.01
+    step = precision.get("amount") or 0.00001
+    min_qty = (limits.get("amount") or {}).get("min") or 0
+    min_cost = (limits.get("cost") or {}).get("min") or 0
+    return Market(
+        exchange_id,
+        market["symbol"],
+        market["base"],
+        market["quote"],
+        Decimal(str(tick)),
+        Decimal(str(step)),
+        Decimal(str(min_qty)),
+        Decimal(str(min_cost)),
+    )
