@@ -7,6 +7,7 @@ with a summary table. Returns the process exit code.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -22,6 +23,7 @@ from mambo.core.market import Market
 from mambo.schemas.batches import TradeBatch
 from mambo.schemas.events import AggregatedSignal, Candle, EquitySnapshot, Fill, Order, split_key
 from mambo.settings import MamboSettings
+from mambo.streams.bus import Observer
 from mambo.streams.embedded import EmbeddedRuntime, ReplayProgress, SinkObserver, run_replay
 
 __all__ = ["PipelineStats", "run_demo"]
@@ -112,6 +114,7 @@ async def run_demo(
     symbols: str | None = None,
     speed: float = 0.0,
     batch_size: int = 2_000,
+    observers: Sequence[Observer] = (),
 ) -> int:
     console = Console()
     if not console.is_terminal:  # a pipe or CI: wide enough for the summary table
@@ -133,6 +136,8 @@ async def run_demo(
     stats = PipelineStats()
     runtime.observe(stats)
     runtime.observe(SinkObserver(sink))
+    for observer in observers:  # e.g. the API's live feed (mambo api --demo)
+        runtime.observe(observer)
     runtime.dead_letters(recording.dead_letters)
     console.print(
         f"replaying {len(trades):,} trades and {len(quote_list):,} quotes of {len(markets)} markets "
