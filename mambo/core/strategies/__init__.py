@@ -8,7 +8,9 @@ other built-ins (``rsi_reversion``, ``macd_cross``, ``bollinger_breakout``) foll
 """
 
 from mambo.core.strategies.base import (
+    SIDE_CODES,
     Bar,
+    BatchDecisions,
     Decision,
     Strategy,
     check_periods,
@@ -16,7 +18,15 @@ from mambo.core.strategies.base import (
     make_signal,
 )
 from mambo.core.strategies.bollinger_breakout import BollingerBreakout
-from mambo.core.strategies.crossing import MIN_CONFIDENCE, Crossing, clamp_confidence, gap_confidence
+from mambo.core.strategies.crossing import (
+    MIN_CONFIDENCE,
+    Crossing,
+    clamp_confidence,
+    clamp_confidences,
+    crosses,
+    gap_confidence,
+    gap_confidences,
+)
 from mambo.core.strategies.macd_cross import MacdCross
 from mambo.core.strategies.registry import STRATEGIES, StrategyConfigError, load_strategy, strategy_class
 from mambo.core.strategies.rsi_reversion import RsiReversion
@@ -24,8 +34,10 @@ from mambo.core.strategies.sma_cross import SmaCross
 
 __all__ = [
     "MIN_CONFIDENCE",
+    "SIDE_CODES",
     "STRATEGIES",
     "Bar",
+    "BatchDecisions",
     "BollingerBreakout",
     "Crossing",
     "Decision",
@@ -37,7 +49,10 @@ __all__ = [
     "check_periods",
     "check_positive",
     "clamp_confidence",
+    "clamp_confidences",
+    "crosses",
     "gap_confidence",
+    "gap_confidences",
     "load_strategy",
     "make_signal",
     "strategy_class",

@@ -5,7 +5,8 @@
 A strategy sees one closed candle at a time together with that candle's indicator values, and nothing
 else, so it cannot read the future. It keeps its state in its own instance (one per market and
 timeframe) and returns a decision for every bar, a hold while it warms up: the aggregator waits for one
-signal per strategy per bar.
+signal per strategy per bar. A strategy may also offer :meth:`Strategy.decide_batch`, the same
+decisions over whole arrays of closed bars at once, which backtests use when it is there.
 """
 
 from __future__ import annotations
@@ -16,9 +17,26 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+import numpy as np
+import numpy.typing as npt
+
 from mambo.schemas.events import Candle, Signal, SignalSide, make_id
 
-__all__ = ["Bar", "Decision", "Strategy", "check_periods", "check_positive", "make_signal"]
+__all__ = [
+    "SIDE_CODES",
+    "Bar",
+    "BatchDecisions",
+    "Decision",
+    "Strategy",
+    "check_periods",
+    "check_positive",
+    "make_signal",
+]
+
+#: Sides as the codes of :meth:`Strategy.decide_batch`: +1 buy, -1 sell, 0 hold.
+SIDE_CODES: dict[int, SignalSide] = {1: "buy", -1: "sell", 0: "hold"}
+#: What :meth:`Strategy.decide_batch` returns: side codes (int8) and confidences (float64), per bar.
+BatchDecisions = tuple[npt.NDArray[np.int8], npt.NDArray[np.float64]]
 
 _SIDES: frozenset[str] = frozenset(("buy", "sell", "hold"))
 
@@ -93,6 +111,19 @@ class Strategy(ABC):
     @abstractmethod
     def on_bar(self, bar: Bar) -> Decision:
         """The decision on one closed bar; called once per bar, in time order, never skipped."""
+
+    def decide_batch(
+        self, close: npt.NDArray[np.float64], values: Mapping[str, npt.NDArray[np.float64]]
+    ) -> BatchDecisions | None:
+        """Optional: the sides and confidences :meth:`on_bar` would give, from a fresh instance, on
+        every bar of a series of closed bars (``close`` and each indicator output in ``values``,
+        indexed by bar), as :data:`BatchDecisions`; a decision's values are not part of it.
+
+        Element i must depend on bars 0..i only (a test checks it on prefixes). The default, None,
+        means "not vectorized": backtests then call :meth:`on_bar` bar by bar. Leaves the instance's
+        state alone.
+        """
+        return None
 
 
 def check_periods(**periods: object) -> None:

@@ -3,11 +3,22 @@ below the middle band."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from mambo.core.strategies.base import Bar, Decision, Strategy, check_periods, check_positive
-from mambo.core.strategies.crossing import Crossing, clamp_confidence
+import numpy as np
+import numpy.typing as npt
+
+from mambo.core.strategies.base import (
+    Bar,
+    BatchDecisions,
+    Decision,
+    Strategy,
+    check_periods,
+    check_positive,
+)
+from mambo.core.strategies.crossing import Crossing, clamp_confidence, clamp_confidences, crosses
 
 __all__ = ["BollingerBreakout"]
 
@@ -63,6 +74,18 @@ class BollingerBreakout(Strategy):
         if breakdown:
             return Decision("sell", _beyond(middle - close, middle - lower), values)
         return Decision.hold(values)
+
+    def decide_batch(
+        self, close: npt.NDArray[np.float64], values: Mapping[str, npt.NDArray[np.float64]]
+    ) -> BatchDecisions:
+        upper, middle, lower = (values[f"bb_{band}_{self._suffix}"] for band in ("upper", "middle", "lower"))
+        breakout = crosses(close - upper) > 0
+        breakdown = crosses(close - middle) < 0
+        sides = np.where(breakout, 1, np.where(breakdown, -1, 0)).astype(np.int8)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            buy = np.where(upper - middle > 0, clamp_confidences((close - upper) / (upper - middle)), 1.0)
+            sell = np.where(middle - lower > 0, clamp_confidences((middle - close) / (middle - lower)), 1.0)
+        return sides, np.where(breakout, buy, np.where(breakdown, sell, 0.0))
 
 
 def _beyond(distance: float, half_width: float) -> float:

@@ -7,7 +7,18 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-__all__ = ["MIN_CONFIDENCE", "Crossing", "clamp_confidence", "gap_confidence"]
+import numpy as np
+import numpy.typing as npt
+
+__all__ = [
+    "MIN_CONFIDENCE",
+    "Crossing",
+    "clamp_confidence",
+    "clamp_confidences",
+    "crosses",
+    "gap_confidence",
+    "gap_confidences",
+]
 
 #: The smallest confidence of a buy or a sell: a call is never weightless.
 MIN_CONFIDENCE = 1e-6
@@ -47,3 +58,26 @@ def gap_confidence(gap: float, half: float) -> float:
     """Confidence from a relative gap between two lines: ``gap / (gap + half)``, so a gap of ``half``
     gives 0.5, a wider one more, and it never reaches past 1."""
     return clamp_confidence(gap / (gap + half))
+
+
+def crosses(diff: npt.NDArray[np.float64]) -> npt.NDArray[np.int8]:
+    """What :meth:`Crossing.update` returns on each element of ``diff`` in turn, from a fresh state:
+    +1 on an upward cross, -1 on a downward cross, 0 otherwise. Element i depends only on ``diff[:i+1]``."""
+    side = np.where(diff > 0, 1, np.where(diff < 0, -1, 0)).astype(np.int8)  # NaN and zero: 0
+    n = len(side)
+    known = np.where(side != 0, np.arange(n), -1)
+    last = np.maximum.accumulate(known) if n else known  # index of the last side seen, at or before i
+    before = np.concatenate([[-1], last[:-1]]) if n else last
+    prev = np.where(before >= 0, side[np.maximum(before, 0)], 0)
+    return np.where((side != 0) & (prev != 0) & (side != prev), side, 0).astype(np.int8)
+
+
+def clamp_confidences(x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """:func:`clamp_confidence` elementwise."""
+    return np.where(np.isnan(x), 1.0, np.minimum(1.0, np.maximum(MIN_CONFIDENCE, x)))
+
+
+def gap_confidences(gap: npt.NDArray[np.float64], half: float) -> npt.NDArray[np.float64]:
+    """:func:`gap_confidence` elementwise."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return clamp_confidences(gap / (gap + half))

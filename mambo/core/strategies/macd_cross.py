@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from mambo.core.strategies.base import Bar, Decision, Strategy, check_periods, check_positive
-from mambo.core.strategies.crossing import Crossing, gap_confidence
+import numpy as np
+import numpy.typing as npt
+
+from mambo.core.strategies.base import (
+    Bar,
+    BatchDecisions,
+    Decision,
+    Strategy,
+    check_periods,
+    check_positive,
+)
+from mambo.core.strategies.crossing import Crossing, crosses, gap_confidence, gap_confidences
 
 __all__ = ["MacdCross"]
 
@@ -53,3 +64,11 @@ class MacdCross(Strategy):
             return Decision.hold(values)
         confidence = gap_confidence(abs(macd - signal) / bar.close, self.half_gap)
         return Decision("buy" if cross > 0 else "sell", confidence, values)
+
+    def decide_batch(
+        self, close: npt.NDArray[np.float64], values: Mapping[str, npt.NDArray[np.float64]]
+    ) -> BatchDecisions:
+        periods = f"{self.fast}_{self.slow}_{self.signal}"
+        diff = values[f"macd_{periods}"] - values[f"macd_signal_{periods}"]
+        sides = crosses(diff)
+        return sides, np.where(sides != 0, gap_confidences(np.abs(diff) / close, self.half_gap), 0.0)

@@ -1,0 +1,372 @@
+"""The backtester: one market's candle history through the live pipeline's operators, two ways.
+
+* :func:`run_events`, the reference: every candle goes through the embedded runtime, stage by stage,
+  exactly as in a live run with ``fill_on="candles"`` (indicators, strategies, aggregation, intents,
+  risk, the paper broker filling at the next candle's open, the portfolio).
+* :func:`run_vectorized`, the fast path, with identical fills and equity. Indicators are computed
+  over whole arrays (bit-identical to bar by bar) and each strategy decides every bar at once
+  through :meth:`~mambo.core.strategies.Strategy.decide_batch`. Nothing in the account can change on
+  a bar where every strategy holds, so only the bars where some strategy calls buy or sell, and the
+  bar after each (where an order fills), go through the same execution, portfolio and risk stages
+  and the same aggregator and intent policy as the event path, on the same bus. Between them the
+  portfolio is marked at the skipped bars' extreme close and at the last one, which leaves its peak
+  equity, marks and cash exactly where bar-by-bar marking would.
+
+What cannot be skipped that way is refused (:func:`vector_refusal`) and :func:`run_backtest` falls
+back to the event path: a strategy without ``decide_batch``, and the risk features that look at every
+bar (stop-loss, take-profit, trailing stop, the drawdown kill switch).
+
+Both return a :class:`BacktestResult`: the fills (with realized PnL), the directional aggregated
+signals, rejections, and the account per bar. Cash and position change only at fills, so the
+per-bar equity is ``cash + qty × close`` from the :class:`Ledger` of fills: exact (Decimal) with
+:meth:`BacktestResult.equity_at`, float64 for the curve, the plots and the metrics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from decimal import Decimal, localcontext
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from mambo.backtest.data import CandleFrame
+from mambo.core.aggregation import SignalAggregator
+from mambo.core.execution import PaperBroker
+from mambo.core.indicators import compute
+from mambo.core.intents import IntentPolicy
+from mambo.core.market import Market, to_decimal
+from mambo.core.portfolio import MONEY, Portfolio
+from mambo.core.risk import RiskEngine
+from mambo.core.stages import EngineConfig
+from mambo.core.strategies import SIDE_CODES, Bar, Decision, Strategy, load_strategy, make_signal
+from mambo.schemas.events import AggregatedSignal, Candle, Fill, RiskRejection
+from mambo.schemas.topics import FILLS, REJECTIONS, SIGNALS
+from mambo.streams.embedded import EmbeddedRuntime
+
+__all__ = [
+    "BacktestResult",
+    "Ledger",
+    "Progress",
+    "backtest_config",
+    "run_backtest",
+    "run_events",
+    "run_vectorized",
+    "vector_refusal",
+]
+
+Mode = Literal["auto", "vectorized", "events"]
+#: Called with (bars done, bars in all) now and then on long runs.
+Progress = Callable[[int, int], None]
+_ZERO = Decimal(0)
+
+
+def backtest_config(config: EngineConfig, timeframe: str) -> EngineConfig:
+    """``config`` as a backtest on candles of ``timeframe`` runs it: one timeframe, fills from
+    candles, and only the indicators the strategies read."""
+    return replace(
+        config, timeframes=(timeframe,), trading_timeframe=timeframe, fill_on="candles", indicators=()
+    )
+
+
+@dataclass(frozen=True)
+class Ledger:
+    """Cash and position after each fill, exactly as the portfolio books them, and the bar of each."""
+
+    initial_cash: Decimal
+    bar: npt.NDArray[np.int64]  # index of the candle each fill happened on
+    cash: tuple[Decimal, ...]
+    qty: tuple[Decimal, ...]
+
+    @classmethod
+    def of(cls, frame: CandleFrame, fills: Sequence[Fill], initial_cash: Decimal) -> Ledger:
+        cash, qty, cashes, qtys = to_decimal(initial_cash), _ZERO, [], []
+        with localcontext(MONEY):
+            for f in fills:
+                traded = f.qty if f.side == "buy" else -f.qty
+                cash -= traded * f.price + f.fee
+                qty += traded
+                cashes.append(cash)
+                qtys.append(qty)
+        ts = np.array([f.ts_event for f in fills], dtype=np.int64)
+        bar = np.searchsorted(frame.open_time, ts, "left").astype(np.int64)
+        return cls(to_decimal(initial_cash), bar, tuple(cashes), tuple(qtys))
+
+    def segment(self, n: int) -> npt.NDArray[np.int64]:
+        """For each of ``n`` bars, the index of the last fill at or before it (-1: none yet)."""
+        return np.searchsorted(self.bar, np.arange(n), "right").astype(np.int64) - 1
+
+    def position(self, n: int) -> npt.NDArray[np.float64]:
+        """The position held at each bar's close, as float64."""
+        qty = np.array([0.0, *map(float, self.qty)])
+        return qty[self.segment(n) + 1]
+
+    def equity(self, close: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        """Equity at each bar's close, float64: ``cash + qty × close``."""
+        seg = self.segment(len(close)) + 1
+        cash = np.array([float(self.initial_cash), *map(float, self.cash)])
+        qty = np.array([0.0, *map(float, self.qty)])
+        return cash[seg] + qty[seg] * close
+
+    def equity_at(self, i: int, close: float) -> Decimal:
+        """Exact equity at bar ``i``'s close."""
+        k = int(np.searchsorted(self.bar, i, "right")) - 1
+        if k < 0:
+            return self.initial_cash
+        return MONEY.add(self.cash[k], MONEY.multiply(self.qty[k], to_decimal(close)))
+
+
+@dataclass
+class BacktestResult:
+    """What a backtest produced; ``mode`` says which path ran and ``fallback`` why not the fast one."""
+
+    frame: CandleFrame
+    config: EngineConfig
+    mode: Literal["vectorized", "events"]
+    fills: list[Fill]
+    signals: list[AggregatedSignal]
+    rejections: list[RiskRejection]
+    ledger: Ledger
+    fallback: str = ""
+    #: The event path only: the live portfolio's own equity after each bar (what the ledger must equal).
+    portfolio_equity: list[Decimal] | None = field(default=None, repr=False)
+    _equity: npt.NDArray[np.float64] | None = field(default=None, repr=False)
+
+    @property
+    def equity(self) -> npt.NDArray[np.float64]:
+        """Equity at every bar's close (float64)."""
+        if self._equity is None:
+            self._equity = self.ledger.equity(self.frame.close)
+        return self._equity
+
+    @property
+    def position(self) -> npt.NDArray[np.float64]:
+        return self.ledger.position(len(self.frame))
+
+    def equity_at(self, i: int) -> Decimal:
+        """Exact equity at bar ``i``'s close."""
+        return self.ledger.equity_at(i, float(self.frame.close[i]))
+
+    @property
+    def final_equity(self) -> Decimal:
+        return self.equity_at(len(self.frame) - 1) if len(self.frame) else self.ledger.initial_cash
+
+
+class _Recorder:
+    """Keeps the events a result reports: fills, directional aggregated signals, rejections."""
+
+    def __init__(self) -> None:
+        self.fills: list[Fill] = []
+        self.signals: list[AggregatedSignal] = []
+        self.rejections: list[RiskRejection] = []
+
+    def __call__(self, topic: str, payload: Any) -> None:
+        if topic == FILLS.name:
+            self.fills.append(payload)
+        elif topic == SIGNALS.name and payload.side != "hold":
+            self.signals.append(payload)
+        elif topic == REJECTIONS.name:
+            self.rejections.append(payload)
+
+
+def _markets(frame: CandleFrame, market: Market | None) -> dict[str, Market]:
+    return {frame.key: market or Market.default(frame.exchange, frame.symbol)}
+
+
+def _progress_every(n: int) -> int:
+    return max(1, n // 200)
+
+
+def run_events(
+    frame: CandleFrame,
+    config: EngineConfig,
+    market: Market | None = None,
+    progress: Progress | None = None,
+) -> BacktestResult:
+    """The reference path: every candle through the embedded runtime, one at a time."""
+    config = backtest_config(config, frame.timeframe)
+    runtime = EmbeddedRuntime(config, _markets(frame, market))
+    rec = _Recorder()
+    runtime.observe(rec)
+    n, every = len(frame), _progress_every(len(frame))
+    portfolio, equity = runtime.portfolio, []
+    for i in range(n):
+        runtime.ingest_candles([frame.candle(i)])
+        equity.append(portfolio.equity)
+        if progress is not None and (i + 1) % every == 0:
+            progress(i + 1, n)
+    if progress is not None:
+        progress(n, n)
+    ledger = Ledger.of(frame, rec.fills, config.initial_cash)
+    return BacktestResult(
+        frame, config, "events", rec.fills, rec.signals, rec.rejections, ledger, portfolio_equity=equity
+    )
+
+
+def vector_refusal(config: EngineConfig) -> str:
+    """Why the vectorized path cannot give the event path's results for ``config`` ("" when it can)."""
+    risk = config.risk
+    per_bar = [
+        name
+        for name, value in (
+            ("stop_loss", risk.stop_loss),
+            ("take_profit", risk.take_profit),
+            ("trailing_stop", risk.trailing_stop),
+            ("max_drawdown", risk.max_drawdown),
+        )
+        if value is not None
+    ]
+    if per_bar:
+        return f"risk {', '.join(per_bar)} watch every bar"
+    for name in config.strategies:
+        strategy = load_strategy(name, **config.strategy_params.get(name, {}))
+        if type(strategy).decide_batch is Strategy.decide_batch:
+            return f"strategy {name} has no decide_batch"
+    return ""
+
+
+class _SparseRun:
+    """The vectorized path's account: the event path's operators (aggregator, intent policy, risk
+    engine, paper broker, portfolio), called in the order the bus calls them on a candle (see
+    :mod:`mambo.core.stages`), on the bars handed to :meth:`bar`.
+
+    On a candle the stages run execution (fills at the open; order updates reach risk), portfolio
+    (mark at the close while a position is held), risk (stops: refused on this path, so nothing)
+    and signals. A signal's ``values`` stay empty here: the arrays hold them, and no order depends on
+    them. The events nobody reads in a backtest (order acks, positions, equity snapshots) are not
+    built; the :class:`Ledger` gives the account at every bar.
+    """
+
+    def __init__(
+        self,
+        config: EngineConfig,
+        markets: dict[str, Market],
+        strategies: list[Strategy],
+        decisions: list[tuple[npt.NDArray[np.int8], npt.NDArray[np.float64]]],
+    ) -> None:
+        self.portfolio = Portfolio(config.initial_cash)
+        self.broker = PaperBroker(
+            fee_maker=config.fee_maker,
+            fee_taker=config.fee_taker,
+            slippage_bps=config.slippage_bps,
+            markets=markets,
+        )
+        self.risk = RiskEngine(config.risk, markets)
+        self.strategies = strategies
+        self.decisions = decisions
+        self.aggregator = SignalAggregator(
+            [s.name for s in strategies], threshold=config.aggregation_threshold
+        )
+        self.policy = IntentPolicy(qty=config.order_qty, allow_short=config.allow_short)
+        self.rec = _Recorder()
+
+    def bar(self, i: int, candle: Candle, active: bool) -> None:
+        for ev in self.broker.on_candle(candle):
+            if isinstance(ev, Fill):
+                booked, _ = self.portfolio.apply(ev)
+                self.rec.fills.append(booked)
+            else:
+                self.risk.on_order(ev)
+        if self.portfolio.position(candle.key):
+            self.portfolio.mark(candle.key, candle.close)
+        if active:
+            self._signals(i, candle)
+
+    def _signals(self, i: int, candle: Candle) -> None:
+        bar, ts_init = Bar(candle, {}), candle.ts_init
+        agg: AggregatedSignal | None = None
+        for strategy, (sides, conf) in zip(self.strategies, self.decisions, strict=True):
+            side = int(sides[i])
+            decision = Decision(SIDE_CODES[side], float(conf[i]) if side else 0.0)
+            agg = self.aggregator.on_signal(make_signal(strategy, bar, decision, ts_init), ts_init) or agg
+        if agg is None:
+            return
+        self.rec(SIGNALS.name, agg)
+        intent = self.policy.on_signal(agg, self.portfolio.position(candle.key), ts_init)
+        if intent is None:
+            return
+        decided = self.risk.check(intent, self.portfolio, ts_init)
+        if isinstance(decided, RiskRejection):
+            self.rec.rejections.append(decided)
+            return
+        for update in self.broker.submit(decided, ts_init):
+            if update.status != "new":  # a rejection: execution publishes it, risk releases the order
+                self.risk.on_order(update)
+        self.risk.on_order(decided)
+
+
+def run_vectorized(
+    frame: CandleFrame,
+    config: EngineConfig,
+    market: Market | None = None,
+    progress: Progress | None = None,
+) -> BacktestResult:
+    """The fast path (see the module docstring); ValueError when :func:`vector_refusal` objects."""
+    config = backtest_config(config, frame.timeframe)
+    refusal = vector_refusal(config)
+    if refusal:
+        raise ValueError(f"the vectorized path cannot run this config: {refusal}")
+    strategies = [load_strategy(n, **config.strategy_params.get(n, {})) for n in config.strategies]
+    specs = [spec for s in strategies for spec in s.indicators()]
+    values = compute(specs, frame.open_time, frame.open, frame.high, frame.low, frame.close, frame.volume)
+    decisions = []
+    for s in strategies:
+        made = s.decide_batch(frame.close, values)
+        assert made is not None  # vector_refusal checked
+        decisions.append(made)
+    n = len(frame)
+    active = np.zeros(n, dtype=bool)
+    for sides, _ in decisions:
+        active |= sides != 0
+    wanted = np.flatnonzero(active).tolist()
+    run = _SparseRun(config, _markets(frame, market), strategies, decisions)
+    portfolio, broker, key, close = run.portfolio, run.broker, frame.key, frame.close
+    every = _progress_every(n)
+
+    last = -1  # the last bar handed to the operators
+    k = 0  # next entry of `wanted`
+    follow = False  # hand over the bar after `last` too (an order may fill there)
+    while True:
+        while k < len(wanted) and wanted[k] <= last:
+            k += 1
+        j = last + 1 if follow else (wanted[k] if k < len(wanted) else n)
+        if j >= n:
+            break
+        held = portfolio.position(key)
+        if held and j - 1 > last:
+            # the marks of the skipped bars: the extreme close sets the peak, the last one the mark
+            skipped = close[last + 1 : j - 1]
+            if len(skipped):
+                portfolio.mark(key, float(skipped.max() if held > 0 else skipped.min()))
+            portfolio.mark(key, float(close[j - 1]))
+        run.bar(j, frame.candle(j), bool(active[j]))
+        follow = bool(active[j]) or broker.has_pending(key)
+        if progress is not None and j // every != last // every:
+            progress(j + 1, n)
+        last = j
+    if progress is not None:
+        progress(n, n)
+    rec = run.rec
+    ledger = Ledger.of(frame, rec.fills, config.initial_cash)
+    return BacktestResult(frame, config, "vectorized", rec.fills, rec.signals, rec.rejections, ledger)
+
+
+def run_backtest(
+    frame: CandleFrame,
+    config: EngineConfig,
+    market: Market | None = None,
+    mode: Mode = "auto",
+    progress: Progress | None = None,
+) -> BacktestResult:
+    """Backtest ``config`` over ``frame``: vectorized when it can give the event path's results
+    (``auto``), else the event path; ``mode`` forces one (ValueError if vectorized is refused)."""
+    if mode == "events":
+        return run_events(frame, config, market, progress)
+    refusal = vector_refusal(backtest_config(config, frame.timeframe))
+    if refusal and mode == "auto":
+        result = run_events(frame, config, market, progress)
+        result.fallback = refusal
+        return result
+    return run_vectorized(frame, config, market, progress)
