@@ -26,7 +26,14 @@ from mambo.core.risk import RiskConfig
 from mambo.core.stages import DEFAULT_INDICATORS, EngineConfig
 from mambo.schemas.events import timeframe_ns
 
-__all__ = ["ClickHouseSettings", "EngineSettings", "KafkaSettings", "MamboSettings", "load_settings"]
+__all__ = [
+    "ApiSettings",
+    "ClickHouseSettings",
+    "EngineSettings",
+    "KafkaSettings",
+    "MamboSettings",
+    "load_settings",
+]
 
 
 class ClickHouseSettings(BaseModel):
@@ -77,8 +84,30 @@ class EngineSettings(BaseModel):
 
 
 class ApiSettings(BaseModel):
+    """The API service (:mod:`mambo.api`). ``auth="open"`` (no keys) is refused on a non-loopback host."""
+
     host: str = "127.0.0.1"
     port: int = Field(8000, gt=0, lt=65536)
+    auth: Literal["keys", "open"] = "keys"
+    keys_file: Path | None = None  # default: <data_dir>/api_keys.json
+    cors_origins: tuple[str, ...] = ()
+    default_symbol: str = ""  # exchange:symbol for GET /signal; empty: the first market with a signal
+    ws_buffer: int = Field(10_000, gt=0)  # messages kept for resume
+    ws_queue: int = Field(1_000, gt=0)  # per-client queue; a client that fills it is dropped
+    ws_heartbeat_seconds: float = Field(15.0, gt=0)
+    query_max_seconds: float = Field(10.0, gt=0)
+    query_max_rows: int = Field(100_000, gt=0)
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, v: Any) -> Any:
+        return tuple(x.strip() for x in v.split(",") if x.strip()) if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _open_only_on_loopback(self) -> ApiSettings:
+        if self.auth == "open" and self.host not in ("127.0.0.1", "localhost", "::1"):
+            raise ValueError(f"api.auth=open on host {self.host!r}: open access is for loopback only")
+        return self
 
 
 class MamboSettings(BaseSettings):

@@ -411,12 +411,19 @@ def _model(table: str) -> type[Event]:
 
 
 def read_events(
-    client: Client, table: str, database: str, where: str = "", parameters: Mapping[str, Any] | None = None
+    client: Client,
+    table: str,
+    database: str,
+    where: str = "",
+    parameters: Mapping[str, Any] | None = None,
+    limit: int | None = None,
+    descending: bool = False,
 ) -> list[Event]:
     """Rows of a table as events, deduplicated (``FINAL``), in ``ts_event, event_id`` order.
 
     For tests, replays and small API reads, not bulk analytics (use :func:`query_df` there). ``where`` is
-    an SQL condition that may use ``{name:Type}`` placeholders bound from ``parameters``.
+    an SQL condition that may use ``{name:Type}`` placeholders bound from ``parameters``; ``limit``
+    keeps the first rows only; ``descending`` reverses the order (the latest first).
     """
     model = _model(table)
     select = ", ".join(
@@ -426,7 +433,10 @@ def read_events(
     sql = f"SELECT {select} FROM `{database}`.`{table}` FINAL"
     if where:
         sql += f" WHERE {where}"
-    result = client.query(f"{sql} ORDER BY ts_event, event_id", parameters=dict(parameters or {}))
+    sql += " ORDER BY ts_event DESC, event_id DESC" if descending else " ORDER BY ts_event, event_id"
+    if limit is not None:
+        sql += f" LIMIT {int(limit)}"
+    result = client.query(sql, parameters=dict(parameters or {}))
     return [model.model_validate(row) for row in result.named_results()]
 
 

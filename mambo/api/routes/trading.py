@@ -1,0 +1,56 @@
+"""Trading state: orders, fills, positions, PnL, and the strategies with their weights."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from mambo.api.deps import PageQ, Service, SignalsReader, StrategyQ, SymbolQ, TimeRangeQ
+from mambo.api.service import Page, PnlReport, StrategyInfo
+from mambo.schemas.events import Fill, Order, OrderStatus, Position
+
+router = APIRouter(tags=["trading"])
+
+
+@router.get("/orders", response_model=Page[Order])
+def orders(
+    service: Service,
+    _: SignalsReader,
+    when: TimeRangeQ,
+    page: PageQ,
+    symbol: SymbolQ = None,
+    strategy: StrategyQ = None,
+    status: OrderStatus | None = None,
+) -> Page[Order]:
+    """Orders and their later states (one row per state), in time order."""
+    return service.orders(symbol, strategy, status, when, page)
+
+
+@router.get("/fills", response_model=Page[Fill])
+def fills(
+    service: Service,
+    _: SignalsReader,
+    when: TimeRangeQ,
+    page: PageQ,
+    symbol: SymbolQ = None,
+    strategy: StrategyQ = None,
+) -> Page[Fill]:
+    """Executions with price, quantity, fee and the PnL they realized (decimals as exact strings)."""
+    return service.fills(symbol, strategy, when, page)
+
+
+@router.get("/positions", response_model=list[Position])
+def positions(service: Service, _: SignalsReader, symbol: SymbolQ = None) -> list[Position]:
+    """Each market's latest position."""
+    return service.positions(symbol)
+
+
+@router.get("/pnl", response_model=PnlReport)
+def pnl(service: Service, _: SignalsReader, when: TimeRangeQ, page: PageQ) -> PnlReport:
+    """The equity curve (a page of snapshots) and realized PnL, fees and net PnL per strategy."""
+    return service.pnl(when, page)
+
+
+@router.get("/strategies", response_model=list[StrategyInfo])
+def strategies(service: Service, _: SignalsReader) -> list[StrategyInfo]:
+    """Each strategy, its signal counts and its current aggregation weight per market."""
+    return service.strategies()

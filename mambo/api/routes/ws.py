@@ -1,0 +1,123 @@
+"""WebSocket ``/ws``: subscriptions with sequence numbers, resume and heartbeats (frames: hub.PROTOCOL)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from typing import Any
+
+from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+
+from mambo.api.auth import AuthError, Authorizer
+from mambo.api.hub import CHANNELS, Client, Hub, Subscription
+from mambo.api.service import SignalService
+
+router = APIRouter()
+
+AUTH_TIMEOUT_SECONDS = 10.0
+CLOSE_DROPPED = 4008
+
+
+async def _authorize(websocket: WebSocket, authorizer: Authorizer) -> bool:
+    """Check the key (header, else a first ``auth`` frame); on failure say why and close."""
+    key = websocket.headers.get("x-api-key")
+    try:
+        if key is None and not authorizer.open:
+            try:
+                first = json.loads(await asyncio.wait_for(websocket.receive_text(), AUTH_TIMEOUT_SECONDS))
+            except (TimeoutError, ValueError, KeyError):
+                first = {}
+            if not isinstance(first, dict) or first.get("op") != "auth":
+                raise AuthError(401, 'send {"op": "auth", "api_key": "..."} first (or the X-API-Key header)')
+            key = str(first.get("api_key") or "")
+        authorizer.authorize(key, "signals:read")
+    except AuthError as ex:
+        await websocket.send_text(json.dumps({"type": "error", "reason": ex.reason}))
+        await websocket.close(code=4000 + ex.status, reason=ex.reason[:120])
+        return False
+    return True
+
+
+async def _writer(websocket: WebSocket, client: Client, heartbeat: float, hub: Hub) -> None:
+    while True:
+        try:
+            frame = await asyncio.wait_for(client.queue.get(), heartbeat)
+        except TimeoutError:
+            frame = json.dumps({"type": "heartbeat", "seq": hub.seq, "ts": time.time_ns()})
+        if frame is None:
+            await websocket.close(code=CLOSE_DROPPED, reason="slow consumer")
+            return
+        await websocket.send_text(frame)
+        client.sent += 1
+
+
+def _handle(hub: Hub, client: Client, text: str) -> dict[str, Any] | None:
+    """Apply one client frame; the reply to queue, if any."""
+    try:
+        request = json.loads(text)
+        if not isinstance(request, dict):
+            raise ValueError("a frame must be a JSON object")
+        op = request.get("op")
+        if op == "subscribe":
+            sub = Subscription.parse(request)
+            resume = request.get("resume_from")
+            if resume is not None and (not isinstance(resume, int) or isinstance(resume, bool) or resume < 0):
+                raise ValueError("resume_from must be a sequence number (an integer >= 0)")
+            replayed = hub.subscribe(client, sub, resume)
+            return {"type": "subscribed", **sub.describe(), "replayed": replayed, "seq": hub.seq}
+        if op == "unsubscribe":
+            channels = request.get("channels")
+            if channels is not None and not isinstance(channels, list):
+                raise ValueError("channels must be a list")
+            client.unsubscribe(channels)
+            return {"type": "unsubscribed", "channels": channels or list(CHANNELS)}
+        if op == "ping":
+            return {"type": "pong", "seq": hub.seq}
+        if op == "auth":
+            return None  # already authorized
+        raise ValueError(f"unknown op {op!r}; use subscribe, unsubscribe or ping")
+    except ValueError as ex:
+        return {"type": "error", "reason": str(ex)}
+
+
+@router.websocket("/ws")
+async def websocket_endpoint(websocket: WebSocket) -> None:
+    service: SignalService = websocket.app.state.service
+    hub = service.hub
+    await websocket.accept()
+    if not await _authorize(websocket, websocket.app.state.authorizer):
+        return
+    heartbeat = service.settings.ws_heartbeat_seconds
+    client = hub.connect()
+    hub.offer(
+        client,
+        json.dumps(
+            {
+                "type": "welcome",
+                "epoch": hub.epoch,
+                "seq": hub.seq,
+                "channels": list(CHANNELS),
+                "heartbeat_seconds": heartbeat,
+            }
+        ),
+    )
+    writer = asyncio.create_task(_writer(websocket, client, heartbeat, hub))
+    try:
+        while not writer.done():
+            receive = asyncio.ensure_future(websocket.receive_text())
+            await asyncio.wait({receive, writer}, return_when=asyncio.FIRST_COMPLETED)
+            if not receive.done():
+                receive.cancel()
+                break
+            reply = _handle(hub, client, receive.result())
+            if reply is not None:
+                hub.offer(client, json.dumps(reply))
+    except (WebSocketDisconnect, RuntimeError):
+        pass
+    finally:
+        hub.disconnect(client)
+        writer.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await writer

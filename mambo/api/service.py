@@ -1,0 +1,443 @@
+"""The one service behind the REST routes, the WebSocket hub and the CLI.
+
+History comes from ClickHouse (exact reads: ``FINAL``), the live view from the event stream:
+:meth:`SignalService.on_event` is a bus observer (embedded runtime) or is fed by a Kafka consumer
+(distributed mode); it keeps the latest combined signal per market and the feed's health, and
+publishes to the :class:`~mambo.api.hub.Hub`.
+
+ClickHouse calls are serialized by one lock: a chdb engine, or one HTTP session, runs one query at a
+time per client.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any, Generic, Literal, TypeVar
+
+from clickhouse_connect.driver.client import Client
+from pydantic import BaseModel
+
+from mambo.api.analytics import REPORTS, QueryError, QueryResult, run_query
+from mambo.api.hub import Hub
+from mambo.connectors.clickhouse import read_events
+from mambo.schemas.batches import TradeBatch
+from mambo.schemas.events import (
+    AggregatedSignal,
+    Candle,
+    EquitySnapshot,
+    Event,
+    Fill,
+    IndicatorValues,
+    Order,
+    Position,
+    split_key,
+)
+from mambo.schemas.topics import SIGNALS
+from mambo.settings import ApiSettings
+
+__all__ = [
+    "BadRequest",
+    "FeedHealth",
+    "NotFound",
+    "Page",
+    "PageRequest",
+    "PnlReport",
+    "SignalService",
+    "StrategyInfo",
+    "StrategyPnl",
+    "SymbolInfo",
+    "TimeRange",
+    "iso",
+    "to_ns",
+]
+
+E = TypeVar("E", bound=Event)
+
+
+class NotFound(LookupError):
+    """Nothing matches (404); the message says what was looked for."""
+
+
+class BadRequest(ValueError):
+    """A request the caller must fix (400); the message says how."""
+
+
+class Page(BaseModel, Generic[E]):
+    """One page of events in ``ts_event`` order; pass ``next_cursor`` as ``cursor`` for the next."""
+
+    items: list[E]
+    next_cursor: str | None = None
+
+
+class SymbolInfo(BaseModel):
+    key: str
+    exchange: str
+    symbol: str
+    candles: int
+    last_price: float
+    last_ts: int
+
+
+class StrategyInfo(BaseModel):
+    """A strategy, its raw signal counts and its current aggregation weight in each market."""
+
+    name: str
+    signals: int
+    buys: int
+    sells: int
+    weights: dict[str, float]
+
+
+class StrategyPnl(BaseModel):
+    strategy: str
+    fills: int
+    realized_pnl: Decimal
+    fees: Decimal
+    net_pnl: Decimal
+
+
+class PnlReport(BaseModel):
+    equity: list[EquitySnapshot]
+    by_strategy: list[StrategyPnl]
+    next_cursor: str | None = None
+
+
+class FeedHealth(BaseModel):
+    messages: int
+    last_event_ts: int
+    last_seen_ts: int
+    age_seconds: float
+
+
+@dataclass(frozen=True)
+class PageRequest:
+    """How many rows, from where (a previous page's ``next_cursor``), oldest or latest first."""
+
+    limit: int = 100
+    cursor: str | None = None
+    order: Literal["asc", "desc"] = "asc"
+
+
+@dataclass(frozen=True)
+class TimeRange:
+    start: int | None = None  # ns, inclusive
+    end: int | None = None  # ns, exclusive
+
+
+@dataclass
+class _Where:
+    """A WHERE clause for :func:`~mambo.connectors.clickhouse.read_events`, which selects ``ts_event``
+    as integer nanoseconds under its own name; ClickHouse lets WHERE see that alias, so times here
+    compare as Int64 ns."""
+
+    clauses: list[str] = field(default_factory=list)
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def add(self, clause: str, **params: Any) -> None:
+        self.clauses.append(clause)
+        self.params.update(params)
+
+    def market(self, symbol: str | None) -> None:
+        if not symbol:
+            return
+        if ":" in symbol:
+            try:
+                exchange, sym = split_key(symbol)
+            except ValueError as ex:
+                raise BadRequest(str(ex)) from None
+            self.add("exchange = {ex:String} AND symbol = {sym:String}", ex=exchange, sym=sym)
+        else:
+            self.add("symbol = {sym:String}", sym=symbol)
+
+    def time(self, when: TimeRange) -> None:
+        if when.start is not None:
+            self.add("ts_event >= {t0:Int64}", t0=when.start)
+        if when.end is not None:
+            self.add("ts_event < {t1:Int64}", t1=when.end)
+
+    def cursor(self, cursor: str | None, descending: bool) -> None:
+        if not cursor:
+            return
+        ts, sep, event_id = cursor.partition(":")
+        if not sep or not ts.isdigit() or int(ts) >= 2**63 or not event_id:
+            raise BadRequest(f"bad cursor {cursor!r}: pass back the next_cursor of a previous page")
+        self.add(
+            f"(ts_event, event_id) {'<' if descending else '>'} ({{cts:Int64}}, {{cid:String}})",
+            cts=int(ts),
+            cid=event_id,
+        )
+
+    def sql(self) -> str:
+        return " AND ".join(f"({c})" for c in self.clauses)
+
+
+def _cursor(event: Event) -> str:
+    return f"{event.ts_event}:{event.event_id}"
+
+
+def _matches(key: str, symbol: str | None) -> bool:
+    return not symbol or key == symbol or key.partition(":")[2] == symbol
+
+
+class SignalService:
+    """Reads for the API and the CLI, and the live state the event stream keeps up to date."""
+
+    def __init__(
+        self,
+        client: Client,
+        database: str,
+        settings: ApiSettings | None = None,
+        hub: Hub | None = None,
+    ) -> None:
+        self.client = client
+        self.database = database
+        self.settings = settings or ApiSettings()
+        self.hub = hub or Hub(self.settings.ws_buffer, self.settings.ws_queue)
+        self.lock = threading.Lock()
+        self.latest: dict[str, AggregatedSignal] = {}
+        self.feed: dict[str, FeedHealth] = {}
+
+    # --- the live stream -----------------------------------------------------------------------------
+
+    def on_event(self, topic: str, payload: Any) -> None:
+        """A bus observer: keep the live view and fan the event out to WebSocket clients."""
+        now = time.time_ns()
+        if isinstance(payload, TradeBatch):
+            n, last_ts = len(payload), int(payload.ts[-1]) if len(payload) else 0
+        elif isinstance(payload, Event):
+            n, last_ts = 1, payload.ts_event
+        else:
+            return
+        stat = self.feed.get(topic)
+        self.feed[topic] = FeedHealth(
+            messages=(stat.messages if stat else 0) + n,
+            last_event_ts=max(last_ts, stat.last_event_ts if stat else 0),
+            last_seen_ts=now,
+            age_seconds=0.0,
+        )
+        if isinstance(payload, Event):
+            if topic == SIGNALS.name and isinstance(payload, AggregatedSignal):
+                prev = self.latest.get(payload.key)
+                if prev is None or payload.ts_event >= prev.ts_event:
+                    self.latest[payload.key] = payload
+            self.hub.publish(topic, payload)
+
+    def feed_health(self) -> dict[str, FeedHealth]:
+        now = time.time_ns()
+        return {
+            t: s.model_copy(update={"age_seconds": (now - s.last_seen_ts) / 1e9})
+            for t, s in sorted(self.feed.items())
+        }
+
+    # --- reads ---------------------------------------------------------------------------------------
+
+    def _events(
+        self, table: str, where: _Where, limit: int | None = None, descending: bool = False
+    ) -> list[Any]:
+        with self.lock:
+            return read_events(
+                self.client, table, self.database, where.sql(), where.params, limit, descending
+            )
+
+    def _page(self, table: str, where: _Where, page: PageRequest) -> Page[Any]:
+        descending = page.order == "desc"
+        where.cursor(page.cursor, descending)
+        limit = page.limit
+        rows = self._events(table, where, limit + 1, descending)
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return Page(items=rows, next_cursor=_cursor(rows[-1]) if more else None)
+
+    def _query(self, sql: str, **params: Any) -> list[Sequence[Any]]:
+        with self.lock:
+            return list(self.client.query(sql, parameters=params).result_rows)
+
+    def _latest_where(self, table: str, symbol: str | None) -> _Where:
+        where = _Where()
+        where.market(symbol)
+        inner = f" WHERE {where.sql()}" if where.clauses else ""
+        where.add(
+            f"(exchange, symbol, ts_event) IN (SELECT exchange, symbol, toUnixTimestamp64Nano(max(ts_event)) "
+            f"FROM `{self.database}`.`{table}`{inner} GROUP BY exchange, symbol)"
+        )
+        return where
+
+    def latest_signals(self, symbol: str | None = None) -> list[AggregatedSignal]:
+        """The latest combined signal of each market (or of ``symbol``): live if seen, else stored."""
+        live = [s for k, s in sorted(self.latest.items()) if _matches(k, symbol)]
+        if live:
+            return live
+        rows: list[AggregatedSignal] = self._events("signals", self._latest_where("signals", symbol))
+        return list({r.key: r for r in rows}.values())
+
+    def latest_signal(self, symbol: str | None = None) -> AggregatedSignal:
+        """The latest combined signal of ``symbol``, the configured default, or the first market."""
+        wanted = symbol or self.settings.default_symbol or None
+        found = self.latest_signals(wanted)
+        if not found:
+            raise NotFound(f"no signal yet for {wanted}" if wanted else "no signal yet")
+        return found[0]
+
+    def signals(
+        self,
+        symbol: str | None,
+        strategy: str | None,
+        when: TimeRange,
+        page: PageRequest,
+    ) -> Page[Any]:
+        """Combined signals; with ``strategy``, that strategy's own (raw) signals."""
+        where = _Where()
+        where.market(symbol)
+        where.time(when)
+        if strategy:
+            where.add("strategy = {strategy:String}", strategy=strategy)
+        return self._page("signals_raw" if strategy else "signals", where, page)
+
+    def candles(
+        self, symbol: str | None, timeframe: str | None, when: TimeRange, page: PageRequest
+    ) -> Page[Candle]:
+        where = _Where()
+        where.market(symbol)
+        where.time(when)
+        if timeframe:
+            where.add("timeframe = {tf:String}", tf=timeframe)
+        return self._page("candles", where, page)
+
+    def indicators(
+        self, symbol: str | None, timeframe: str | None, when: TimeRange, page: PageRequest
+    ) -> Page[IndicatorValues]:
+        where = _Where()
+        where.market(symbol)
+        where.time(when)
+        if timeframe:
+            where.add("timeframe = {tf:String}", tf=timeframe)
+        return self._page("indicators", where, page)
+
+    def orders(
+        self,
+        symbol: str | None,
+        strategy: str | None,
+        status: str | None,
+        when: TimeRange,
+        page: PageRequest,
+    ) -> Page[Order]:
+        where = _Where()
+        where.market(symbol)
+        where.time(when)
+        if strategy:
+            where.add("strategy = {strategy:String}", strategy=strategy)
+        if status:
+            where.add("status = {status:String}", status=status)
+        return self._page("orders", where, page)
+
+    def fills(
+        self, symbol: str | None, strategy: str | None, when: TimeRange, page: PageRequest
+    ) -> Page[Fill]:
+        where = _Where()
+        where.market(symbol)
+        where.time(when)
+        if strategy:
+            where.add("strategy = {strategy:String}", strategy=strategy)
+        return self._page("fills", where, page)
+
+    def positions(self, symbol: str | None = None) -> list[Position]:
+        """Each market's latest position (after its last fill or mark)."""
+        rows: list[Position] = self._events("positions", self._latest_where("positions", symbol))
+        return list({r.key: r for r in rows}.values())
+
+    def pnl(self, when: TimeRange, page: PageRequest) -> PnlReport:
+        """The equity curve (a page of snapshots) and realized PnL and fees per strategy."""
+        where = _Where()
+        where.time(when)
+        equity: Page[EquitySnapshot] = self._page("equity", where, page)
+        fills = _Where()
+        fills.time(when)
+        cond = f" WHERE {fills.sql()}" if fills.clauses else ""
+        rows = self._query(
+            f"SELECT strategy, count(), sum(realized_pnl), sum(fee) FROM `{self.database}`.fills FINAL"
+            f"{cond} GROUP BY strategy ORDER BY strategy",
+            **fills.params,
+        )
+        by_strategy = [
+            StrategyPnl(strategy=s, fills=n, realized_pnl=r, fees=f, net_pnl=r - f) for s, n, r, f in rows
+        ]
+        return PnlReport(equity=equity.items, by_strategy=by_strategy, next_cursor=equity.next_cursor)
+
+    def symbols(self) -> list[SymbolInfo]:
+        rows = self._query(
+            f"SELECT exchange, symbol, count(), argMax(close, ts_event), "
+            f"toUnixTimestamp64Nano(max(ts_event)) FROM `{self.database}`.candles FINAL "
+            f"GROUP BY exchange, symbol ORDER BY exchange, symbol"
+        )
+        return [
+            SymbolInfo(key=f"{e}:{s}", exchange=e, symbol=s, candles=n, last_price=p, last_ts=t)
+            for e, s, n, p, t in rows
+        ]
+
+    def strategies(self) -> list[StrategyInfo]:
+        counts = {
+            name: (n, b, s)
+            for name, n, b, s in self._query(
+                f"SELECT strategy, count(), countIf(side = 'buy'), countIf(side = 'sell') "
+                f"FROM `{self.database}`.signals_raw FINAL GROUP BY strategy ORDER BY strategy"
+            )
+        }
+        weights: dict[str, dict[str, float]] = {}
+        for sig in self.latest_signals():
+            for name, w in sig.weights.items():
+                weights.setdefault(name, {})[sig.key] = w
+        names = sorted(set(counts) | set(weights))
+        return [
+            StrategyInfo(
+                name=n,
+                signals=counts.get(n, (0, 0, 0))[0],
+                buys=counts.get(n, (0, 0, 0))[1],
+                sells=counts.get(n, (0, 0, 0))[2],
+                weights=weights.get(n, {}),
+            )
+            for n in names
+        ]
+
+    def ready(self) -> bool:
+        try:
+            return [tuple(r) for r in self._query("SELECT 1")] == [(1,)]
+        except Exception:
+            return False
+
+    # --- analytics -----------------------------------------------------------------------------------
+
+    def query(self, sql: str) -> QueryResult:
+        s = self.settings
+        return run_query(self.client, sql, self.database, s.query_max_seconds, s.query_max_rows, self.lock)
+
+    def report(self, name: str) -> QueryResult:
+        report = REPORTS.get(name)
+        if report is None:
+            raise QueryError(f"unknown report {name!r}; reports: {', '.join(REPORTS)}", 404)
+        s = self.settings
+        return run_query(
+            self.client, report.sql, self.database, s.query_max_seconds, s.query_max_rows, self.lock, True
+        )
+
+
+def iso(ts_ns: int) -> str:
+    """ISO-8601 UTC of integer nanoseconds (microsecond precision)."""
+    return datetime.fromtimestamp(ts_ns / 1e9, tz=UTC).isoformat().replace("+00:00", "Z")
+
+
+def to_ns(value: datetime | None) -> int | None:
+    """Integer nanoseconds of a datetime (naive means UTC), clamped to what ClickHouse's Int64 holds."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    ns = (value - _EPOCH) // timedelta(microseconds=1) * 1000
+    return min(max(ns, 0), 2**63 - 1)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

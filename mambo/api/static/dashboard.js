@@ -1,0 +1,268 @@
+// Mambo dashboard: REST for the history, the WebSocket (/ws) for everything live.
+// Frames are documented in the API description (/docs). No build step, no dependencies but the
+// vendored Lightweight Charts.
+"use strict";
+
+const MAX_ROWS = 50;
+const TF_SECONDS = { s: 1, m: 60, h: 3600, d: 86400 };
+const PRICE_INDICATOR = /^(sma|ema|wma|dema|tema|kama|bb|vwap)/;
+
+const state = {
+  key: null, // exchange:symbol on the chart
+  tf: null, // the trading timeframe (from the signals)
+  candles: new Map(), // "key|tf" -> [{time, open, high, low, close}]
+  markers: new Map(), // key -> [marker]
+  overlays: new Map(), // indicator name -> line series
+  lastBarTime: 0,
+  seq: null,
+  epoch: null,
+  apiKey: sessionStorage.getItem("mambo-api-key") || "",
+};
+
+const $ = (id) => document.getElementById(id);
+const tfSeconds = (tf) => parseInt(tf, 10) * TF_SECONDS[tf.slice(-1)];
+const isoTime = (ns) => new Date(Number(ns) / 1e6).toISOString().replace("T", " ").slice(0, 19);
+const fmt = (x, digits = 2) => (x === null || x === undefined ? "-" : Number(x).toFixed(digits));
+
+// --- charts -------------------------------------------------------------------------------------------
+const chartOptions = {
+  layout: { background: { color: "#181e25" }, textColor: "#d8dee4" },
+  grid: { vertLines: { color: "#222a33" }, horzLines: { color: "#222a33" } },
+  timeScale: { timeVisible: true, secondsVisible: true },
+};
+const chart = LightweightCharts.createChart($("chart"), chartOptions);
+const candleSeries = chart.addCandlestickSeries();
+const equityChart = LightweightCharts.createChart($("equity-chart"), chartOptions);
+const equitySeries = equityChart.addLineSeries({ color: "#4e9af1", lineWidth: 2 });
+let lastEquityTime = 0;
+const COLORS = ["#f5b942", "#b07cf5", "#4ec9b0", "#f57c7c", "#7cc4f5", "#c4f57c"];
+
+function barOf(c) {
+  return { time: Math.floor(c.open_time / 1e9), open: c.open, high: c.high, low: c.low, close: c.close };
+}
+
+function pushCandle(c) {
+  const id = `${c.exchange}:${c.symbol}|${c.timeframe}`;
+  const bars = state.candles.get(id) || [];
+  const bar = barOf(c);
+  if (bars.length && bars[bars.length - 1].time >= bar.time) return;
+  bars.push(bar);
+  if (bars.length > 2000) bars.shift();
+  state.candles.set(id, bars);
+  if (`${c.exchange}:${c.symbol}` === state.key && c.timeframe === state.tf && bar.time > state.lastBarTime) {
+    candleSeries.update(bar);
+    state.lastBarTime = bar.time;
+  }
+}
+
+function markerOf(s) {
+  const buy = s.side === "buy";
+  return {
+    time: Math.floor(s.ts_event / 1e9) - tfSeconds(s.timeframe),
+    position: buy ? "belowBar" : "aboveBar",
+    color: buy ? "#26a69a" : "#ef5350",
+    shape: buy ? "arrowUp" : "arrowDown",
+    text: `${s.side.toUpperCase()} ${fmt(s.confidence)}`,
+  };
+}
+
+function pushMarker(s) {
+  const key = `${s.exchange}:${s.symbol}`;
+  const list = state.markers.get(key) || [];
+  list.push(markerOf(s));
+  list.sort((a, b) => a.time - b.time);
+  if (list.length > 500) list.shift();
+  state.markers.set(key, list);
+  if (key === state.key) candleSeries.setMarkers(list);
+}
+
+function pushIndicators(ind) {
+  if (`${ind.exchange}:${ind.symbol}` !== state.key || ind.timeframe !== state.tf) return;
+  const time = Math.floor(ind.ts_event / 1e9) - tfSeconds(ind.timeframe);
+  for (const [name, value] of Object.entries(ind.values)) {
+    if (!PRICE_INDICATOR.test(name) || value === null || !Number.isFinite(value)) continue;
+    let series = state.overlays.get(name);
+    if (!series) {
+      series = chart.addLineSeries({
+        color: COLORS[state.overlays.size % COLORS.length], lineWidth: 1, title: name,
+        priceLineVisible: false, lastValueVisible: false,
+      });
+      state.overlays.set(name, series);
+    }
+    try { series.update({ time, value }); } catch (e) { /* older than the last point: skip */ }
+  }
+  $("legend").textContent = Object.entries(ind.values)
+    .map(([k, v]) => `${k} ${v === null ? "-" : fmt(v)}`).join("  ");
+}
+
+// --- tables --------------------------------------------------------------------------------------------
+function prependRow(tbodyId, cells, attrs = {}) {
+  const tr = document.createElement("tr");
+  for (const [k, v] of Object.entries(attrs)) tr.setAttribute(k, v);
+  for (const [text, cls] of cells) {
+    const td = document.createElement("td");
+    td.textContent = text;
+    if (cls) td.className = cls;
+    tr.appendChild(td);
+  }
+  const tbody = $(tbodyId);
+  tbody.insertBefore(tr, tbody.firstChild);
+  while (tbody.rows.length > MAX_ROWS) tbody.deleteRow(-1);
+}
+
+function showSignal(s) {
+  if (s.side === "hold") return;
+  const key = `${s.exchange}:${s.symbol}`;
+  prependRow("signals", [
+    [isoTime(s.ts_event)], [key], [s.side.toUpperCase(), s.side], [fmt(s.confidence)], [fmt(s.price)],
+    [s.lead_strategy],
+  ], { "data-event-id": s.event_id, class: "signal-row" });
+  pushMarker(s);
+}
+
+function showOrder(o) {
+  prependRow("orders", [
+    [isoTime(o.ts_event)], [`${o.exchange}:${o.symbol}`], [o.strategy], [o.side, o.side], [o.qty], [o.status],
+  ], { "data-event-id": o.event_id });
+}
+
+function showFill(f) {
+  prependRow("fills", [
+    [isoTime(f.ts_event)], [`${f.exchange}:${f.symbol}`], [f.side, f.side], [f.price], [f.qty], [f.fee],
+    [f.realized_pnl],
+  ], { "data-event-id": f.event_id });
+}
+
+function showEquity(e) {
+  const time = Math.floor(e.ts_event / 1e9);
+  if (time > lastEquityTime) {
+    equitySeries.update({ time, value: Number(e.equity) });
+    lastEquityTime = time;
+  }
+  $("equity-value").textContent =
+    `equity ${fmt(e.equity)}  cash ${fmt(e.cash)}  realized ${fmt(e.realized_pnl)}  ` +
+    `unrealized ${fmt(e.unrealized_pnl)}  fees ${fmt(e.fees)}  drawdown ${fmt(100 * e.drawdown)}%`;
+}
+
+// --- REST ----------------------------------------------------------------------------------------------
+async function get(path) {
+  const headers = state.apiKey ? { "X-API-Key": state.apiKey } : {};
+  const r = await fetch(path, { headers });
+  if (!r.ok) throw new Error(`${path}: ${r.status}`);
+  return r.json();
+}
+
+function addSymbolOption(key) {
+  const sel = $("symbol");
+  if ([...sel.options].some((o) => o.value === key)) return;
+  sel.add(new Option(key, key));
+}
+
+async function selectMarket(key, tf) {
+  state.key = key;
+  state.tf = tf;
+  state.lastBarTime = 0;
+  addSymbolOption(key);
+  $("symbol").value = key;
+  $("chart-title").textContent = `${key} ${tf}`;
+  for (const s of state.overlays.values()) chart.removeSeries(s);
+  state.overlays.clear();
+  const q = `symbol=${encodeURIComponent(key)}&timeframe=${tf}&order=desc&limit=500`;
+  try {
+    const page = await get(`/candles?${q}`);
+    for (const c of page.items.reverse()) pushCandle(c);
+    const ind = await get(`/indicators?${q}`);
+    for (const i of ind.items.reverse()) pushIndicators(i);
+  } catch (e) { console.warn(e); }
+  const bars = state.candles.get(`${key}|${tf}`) || [];
+  candleSeries.setData(bars);
+  state.lastBarTime = bars.length ? bars[bars.length - 1].time : 0;
+  candleSeries.setMarkers(state.markers.get(key) || []);
+}
+
+async function loadHistory() {
+  const health = await get("/health");
+  $("open-banner").hidden = health.auth !== "open";
+  $("key-box").hidden = health.auth === "open";
+  try {
+    for (const s of await get("/symbols")) addSymbolOption(s.key);
+    const latest = await get("/signals/latest");
+    const signals = await get("/signals?order=desc&limit=200");
+    for (const s of signals.items.reverse()) showSignal(s);
+    for (const o of (await get("/orders?order=desc&limit=50")).items.reverse()) showOrder(o);
+    for (const f of (await get("/fills?order=desc&limit=50")).items.reverse()) showFill(f);
+    for (const e of (await get("/pnl?order=desc&limit=1000")).equity.reverse()) showEquity(e);
+    if (latest.length && !state.key) await selectMarket(`${latest[0].exchange}:${latest[0].symbol}`, latest[0].timeframe);
+  } catch (e) { console.warn(e); }
+}
+
+async function refreshHealth() {
+  try {
+    const h = await get("/health");
+    const tbody = $("feed");
+    tbody.replaceChildren();
+    for (const [topic, f] of Object.entries(h.feed)) {
+      prependRow("feed", [[topic], [f.messages.toLocaleString()], [isoTime(f.last_event_ts)], [fmt(f.age_seconds, 1)]]);
+    }
+    $("hub").textContent = `hub: ${h.hub.clients} clients, ${h.hub.published.toLocaleString()} published, ` +
+      `${h.hub.dropped_clients} dropped`;
+  } catch (e) { console.warn(e); }
+}
+
+// --- WebSocket -----------------------------------------------------------------------------------------
+function onFrame(msg) {
+  if (msg.type === "welcome") {
+    if (state.epoch && state.epoch !== msg.epoch) state.seq = null; // the server restarted
+    state.epoch = msg.epoch;
+    return;
+  }
+  if (msg.seq !== undefined && msg.type === "event") {
+    state.seq = msg.seq;
+    $("seq").textContent = msg.seq;
+  }
+  if (msg.type !== "event") return;
+  const d = msg.data;
+  switch (msg.channel) {
+    case "candles": pushCandle(d); break;
+    case "indicators": pushIndicators(d); break;
+    case "signals":
+      if (!state.key) selectMarket(`${d.exchange}:${d.symbol}`, d.timeframe);
+      showSignal(d);
+      break;
+    case "orders": showOrder(d); break;
+    case "fills": showFill(d); break;
+    case "equity": showEquity(d); break;
+  }
+}
+
+function connect() {
+  const proto = location.protocol === "https:" ? "wss" : "ws";
+  const ws = new WebSocket(`${proto}://${location.host}/ws`);
+  ws.onopen = () => {
+    if (state.apiKey) ws.send(JSON.stringify({ op: "auth", api_key: state.apiKey }));
+    const sub = { op: "subscribe", channels: ["signals", "candles", "indicators", "orders", "fills", "equity"] };
+    if (state.seq !== null) sub.resume_from = state.seq;
+    ws.send(JSON.stringify(sub));
+    $("ws-status").textContent = "live";
+    $("ws-status").className = "status live";
+  };
+  ws.onmessage = (ev) => onFrame(JSON.parse(ev.data));
+  ws.onclose = () => {
+    $("ws-status").textContent = "reconnecting";
+    $("ws-status").className = "status down";
+    setTimeout(connect, 1000);
+  };
+}
+
+$("symbol").addEventListener("change", (ev) => selectMarket(ev.target.value, state.tf || "1m"));
+$("key-save").addEventListener("click", () => {
+  state.apiKey = $("api-key").value.trim();
+  sessionStorage.setItem("mambo-api-key", state.apiKey);
+  location.reload();
+});
+
+loadHistory().finally(() => {
+  connect();
+  refreshHealth();
+  setInterval(refreshHealth, 2000);
+});
