@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 UV     := $(VENV)/bin/uv
 
-.PHONY: demo test lint typecheck unit install clean bench
+.PHONY: demo test lint typecheck unit install clean bench kafka-jars
 
 install: $(VENV)/.installed
 
@@ -25,7 +25,11 @@ lint: install
 typecheck: install
 	$(VENV)/bin/mypy
 
-unit: install
+# The Kafka broker's jars for the integration tests (Maven, cached in ~/.cache/mambo and ~/.m2).
+kafka-jars: install
+	$(VENV)/bin/mambo kafka fetch
+
+unit: install kafka-jars
 	$(PY) -m pytest
 
 test: lint typecheck unit

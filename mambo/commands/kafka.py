@@ -1,0 +1,195 @@
+"""The distributed runtime's commands: ``mambo kafka start|stop|status|fetch|replay``,
+``mambo topology plan|apply``, ``mambo worker`` and ``mambo sink``.
+
+Each is a thin front over :mod:`mambo.streams.kafka`; the broker's state lives in
+``<data_dir>/kafka`` and the bootstrap address comes from ``kafka.bootstrap`` (default
+``127.0.0.1:9092``, the local broker's).
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+if TYPE_CHECKING:
+    from mambo.settings import MamboSettings
+    from mambo.streams.kafka.broker import KafkaBroker
+
+__all__ = ["register"]
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", help="TOML settings file (see README).")]
+DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", help="Where Mambo keeps its state.")]
+PrefixOpt = Annotated[str, typer.Option(help="Namespace for topic and group names (several pipelines).")]
+PartitionsOpt = Annotated[int | None, typer.Option(help="Partitions of keyed topics (kafka.partitions).")]
+LOCAL = "127.0.0.1:9092"
+
+
+def _settings(config: Path | None, data_dir: Path | None) -> MamboSettings:
+    from mambo.cli import _settings as load
+
+    return load(config, data_dir)
+
+
+def _bootstrap(settings: MamboSettings) -> str:
+    return settings.kafka.bootstrap or LOCAL
+
+
+def _broker(settings: MamboSettings) -> KafkaBroker:
+    from mambo.streams.kafka.broker import KafkaBroker
+
+    host, _, port = _bootstrap(settings).rpartition(":")
+    if host not in ("127.0.0.1", "localhost"):
+        typer.echo(f"error: kafka.bootstrap {_bootstrap(settings)} is not a local broker", err=True)
+        raise typer.Exit(2)
+    return KafkaBroker((settings.data_dir / "kafka").resolve(), port=int(port))
+
+
+def _until_signal() -> threading.Event:
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    return stop
+
+
+def register(app: typer.Typer) -> None:
+    kafka = typer.Typer(no_args_is_help=True, help="The local Apache Kafka broker (KRaft, no Docker).")
+    topology = typer.Typer(no_args_is_help=True, help="Kafka topics and ClickHouse tables of the registry.")
+    app.add_typer(kafka, name="kafka")
+    app.add_typer(topology, name="topology")
+
+    @kafka.command()
+    def start(config: ConfigOpt = None, data_dir: DataDirOpt = None) -> None:
+        """Start a single-node broker on 127.0.0.1 and wait until it answers (jars fetched once)."""
+        from mambo.streams.kafka.broker import BrokerError
+
+        broker = _broker(_settings(config, data_dir))
+        try:
+            broker.start()
+        except BrokerError as ex:
+            typer.echo(f"error: {ex}", err=True)
+            raise typer.Exit(1) from ex
+        typer.echo(f"kafka running at {broker.bootstrap} (pid {broker.pid()}), log {broker.log_file}")
+
+    @kafka.command()
+    def stop(config: ConfigOpt = None, data_dir: DataDirOpt = None) -> None:
+        """Stop the local broker cleanly."""
+        broker = _broker(_settings(config, data_dir))
+        typer.echo("kafka stopped" if broker.stop() else "kafka was not running")
+
+    @kafka.command()
+    def status(config: ConfigOpt = None, data_dir: DataDirOpt = None) -> None:
+        """Whether the local broker runs and answers (exit 1 if not)."""
+        broker = _broker(_settings(config, data_dir))
+        pid = broker.pid()
+        if pid is None:
+            typer.echo("kafka not running")
+            raise typer.Exit(1)
+        answers = broker.ready()
+        typer.echo(f"kafka pid {pid} at {broker.bootstrap}: {'answering' if answers else 'NOT answering'}")
+        raise typer.Exit(0 if answers else 1)
+
+    @kafka.command()
+    def fetch() -> None:
+        """Fetch the broker's jars with Maven into the cache (done by start when missing)."""
+        from mambo.streams.kafka.broker import fetch_jars
+
+        typer.echo(f"kafka jars in {fetch_jars()}")
+
+    @kafka.command()
+    def replay(
+        speed: Annotated[float, typer.Option(help="Multiple of real time; 0 = as fast as it goes.")] = 0.0,
+        prefix: PrefixOpt = "",
+        config: ConfigOpt = None,
+        data_dir: DataDirOpt = None,
+    ) -> None:
+        """Publish the bundled Binance recording (trades and book tops) to md.trades and md.quotes."""
+        from mambo.streams.kafka.replay import publish_recording
+
+        settings = _settings(config, data_dir)
+        n = publish_recording(_bootstrap(settings), speed=speed, prefix=prefix)
+        typer.echo(f"published {n:,} trades")
+
+    def _topology(
+        apply_changes: bool, partitions: int | None, prefix: str, config: Path | None, data_dir: Path | None
+    ) -> None:
+        from confluent_kafka.admin import AdminClient
+
+        from mambo.streams.kafka import topology as topo
+
+        settings = _settings(config, data_dir)
+        admin = AdminClient({"bootstrap.servers": _bootstrap(settings)})
+        n = partitions or settings.kafka.partitions
+        try:
+            changes = (topo.apply if apply_changes else topo.plan)(admin, n, prefix)
+        except Exception as ex:
+            typer.echo(f"error: {ex}", err=True)
+            raise typer.Exit(1) from ex
+        for c in changes:
+            typer.echo(str(c))
+        if apply_changes:
+            from mambo.connectors.clickhouse import connect, ensure_schema
+
+            settings.data_dir.mkdir(parents=True, exist_ok=True)
+            db = settings.clickhouse.database
+            ensure_schema(connect(settings.clickhouse_dsn, db), db)
+            typer.echo(f"{len(changes)} topic changes applied; ClickHouse tables in {db} are current")
+        else:
+            typer.echo(f"{len(changes)} topic changes to apply" if changes else "topics are current")
+
+    @topology.command("plan")
+    def plan_cmd(
+        partitions: PartitionsOpt = None,
+        prefix: PrefixOpt = "",
+        config: ConfigOpt = None,
+        data_dir: DataDirOpt = None,
+    ) -> None:
+        """Show what ``apply`` would change on the broker."""
+        _topology(False, partitions, prefix, config, data_dir)
+
+    @topology.command("apply")
+    def apply_cmd(
+        partitions: PartitionsOpt = None,
+        prefix: PrefixOpt = "",
+        config: ConfigOpt = None,
+        data_dir: DataDirOpt = None,
+    ) -> None:
+        """Create or update the topics (idempotent) and the ClickHouse tables."""
+        _topology(True, partitions, prefix, config, data_dir)
+
+    @app.command()
+    def worker(
+        name: Annotated[str, typer.Option(help="Stable per worker: its transactional id.")] = "1",
+        batch_size: Annotated[int, typer.Option(help="Trades per transaction, at most.")] = 10_000,
+        prefix: PrefixOpt = "",
+        config: ConfigOpt = None,
+        data_dir: DataDirOpt = None,
+    ) -> None:
+        """Run the pipeline's stages on this worker's share of md.trades' partitions, exactly once."""
+        from mambo.streams.kafka.worker import Worker
+
+        settings = _settings(config, data_dir)
+        Worker(
+            _bootstrap(settings), settings.engine.to_config(), name=name, batch_size=batch_size, prefix=prefix
+        ).run(_until_signal())
+
+    @app.command()
+    def sink(
+        prefix: PrefixOpt = "",
+        config: ConfigOpt = None,
+        data_dir: DataDirOpt = None,
+    ) -> None:
+        """Consume every topic into ClickHouse (offsets committed after each good insert)."""
+        from mambo.connectors.clickhouse import ClickHouseSink, connect, ensure_schema
+        from mambo.streams.kafka.sink import KafkaSink
+
+        settings = _settings(config, data_dir)
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        db = settings.clickhouse.database
+        client = connect(settings.clickhouse_dsn, db)
+        ensure_schema(client, db)
+        ch = ClickHouseSink(client, db, batch_rows=settings.clickhouse.batch_rows)
+        KafkaSink(_bootstrap(settings), ch, prefix=prefix).run(_until_signal())

@@ -1,0 +1,237 @@
+"""A single-node Apache Kafka broker (KRaft, combined broker + controller) on 127.0.0.1, no Docker.
+
+The jars come from Maven Central through the pom in ``deploy/kafka/pom.xml`` and are copied once into
+a cache folder (``~/.cache/mambo/kafka-<version>/lib``; Maven's ``~/.m2`` keeps the downloads), so
+every checkout shares them. :class:`KafkaBroker` formats a data folder with ``kafka.tools.StorageTool``,
+starts ``kafka.Kafka server.properties`` with Java 17, writes the broker's log to
+``<data_dir>/broker.log``, waits until the broker answers a metadata request, and stops it with
+SIGTERM (SIGKILL only if it will not go). ``mambo kafka start|stop|status`` is the front.
+
+Version: Kafka 4.3.1. The newest, 4.4.0, does not resolve from Maven Central (its
+``kafka-tools-api`` artifact is missing there), so the launcher uses the newest that does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["KAFKA_VERSION", "BrokerError", "KafkaBroker", "fetch_jars", "free_port", "jar_dir"]
+
+KAFKA_VERSION = "4.3.1"
+_POM = Path(__file__).resolve().parents[3] / "deploy" / "kafka" / "pom.xml"
+_LOG4J = """\
+Configuration:
+  Appenders:
+    File:
+      name: file
+      fileName: "{log}"
+      PatternLayout: {{pattern: "[%d] %p %m (%c)%n"}}
+  Loggers:
+    Root: {{level: INFO, AppenderRef: [{{ref: file}}]}}
+    Logger:
+      - {{name: kafka.request.logger, level: WARN}}
+      - {{name: org.apache.kafka.controller, level: WARN}}
+"""
+
+
+class BrokerError(RuntimeError):
+    """The broker could not be fetched, started or reached; the message says where to look."""
+
+
+def jar_dir() -> Path:
+    cache = Path(
+        os.environ.get("MAMBO_KAFKA_JARS") or Path.home() / ".cache" / "mambo" / f"kafka-{KAFKA_VERSION}"
+    )
+    return cache / "lib"
+
+
+def fetch_jars(quiet: bool = True) -> Path:
+    """Copy the broker's jars into :func:`jar_dir` with Maven (once; a marker file says it is done)."""
+    lib = jar_dir()
+    marker = lib / ".complete"
+    if marker.exists():
+        return lib
+    if shutil.which("mvn") is None:
+        raise BrokerError("Maven (mvn) is needed to fetch Kafka's jars: apt-get install maven")
+    if not _POM.exists():
+        raise BrokerError(f"the broker's pom is missing: {_POM}")
+    tmp = lib.with_name(f"lib.{uuid.uuid4().hex[:8]}")
+    cmd = ["mvn", "-f", str(_POM), "dependency:copy-dependencies", f"-DoutputDirectory={tmp}"]
+    proc = subprocess.run([*cmd[:1], "-q", *cmd[1:]] if quiet else cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise BrokerError(f"mvn failed ({proc.returncode}): {(proc.stdout + proc.stderr)[-2000:]}")
+    (tmp / ".complete").write_text(KAFKA_VERSION)
+    try:
+        tmp.rename(lib)  # atomic: a concurrent fetch either wins or finds the folder complete
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return lib
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie (our own exited child) is not alive
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return True
+
+
+@dataclass
+class KafkaBroker:
+    """One broker whose whole state (config, log, data, pid) lives in ``data_dir``."""
+
+    data_dir: Path
+    port: int = 9092
+    heap: str = "512m"
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def log_file(self) -> Path:
+        return self.data_dir / "broker.log"
+
+    @property
+    def _pid_file(self) -> Path:
+        return self.data_dir / "broker.pid"
+
+    def pid(self) -> int | None:
+        try:
+            pid = int(self._pid_file.read_text())
+        except (OSError, ValueError):
+            return None
+        return pid if _alive(pid) else None
+
+    def _write_config(self, controller_port: int) -> Path:
+        props = {
+            "process.roles": "broker,controller",
+            "node.id": "1",
+            "controller.quorum.voters": f"1@127.0.0.1:{controller_port}",
+            "listeners": f"PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{controller_port}",
+            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
+            "controller.listener.names": "CONTROLLER",
+            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "log.dirs": str(self.data_dir / "data"),
+            "num.partitions": "1",
+            "offsets.topic.replication.factor": "1",
+            "offsets.topic.num.partitions": "6",
+            "transaction.state.log.replication.factor": "1",
+            "transaction.state.log.min.isr": "1",
+            "transaction.state.log.num.partitions": "6",
+            "share.coordinator.state.topic.replication.factor": "1",
+            "share.coordinator.state.topic.min.isr": "1",
+            "group.initial.rebalance.delay.ms": "0",
+            "auto.create.topics.enable": "false",
+            "log.flush.interval.messages": "9223372036854775807",
+        }
+        path = self.data_dir / "server.properties"
+        path.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+        return path
+
+    def _java(self, lib: Path, main: str, *args: str, log4j: Path) -> list[str]:
+        return [
+            "java",
+            f"-Xmx{self.heap}",
+            "-XX:+UseG1GC",
+            "-XX:TieredStopAtLevel=1",  # C1 only: the broker starts in half the time, loopback loads
+            f"-Dlog4j2.configurationFile={log4j}",
+            "-cp",
+            f"{lib}/*",
+            main,
+            *args,
+        ]
+
+    def start(self, timeout: float = 60.0) -> None:
+        """Format (first time), start, and wait until the broker answers; BrokerError if not."""
+        if self.pid() is not None:
+            raise BrokerError(f"a broker already runs from {self.data_dir} (pid {self.pid()})")
+        if shutil.which("java") is None:
+            raise BrokerError("Java 17+ is needed to run Kafka: apt-get install openjdk-17-jre-headless")
+        lib = fetch_jars()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log4j = self.data_dir / "log4j2.yaml"
+        log4j.write_text(_LOG4J.format(log=self.log_file))
+        config = self._write_config(free_port())
+        if not (self.data_dir / "data" / "meta.properties").exists():
+            fmt = self._java(
+                lib,
+                "kafka.tools.StorageTool",
+                "format",
+                "-t",
+                uuid.uuid4().hex[:22],
+                "-c",
+                str(config),
+                "--ignore-formatted",
+                log4j=log4j,
+            )
+            proc = subprocess.run(fmt, capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise BrokerError(f"storage format failed: {(proc.stdout + proc.stderr)[-2000:]}")
+        with open(self.data_dir / "broker.out", "ab") as out:
+            proc2 = subprocess.Popen(
+                self._java(lib, "kafka.Kafka", str(config), log4j=log4j),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,  # a Ctrl-C in the launching shell does not kill the broker
+            )
+        self._pid_file.write_text(str(proc2.pid))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc2.poll() is not None:
+                raise BrokerError(f"the broker exited ({proc2.returncode}); see {self.log_file}")
+            if self.ready(timeout=1.0):
+                return
+            time.sleep(0.3)
+        self.stop()
+        raise BrokerError(f"the broker did not answer within {timeout:.0f}s; see {self.log_file}")
+
+    def ready(self, timeout: float = 2.0) -> bool:
+        """True when the broker answers a metadata request with itself as a live broker."""
+        from confluent_kafka.admin import AdminClient
+
+        try:
+            md = AdminClient({"bootstrap.servers": self.bootstrap, "log_level": 0}).list_topics(
+                timeout=timeout
+            )
+        except Exception:
+            return False
+        return bool(md.brokers)
+
+    def stop(self, timeout: float = 30.0) -> bool:
+        """SIGTERM and wait for a clean shutdown; SIGKILL after ``timeout``. False if none ran."""
+        pid = self.pid()
+        if pid is None:
+            return False
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):  # reap it if it is our child
+            os.waitpid(pid, os.WNOHANG)
+        self._pid_file.unlink(missing_ok=True)
+        return True

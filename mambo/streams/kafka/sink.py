@@ -1,0 +1,171 @@
+"""The ClickHouse sink: every topic into its table, in batches, exactly once in effect.
+
+A consumer in group ``mambo-sink`` (``read_committed``: it never sees an aborted worker transaction)
+takes up to ``batch_size`` messages at a time, decodes them per topic (trades through the column
+fast path, everything else through its pydantic model), buffers them in a
+:class:`~mambo.connectors.clickhouse.ClickHouseSink`, flushes, and only then commits the offsets.
+A crash before the commit replays the batch, and the replay changes nothing: tables are
+ReplacingMergeTree on ``event_id`` and each insert carries a deduplication token.
+
+While ClickHouse is away, the sink holds: it pauses its partitions (staying in the group), retries the
+insert with backoff, and resumes when it lands; nothing is committed, so nothing is lost.
+
+A message that cannot be decoded goes to ``<topic>.dlq`` as a DeadLetter with topic, partition, offset
+and the reason, and the sink goes on. Invalid trades are the worker's to dead-letter (it reads
+md.trades too); the sink leaves them out of the trades table, as the embedded runtime does.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import structlog
+from confluent_kafka import Consumer, Message, TopicPartition
+
+from mambo.connectors.clickhouse import ClickHouseSink, ClickHouseWriteError
+from mambo.schemas.batches import TradeBatch, validate_trades
+from mambo.schemas.events import DeadLetter
+from mambo.schemas.topics import ALL_TOPICS, DLQ_SUFFIX, TRADES, by_name, dlq_topic
+from mambo.streams.kafka.codec import DecodeError, dead_letter, decode, decode_trades
+from mambo.streams.kafka.producer import KafkaPublisher
+
+__all__ = ["KafkaSink"]
+
+log = structlog.get_logger("mambo.kafka.sink")
+
+
+class KafkaSink:
+    """Consumes ``topics`` (default: every registry topic) into ClickHouse."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        sink: ClickHouseSink,
+        topics: Sequence[str] | None = None,
+        group: str = "mambo-sink",
+        batch_size: int = 20_000,
+        poll_seconds: float = 0.2,
+        max_backoff: float = 5.0,
+        prefix: str = "",
+    ) -> None:
+        self.sink = sink
+        self.prefix = prefix  # namespaces topics and group (see topology.wanted_topics)
+        self.topics = list(topics or [t.name for t in ALL_TOPICS])
+        self.batch_size = batch_size
+        self.poll_seconds = poll_seconds
+        self.max_backoff = max_backoff
+        self.consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": prefix + group,
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+                "isolation.level": "read_committed",
+                "session.timeout.ms": 10_000,
+                "log_level": 3,
+            }
+        )
+        self.dlq = KafkaPublisher(bootstrap, prefix)
+        self.messages = 0
+        self.dead = 0
+        self.retries = 0
+
+    def run(self, stop: threading.Event | None = None, idle_exit: float | None = None) -> None:
+        """Consume until ``stop`` is set (or nothing came for ``idle_exit`` seconds)."""
+        stop = stop or threading.Event()
+        self.consumer.subscribe([self.prefix + t for t in self.topics])
+        last = time.monotonic()
+        try:
+            while not stop.is_set():
+                n = self.step(stop)
+                if n:
+                    last = time.monotonic()
+                elif idle_exit is not None and time.monotonic() - last > idle_exit:
+                    break
+        finally:
+            self.consumer.close()
+            self.dlq.close()
+
+    def step(self, stop: threading.Event | None = None) -> int:
+        """One batch: consume, decode, insert (holding while ClickHouse is away), commit. Messages done."""
+        msgs = [m for m in self.consumer.consume(self.batch_size, self.poll_seconds) if m.error() is None]
+        if not msgs:
+            return 0
+        by_topic: dict[str, list[Message]] = defaultdict(list)
+        for m in msgs:
+            by_topic[(m.topic() or "").removeprefix(self.prefix)].append(m)
+        for topic, part in by_topic.items():
+            self._buffer(topic, part)
+        self.dlq.flush()
+        self._flush_holding(stop)
+        self.consumer.commit(asynchronous=False)
+        self.messages += len(msgs)
+        return len(msgs)
+
+    def _buffer(self, topic: str, msgs: list[Message]) -> None:
+        t = by_name(topic)
+        if topic == TRADES.name:
+            batch, ts_init, _ = decode_trades([m.value() for m in msgs])
+            # the worker dead-letters undecodable and invalid trades; the table holds the valid ones
+            good, ts_init = _valid_trades(batch, ts_init)
+            if len(good):
+                cols: dict[str, Any] = good.columns()
+                cols["ts_init"] = ts_init
+                self.sink.write_columns(t.table, cols)
+            return
+        events = []
+        for m in msgs:
+            try:
+                events.append(decode(t, m.value(), m.headers()))
+            except DecodeError as ex:
+                self._dead_letter(m, str(ex))
+        if events:
+            self.sink.write(t.table, events)
+
+    def _dead_letter(self, m: Message, reason: str) -> None:
+        topic = (m.topic() or "").removeprefix(self.prefix)
+        self.dead += 1
+        log.warning("dead letter", topic=topic, partition=m.partition(), offset=m.offset(), reason=reason)
+        if topic.endswith(DLQ_SUFFIX):
+            return  # never loop on a dead-letter topic
+        letter: DeadLetter = dead_letter(
+            topic, m.partition() or 0, m.offset() or 0, m.key(), m.value(), reason, m.timestamp()[1] * 10**6
+        )
+        self.dlq.publish(dlq_topic(topic), letter)
+
+    def _flush_holding(self, stop: threading.Event | None) -> None:
+        backoff = 0.1
+        paused: list[TopicPartition] = []
+        while True:
+            try:
+                self.sink.flush()
+                break
+            except ClickHouseWriteError as ex:
+                if not paused:
+                    paused = self.consumer.assignment()
+                    self.consumer.pause(paused)
+                self.retries += 1
+                log.warning("sink.holding", reason=str(ex), retry_in=backoff)
+                if stop is not None and stop.is_set():
+                    raise
+                deadline = time.monotonic() + backoff
+                while time.monotonic() < deadline:
+                    self.consumer.poll(0.05)  # keeps the group membership; paused: returns nothing
+                backoff = min(backoff * 2, self.max_backoff)
+        if paused:
+            self.consumer.resume(paused)
+
+
+def _valid_trades(batch: TradeBatch, ts_init: np.ndarray) -> tuple[TradeBatch, np.ndarray]:
+    """The rows :func:`validate_trades` keeps, with their own ts_init (the row index rides along)."""
+    indexed = TradeBatch(
+        batch.keys, batch.market, batch.ts, batch.price, batch.qty, batch.side, np.arange(len(batch)), 0
+    )
+    good, _ = validate_trades(indexed, None, TRADES.name)
+    rows = good.trade_id.astype(np.int64)
+    return batch.take(rows), ts_init[rows]

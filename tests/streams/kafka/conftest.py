@@ -1,0 +1,103 @@
+"""One real Kafka broker per test session (the package's launcher, a free port, its own folder), and
+helpers to read topics back. Tests isolate themselves by a unique topic prefix (``kafka_prefix``)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from mambo.schemas.events import Event
+from mambo.schemas.topics import by_name
+from mambo.streams.kafka import topology
+from mambo.streams.kafka.broker import KafkaBroker, free_port
+from mambo.streams.kafka.codec import decode
+
+ENGINE_ENV = {
+    "MAMBO_ENGINE__TIMEFRAMES": "1s,1m",
+    "MAMBO_ENGINE__TRADING_TIMEFRAME": "1s",
+    "MAMBO_ENGINE__STRATEGIES": "sma_cross,rsi_reversion,macd_cross,bollinger_breakout",
+}
+
+
+@pytest.fixture(scope="session")
+def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
+    broker = KafkaBroker(tmp_path_factory.mktemp("kafka"), port=free_port())
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture(scope="session")
+def bootstrap(kafka_broker: KafkaBroker) -> str:
+    return kafka_broker.bootstrap
+
+
+@pytest.fixture
+def kafka_prefix(bootstrap: str) -> str:
+    """A fresh namespace with every topic of the registry created (6 partitions)."""
+    prefix = f"t{uuid.uuid4().hex[:8]}."
+    topology.apply(AdminClient({"bootstrap.servers": bootstrap}), 6, prefix)
+    return prefix
+
+
+def read_topic(bootstrap: str, topic: str, prefix: str = "") -> list[Event]:
+    """Every committed event on a topic, partition by partition (read_committed, to the end)."""
+    model = by_name(topic)
+    c = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"reader-{uuid.uuid4().hex[:8]}",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+            "enable.partition.eof": True,
+            "log_level": 3,
+        }
+    )
+    md = c.list_topics(prefix + topic, timeout=10)
+    parts = list(md.topics[prefix + topic].partitions)
+    c.assign([TopicPartition(prefix + topic, p, 0) for p in parts])
+    events: list[Event] = []
+    done: set[int] = set()
+    while len(done) < len(parts):
+        for m in c.consume(10_000, 1.0):
+            if m.error() is not None:
+                if m.error().code() == -191:
+                    done.add(m.partition() or 0)
+                    continue
+                raise RuntimeError(str(m.error()))
+            events.append(decode(model, m.value(), m.headers()))
+    c.close()
+    return events
+
+
+def mambo(*args: str, env: dict[str, str] | None = None, **kw: Any) -> subprocess.Popen[bytes]:
+    """``mambo <args>`` in a subprocess (this interpreter), with the engine settings of these tests."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "mambo.cli", *args],
+        env={**os.environ, **ENGINE_ENV, **(env or {})},
+        **kw,
+    )
+
+
+def engine_config() -> Any:
+    from mambo.settings import EngineSettings
+
+    return EngineSettings.model_validate(
+        {
+            "timeframes": "1s,1m",
+            "trading_timeframe": "1s",
+            "strategies": ENGINE_ENV["MAMBO_ENGINE__STRATEGIES"],
+        }
+    ).to_config()
+
+
+FIXTURE_ROOT = Path(__file__).parents[2] / "fixtures"
