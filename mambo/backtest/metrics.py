@@ -120,7 +120,7 @@ def compute_metrics(result: BacktestResult) -> dict[str, Any]:
             "round_trips": len(trips),
             "win_rate": len(wins) / len(trips) if trips else 0.0,
             "profit_factor": float(gross_win / gross_loss) if gross_loss else (math.inf if wins else 0.0),
-            "expectancy": str(sum((t.pnl for t in trips), Decimal(0)) / len(trips)) if trips else "0",
+            "expectancy": float(sum((t.pnl for t in trips), Decimal(0)) / len(trips)) if trips else 0.0,
             "exposure": float(np.count_nonzero(position) / len(position)) if len(position) else 0.0,
             "fees": str(fees),
             "initial_equity": str(result.ledger.initial_cash),

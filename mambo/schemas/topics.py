@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mambo.schemas.backtests import BacktestRun, BacktestTrial
 from mambo.schemas.events import (
     TIMEFRAMES,
     AggregatedSignal,
@@ -104,6 +105,8 @@ ALL_TOPICS: tuple[Topic, ...] = _MAIN + _DLQ
 _BY_NAME = {t.name: t for t in ALL_TOPICS}
 #: ClickHouse table name -> model. Several topics may share one table (all candle topics -> candles).
 TABLES: dict[str, type[Event]] = {t.table: t.model for t in ALL_TOPICS}
+# Tables no topic feeds: the records of parameter searches (mambo optimize).
+TABLES.update({"backtest_runs": BacktestRun, "backtest_trials": BacktestTrial})
 
 
 def by_name(name: str) -> Topic:

@@ -1,0 +1,188 @@
+"""A backtest's files: ``trades.csv``, ``metrics.json`` and ``report.html`` (:func:`write_outputs`).
+
+The report's plots are Plotly figures: interactive (zoom into a week to see each fill against the
+price), from a library that is well kept and widely used, and with the plotly.js bundle embedded once
+in the page, so the file opens offline and on any machine. Long series are thinned for the plots to
+at most :data:`MAX_POINTS` points per line, keeping each bucket's highest and lowest value, so peaks,
+troughs and the drawdown's worst point still show; fills are always drawn, all of them.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import itertools
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+
+from mambo.backtest.engine import BacktestResult
+from mambo.backtest.metrics import round_trips
+
+__all__ = ["MAX_POINTS", "iso", "json_safe", "write_outputs", "write_report", "write_trades"]
+
+#: Most points drawn per line in the report.
+MAX_POINTS = 4000
+
+
+def iso(ts_ns: int) -> str:
+    """ISO 8601 UTC with a Z, to the second (or finer when the time has a fraction)."""
+    t = pd.Timestamp(ts_ns, unit="ns", tz="UTC")
+    text = t.strftime("%Y-%m-%dT%H:%M:%S")
+    frac = ts_ns % 1_000_000_000
+    return f"{text}.{frac:09d}".rstrip("0") + "Z" if frac else f"{text}Z"
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with non-finite floats as None (JSON has no infinity: a profit factor with no
+    losing trade is written as null)."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_trades(result: BacktestResult, path: Path) -> None:
+    """One row per fill: ts (ISO 8601 UTC), symbol, side, price, qty, fee (exact decimals)."""
+    with path.open("w", newline="") as f:
+        out = csv.writer(f)
+        out.writerow(["ts", "symbol", "side", "price", "qty", "fee"])
+        for fill in result.fills:
+            out.writerow([iso(fill.ts_event), fill.symbol, fill.side, fill.price, fill.qty, fill.fee])
+
+
+def _thin(n: int) -> npt.NDArray[np.intp]:
+    """Indices of at most ~MAX_POINTS points of a series of ``n``: every point, or each bucket's ends."""
+    if n <= MAX_POINTS:
+        return np.arange(n)
+    edges = np.linspace(0, n, MAX_POINTS // 2 + 1).astype(np.intp)
+    return np.unique(np.concatenate([edges[:-1], np.maximum(edges[1:] - 1, 0)]))
+
+
+def _thin_extremes(y: npt.NDArray[np.float64]) -> npt.NDArray[np.intp]:
+    """Like :func:`_thin`, keeping each bucket's highest and lowest point."""
+    n = len(y)
+    if n <= MAX_POINTS:
+        return np.arange(n)
+    edges = np.linspace(0, n, MAX_POINTS // 2 + 1).astype(np.intp)
+    keep = [
+        idx
+        for lo, hi in itertools.pairwise(edges)
+        if hi > lo
+        for idx in (lo + int(np.argmax(y[lo:hi])), lo + int(np.argmin(y[lo:hi])))
+    ]
+    return np.unique(np.array(keep, dtype=np.intp))
+
+
+def _figures(result: BacktestResult) -> list[tuple[str, Any]]:
+    import plotly.graph_objects as go
+
+    frame = result.frame
+    times = pd.to_datetime(frame.ts_event, unit="ns", utc=True)
+    equity = result.equity
+    hold = float(result.ledger.initial_cash) * frame.close / frame.open[0]
+
+    price = go.Figure()
+    idx = _thin_extremes(frame.close)
+    price.add_scatter(x=times[idx], y=frame.close[idx], name="close", line={"width": 1})
+    for side, symbol, color in (("buy", "triangle-up", "#1a9850"), ("sell", "triangle-down", "#d73027")):
+        fills = [f for f in result.fills if f.side == side]
+        price.add_scatter(
+            x=pd.to_datetime([f.ts_event for f in fills], unit="ns", utc=True),
+            y=[float(f.price) for f in fills],
+            mode="markers",
+            name=f"{side} fills",
+            marker={"symbol": symbol, "size": 9, "color": color},
+        )
+
+    eq = go.Figure()
+    idx = _thin_extremes(equity)
+    eq.add_scatter(x=times[idx], y=equity[idx], name="strategy")
+    idx = _thin_extremes(hold)
+    eq.add_scatter(x=times[idx], y=hold[idx], name="buy and hold", line={"dash": "dot"})
+
+    drawdown = equity / np.maximum.accumulate(equity) - 1.0
+    dd = go.Figure()
+    idx = _thin_extremes(-drawdown)
+    dd.add_scatter(x=times[idx], y=drawdown[idx] * 100, fill="tozeroy", name="drawdown %")
+
+    series = pd.Series(np.concatenate([[float(result.ledger.initial_cash)], equity]))
+    series.index = pd.DatetimeIndex([times[0] - pd.Timedelta(1, "ns"), *times])
+    month_end = series.resample("ME").last()
+    monthly = month_end.pct_change()
+    monthly.iloc[0] = month_end.iloc[0] / series.iloc[0] - 1.0
+    months = go.Figure()
+    months.add_bar(
+        x=[t.strftime("%Y-%m") for t in monthly.index],
+        y=monthly.to_numpy() * 100,
+        marker={"color": ["#1a9850" if v >= 0 else "#d73027" for v in monthly.to_numpy()]},
+        name="monthly return %",
+    )
+
+    trips = round_trips(result.fills)
+    dist = go.Figure()
+    dist.add_histogram(x=[float(t.pnl) for t in trips], nbinsx=50, name="round-trip PnL")
+
+    return [
+        ("Price and fills", price),
+        ("Equity: strategy and buy and hold", eq),
+        ("Drawdown (%)", dd),
+        ("Monthly returns (%)", months),
+        (f"Trade distribution: PnL of {len(trips)} round trips, after fees", dist),
+    ]
+
+
+def _table(title: str, figures: dict[str, Any], other: dict[str, Any]) -> str:
+    rows = "".join(
+        f"<tr><td>{html.escape(k)}</td><td>{_show(v)}</td><td>{_show(other.get(k, ''))}</td></tr>"
+        for k, v in figures.items()
+    )
+    return (
+        f"<table><tr><th>{html.escape(title)}</th><th>strategy</th><th>buy and hold</th></tr>{rows}</table>"
+    )
+
+
+def _show(v: Any) -> str:
+    if isinstance(v, float):
+        return "n/a" if not math.isfinite(v) else f"{v:,.4f}"
+    return html.escape(str(v))
+
+
+def write_report(result: BacktestResult, metrics: dict[str, Any], path: Path) -> None:
+    """A self-contained HTML page: the metrics and the five plots (plotly.js embedded once)."""
+    import plotly.io as pio
+
+    parts = []
+    for i, (title, fig) in enumerate(_figures(result)):
+        fig.update_layout(title=title, height=380, margin={"l": 50, "r": 20, "t": 50, "b": 40})
+        parts.append(pio.to_html(fig, full_html=False, include_plotlyjs=(i == 0)))
+    head = (
+        f"{html.escape(metrics['market'])} {html.escape(metrics['timeframe'])}, {metrics['bars']:,} bars, "
+        f"{iso(metrics['start'])} to {iso(metrics['end'])}, strategies "
+        f"{html.escape(', '.join(result.config.strategies))} ({html.escape(result.mode)} path)"
+    )
+    page = f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>Mambo backtest</title>
+<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:2px 8px;text-align:right}}td:first-child{{text-align:left}}</style>
+</head><body><h1>Backtest</h1><p>{head}</p>
+{_table("metric", metrics["strategy"], metrics["buy_and_hold"])}
+{"".join(parts)}
+</body></html>"""
+    path.write_text(page, encoding="utf-8")
+
+
+def write_outputs(result: BacktestResult, metrics: dict[str, Any], out: Path) -> dict[str, Path]:
+    """``trades.csv``, ``metrics.json`` and ``report.html`` in the folder ``out`` (created)."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {name: out / name for name in ("trades.csv", "metrics.json", "report.html")}
+    write_trades(result, paths["trades.csv"])
+    paths["metrics.json"].write_text(json.dumps(json_safe(metrics), indent=2) + "\n")
+    write_report(result, metrics, paths["report.html"])
+    return paths

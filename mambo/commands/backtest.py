@@ -1,0 +1,376 @@
+"""``mambo backtest`` and ``mambo optimize``: thin fronts over :mod:`mambo.backtest`."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+if TYPE_CHECKING:
+    from mambo.backtest.data import CandleFrame
+    from mambo.core.stages import EngineConfig
+    from mambo.settings import MamboSettings
+
+__all__ = ["register"]
+
+DataOpt = Annotated[
+    str,
+    typer.Option(
+        "--data",
+        help="Candle CSV (timestamp,open,high,low,close,volume; timestamp ISO 8601 or epoch ms), "
+        "Parquet, or the name of a ClickHouse candles table.",
+    ),
+]
+SymbolsOpt = Annotated[
+    str,
+    typer.Option(
+        "--symbols",
+        help="Comma-separated markets, symbol or exchange:symbol (a file holds one market: it names it; "
+        "a table is filtered by it). Each market is backtested on its own account.",
+    ),
+]
+FromOpt = Annotated[str | None, typer.Option("--from", help="First bar, ISO 8601 (UTC) or epoch ms.")]
+ToOpt = Annotated[str | None, typer.Option("--to", help="End (exclusive), ISO 8601 (UTC) or epoch ms.")]
+TimeframeOpt = Annotated[
+    str | None, typer.Option(help="The candles' timeframe (default: from their spacing; for a table, all).")
+]
+ParamOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--param", help="A strategy parameter, strategy.name=value (e.g. sma_cross.fast=20); repeat."
+    ),
+]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", help="TOML settings file (engine and risk).")]
+DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", help="Where the embedded ClickHouse lives.")]
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def _number(text: str) -> int | float | str:
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _settings(config: Path | None, data_dir: Path | None) -> MamboSettings:
+    from mambo.logs import configure_logging
+    from mambo.settings import load_settings
+
+    try:
+        settings = load_settings(config)
+    except (ValueError, FileNotFoundError) as exc:
+        raise _fail(f"bad settings: {exc}") from exc
+    if data_dir is not None:
+        settings.data_dir = data_dir
+    configure_logging(settings.log_format)
+    return settings
+
+
+def _engine(
+    settings: MamboSettings, strategies: str, params: list[str] | None, **changes: Any
+) -> EngineConfig:
+    from dataclasses import replace
+
+    from mambo.core.strategies import StrategyConfigError, load_strategy
+
+    config = settings.engine.to_config()
+    names = tuple(s.strip() for s in strategies.split(",") if s.strip())
+    merged: dict[str, dict[str, Any]] = {k: dict(v) for k, v in config.strategy_params.items()}
+    for item in params or []:
+        m = re.fullmatch(r"([\w.:]+)\.(\w+)=(.+)", item)
+        if m is None:
+            raise _fail(f"--param {item!r}: write strategy.name=value, e.g. sma_cross.fast=20")
+        merged.setdefault(m[1], {})[m[2]] = _number(m[3])
+    try:
+        for name in names:
+            load_strategy(name, **merged.get(name, {}))
+    except StrategyConfigError as exc:
+        raise _fail(str(exc)) from exc
+    if not names:
+        raise _fail("give at least one strategy")
+    return replace(
+        config,
+        strategies=names,
+        strategy_params=merged,
+        **{k: v for k, v in changes.items() if v is not None},
+    )
+
+
+def _markets(symbols: str, exchange: str) -> list[tuple[str, str]]:
+    out = []
+    for item in (s.strip() for s in symbols.split(",")):
+        if not item:
+            continue
+        ex, sep, sym = item.partition(":")
+        # "BTC/USDT:USDT" is a ccxt symbol, not exchange:symbol: an exchange has no "/"
+        out.append((ex, sym) if sep and "/" not in ex else (exchange, item))
+    if not out:
+        raise _fail("give at least one symbol")
+    return out
+
+
+def _load(
+    data: str,
+    markets: list[tuple[str, str]],
+    timeframe: str | None,
+    start: str | None,
+    end: str | None,
+    settings: MamboSettings,
+) -> list[tuple[CandleFrame, str]]:
+    from mambo.backtest.data import CandleDataError, load_candles, parse_time
+
+    try:
+        lo = parse_time(start) if start else None
+        hi = parse_time(end) if end else None
+        is_file = Path(data).exists()
+        if is_file and len(markets) > 1:
+            raise CandleDataError(f"{data} holds one market; give one symbol (got {len(markets)})")
+        client = None
+        if not is_file:
+            from mambo.connectors.clickhouse import connect
+
+            client = connect(settings.clickhouse_dsn, settings.clickhouse.database)
+        frames = [
+            (load_candles(data, sym, ex, timeframe, lo, hi, client=client), f"{ex}:{sym}")
+            for ex, sym in markets
+        ]
+    except CandleDataError as exc:
+        raise _fail(str(exc)) from exc
+    except Exception as exc:  # e.g. ClickHouse cannot be opened: say why, no traceback
+        raise _fail(f"cannot read {data}: {exc}", 1) from exc
+    for frame, key in frames:
+        if len(frame) < 2:
+            raise _fail(f"{key}: {len(frame)} candle(s) in that range; need at least 2")
+    return frames
+
+
+def _progress() -> Any:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        transient=True,
+    )
+
+
+def _show_metrics(metrics: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(
+        title=f"{metrics['market']} {metrics['timeframe']}: {metrics['bars']:,} bars ({metrics['mode']})"
+    )
+    table.add_column("metric")
+    table.add_column("strategy", justify="right")
+    table.add_column("buy and hold", justify="right")
+    for name, value in metrics["strategy"].items():
+        hold = metrics["buy_and_hold"].get(name, "")
+        table.add_row(name, _fmt(value), _fmt(hold))
+    Console().print(table)
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:,.4f}" if isinstance(v, float) else str(v)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def backtest(
+        data: DataOpt,
+        strategy: Annotated[
+            str, typer.Option(help="Comma-separated strategies (names, or module:Class of your own).")
+        ] = "sma_cross",
+        symbols: SymbolsOpt = "BTC/USDT",
+        exchange: Annotated[str, typer.Option(help="Exchange of symbols given without one.")] = "binance",
+        start: FromOpt = None,
+        end: ToOpt = None,
+        timeframe: TimeframeOpt = None,
+        out: Annotated[Path, typer.Option(help="Folder for trades.csv, metrics.json, report.html.")] = Path(
+            "backtest"
+        ),
+        param: ParamOpt = None,
+        cash: Annotated[float | None, typer.Option(help="Initial cash (quote currency).")] = None,
+        qty: Annotated[
+            float | None, typer.Option(help="Fixed order size (default: risk sizes from equity).")
+        ] = None,
+        fee_maker: Annotated[float | None, typer.Option(help="Maker fee rate, e.g. 0.0002.")] = None,
+        fee_taker: Annotated[float | None, typer.Option(help="Taker fee rate, e.g. 0.0004.")] = None,
+        slippage_bps: Annotated[
+            float | None, typer.Option(help="Market orders fill this much worse.")
+        ] = None,
+        allow_short: Annotated[bool | None, typer.Option("--allow-short/--long-only")] = None,
+        mode: Annotated[str, typer.Option(help="auto, vectorized or events.")] = "auto",
+        config: ConfigOpt = None,
+        data_dir: DataDirOpt = None,
+    ) -> None:
+        """Backtest strategies over candle history with the live pipeline's operators; writes
+        trades.csv, metrics.json and report.html to --out."""
+        from decimal import Decimal
+
+        from mambo.backtest.engine import run_backtest
+        from mambo.backtest.metrics import compute_metrics
+        from mambo.backtest.report import write_outputs
+
+        if mode not in ("auto", "vectorized", "events"):
+            raise _fail("--mode must be auto, vectorized or events")
+        settings = _settings(config, data_dir)
+        dec = {
+            "initial_cash": cash,
+            "order_qty": qty,
+            "fee_maker": fee_maker,
+            "fee_taker": fee_taker,
+            "slippage_bps": slippage_bps,
+        }
+        engine = _engine(
+            settings,
+            strategy,
+            param,
+            allow_short=allow_short,
+            **{k: None if v is None else Decimal(repr(v)) for k, v in dec.items()},
+        )
+        frames = _load(data, _markets(symbols, exchange), timeframe, start, end, settings)
+        for frame, key in frames:
+            folder = out if len(frames) == 1 else out / re.sub(r"[^\w.-]+", "_", key)
+            try:
+                with _progress() as bar:
+                    task = bar.add_task(f"backtest {key}", total=len(frame))
+
+                    def show(done: int, _total: int, bar: Any = bar, task: Any = task) -> None:
+                        bar.update(task, completed=done)
+
+                    result = run_backtest(frame, engine, mode=mode, progress=show)  # type: ignore[arg-type]
+            except ValueError as exc:
+                raise _fail(str(exc)) from exc
+            if result.fallback:
+                typer.echo(f"note: ran the event path: {result.fallback}", err=True)
+            metrics = compute_metrics(result)
+            paths = write_outputs(result, metrics, folder)
+            _show_metrics(metrics)
+            typer.echo(f"wrote {', '.join(str(p) for p in paths.values())}")
+
+    @app.command()
+    def optimize(
+        data: DataOpt,
+        grid: Annotated[
+            list[str],
+            typer.Option(
+                "--grid",
+                help="A parameter and its values, name=v1,v2,... (optuna searches between the smallest and "
+                "largest); repeat per parameter.",
+            ),
+        ],
+        strategy: Annotated[str, typer.Option(help="The strategy to tune (one).")] = "sma_cross",
+        search: Annotated[str, typer.Option(help="grid or optuna.")] = "grid",
+        trials: Annotated[int, typer.Option(help="Optuna trials per fold.")] = 50,
+        folds: Annotated[int, typer.Option(help="Walk-forward folds (0: search the whole history).")] = 3,
+        objective: Annotated[str, typer.Option(help="What to maximize (max_drawdown: minimize).")] = "sharpe",
+        jobs: Annotated[int | None, typer.Option(help="Worker processes (default: every core).")] = None,
+        seed: Annotated[int, typer.Option(help="Optuna's seed.")] = 0,
+        symbols: SymbolsOpt = "BTC/USDT",
+        exchange: Annotated[str, typer.Option(help="Exchange of symbols given without one.")] = "binance",
+        start: FromOpt = None,
+        end: ToOpt = None,
+        timeframe: TimeframeOpt = None,
+        param: ParamOpt = None,
+        store_results: Annotated[
+            bool, typer.Option("--store/--no-store", help="Keep the run and its trials in ClickHouse.")
+        ] = True,
+        config: ConfigOpt = None,
+        data_dir: DataDirOpt = None,
+    ) -> None:
+        """Search a strategy's parameters in parallel with walk-forward validation; prints the
+        out-of-sample results and stores every trial in ClickHouse (tables backtest_runs, backtest_trials)."""
+        from rich.console import Console
+        from rich.table import Table
+
+        from mambo.backtest.optimize import OBJECTIVES, store
+        from mambo.backtest.optimize import optimize as run_optimize
+
+        if search not in ("grid", "optuna"):
+            raise _fail("--search must be grid or optuna")
+        if objective not in OBJECTIVES:
+            raise _fail(f"--objective must be one of {', '.join(OBJECTIVES)}")
+        space: dict[str, list[int | float]] = {}
+        for item in grid:
+            name, sep, values = item.partition("=")
+            parsed = [_number(v.strip()) for v in values.split(",") if v.strip()]
+            if not sep or not name.strip() or not parsed or any(isinstance(v, str) for v in parsed):
+                raise _fail(f"--grid {item!r}: write name=v1,v2,... with numbers")
+            space[name.strip()] = parsed  # type: ignore[assignment]
+        settings = _settings(config, data_dir)
+        engine = _engine(settings, strategy, param)
+        if len(engine.strategies) != 1:
+            raise _fail("optimize tunes one strategy at a time")
+        markets = _markets(symbols, exchange)
+        if len(markets) != 1:
+            raise _fail("optimize runs on one market at a time")
+        ((frame, key),) = _load(data, markets, timeframe, start, end, settings)
+        try:
+            with _progress() as bar:
+                task = bar.add_task(f"optimize {strategy} on {key}", total=None)
+                result = run_optimize(
+                    frame,
+                    engine,
+                    engine.strategies[0],
+                    space,
+                    search=search,  # type: ignore[arg-type]
+                    trials=trials,
+                    folds=folds,
+                    objective=objective,
+                    jobs=jobs,
+                    seed=seed,
+                    progress=lambda done, total: bar.update(task, completed=done, total=total),
+                )
+        except ValueError as exc:
+            raise _fail(str(exc)) from exc
+        table = Table(title=f"{strategy} on {key}: {search}, objective {objective}, run {result.run_id}")
+        for col in (
+            "fold",
+            "best params (in sample)",
+            f"in-sample {objective}",
+            f"out-of-sample {objective}",
+            "oos return",
+        ):
+            table.add_column(col)
+        for fold, best in enumerate(result.best):
+            train = max(
+                (t for t in result.trials if t.fold == fold and t.phase != "test"), key=lambda t: t.objective
+            )
+            test = next((t for t in result.out_of_sample if t.fold == fold), None)
+            table.add_row(
+                str(fold),
+                ", ".join(f"{k}={v}" for k, v in best.items()),
+                _fmt(float(train.metrics["strategy"][objective])),
+                _fmt(float(test.metrics["strategy"][objective])) if test else "-",
+                _fmt(float(test.metrics["strategy"]["total_return"])) if test else "-",
+            )
+        Console().print(table)
+        if result.out_of_sample:
+            typer.echo(
+                f"out of sample: mean {objective} {result.oos_objective:.4f}, "
+                f"compounded return {result.oos_return:.4%}"
+            )
+        if store_results:
+            from mambo.connectors.clickhouse import connect, ensure_schema
+
+            try:
+                client = connect(settings.clickhouse_dsn, settings.clickhouse.database)
+                ensure_schema(client, settings.clickhouse.database)
+                store(client, settings.clickhouse.database, result, frame, engine, data)
+            except Exception as exc:
+                raise _fail(f"results not stored in ClickHouse: {exc}", 1) from exc
+            typer.echo(
+                f"stored run {result.run_id} ({len(result.trials)} trials): "
+                f"mambo sql \"SELECT * FROM backtest_trials WHERE run_id = '{result.run_id}'\""
+            )
