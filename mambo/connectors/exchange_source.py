@@ -1,0 +1,563 @@
+"""Live market data from any ccxt exchange, without gaps or duplicates.
+
+:class:`ExchangeSource` watches trades, candles and the book top of its symbols through ccxt.pro and
+hands Mambo events (raw exchange dicts stop here) to a :class:`Publisher`: the embedded runtime
+(:class:`EmbeddedPublisher`), ClickHouse (:class:`ClickHousePublisher`, for ``mambo backfill``) or
+Kafka (the Kafka producer implements the same protocol).
+
+Gaps. At start (from ``since_ms``, when given) and after every reconnect, the stream is subscribed
+first and the missing history is then fetched over REST (:func:`fetch_trades_between`,
+:func:`fetch_candles_between`: paginated, rate limited by ccxt, retried by
+:func:`~mambo.connectors.errors.with_retry`) up to the first streamed trade, so nothing falls between
+the two. Trades are deduplicated by trade id per market (a bounded window of recent ids) and
+published in order. On exchanges whose trade ids are consecutive (:data:`CONSECUTIVE_TRADE_IDS`: a
+quirk kept as data), a jump in the ids is a gap too, and is filled the same way.
+
+Health. :meth:`ExchangeSource.health` gives the age of the last message per stream. A stream silent
+for ``stall_seconds`` is treated as dead: its connection is closed and reopened; every disconnect
+waits an exponential backoff with jitter first. Each is reported as a :class:`FeedHealth` event to
+the publisher and as a log line.
+
+Binance notes: trades are watched on the ``aggTrade`` stream, whose ids are those of the REST
+``aggTrades`` that fill gaps (the ``trade`` stream's ids are not); Binance's spot book ticker carries
+no time, so a quote's ``ts_event`` is the time of the market's last trade seen (the exchange's clock
+as we know it), or the local time before any trade.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+import numpy as np
+import structlog
+
+from mambo.connectors.errors import Backoff, TemporaryError, classify, with_retry
+from mambo.schemas.batches import SIDE_CODES, TradeBatch
+from mambo.schemas.events import Candle, Event, Quote, make_id, market_key, timeframe_ns
+
+__all__ = [
+    "CONSECUTIVE_TRADE_IDS",
+    "ClickHousePublisher",
+    "EmbeddedPublisher",
+    "ExchangeSource",
+    "FeedHealth",
+    "Publisher",
+    "SourceConfig",
+    "candles_from_ccxt",
+    "fetch_candles_between",
+    "fetch_trades_between",
+    "quote_from_ccxt",
+    "trades_from_ccxt",
+]
+
+log = structlog.get_logger(__name__)
+
+_MS = 1_000_000
+_HOUR_MS = 3_600_000
+#: Exchanges whose public trade ids are consecutive integers per market, so a jump is a gap.
+CONSECUTIVE_TRADE_IDS = frozenset({"binance", "binanceus", "binanceusdm"})
+#: Extra ccxt.pro ``watch_trades`` parameters per exchange (the stream whose ids match REST's).
+WATCH_TRADES_PARAMS: dict[str, dict[str, Any]] = {"binance": {"name": "aggTrade"}}
+
+
+class FeedHealth(Event):
+    """A change in a feed's health: ``stalled``, ``disconnected``, ``reconnected``, ``gap_filled``."""
+
+    exchange: str
+    stream: str  # e.g. trades:BTC/USDT
+    status: Literal["connected", "stalled", "disconnected", "reconnected", "gap_filled"]
+    age_seconds: float = 0.0
+    detail: str = ""
+
+
+class Publisher(Protocol):
+    """Where a source's events go. Calls must not block (a Kafka producer queues and returns)."""
+
+    def trades(self, batch: TradeBatch) -> None: ...
+    def quotes(self, quotes: Sequence[Quote]) -> None: ...
+    def candles(self, candles: Sequence[Candle]) -> None: ...
+    def health(self, event: FeedHealth) -> None: ...
+
+
+class EmbeddedPublisher:
+    """Publishes into the embedded runtime (validation and dead letters are the runtime's)."""
+
+    def __init__(self, runtime: Any) -> None:
+        self.runtime = runtime
+        self.health_events: list[FeedHealth] = []
+
+    def trades(self, batch: TradeBatch) -> None:
+        self.runtime.ingest_trades(batch)
+
+    def quotes(self, quotes: Sequence[Quote]) -> None:
+        self.runtime.ingest_quotes(quotes)
+
+    def candles(self, candles: Sequence[Candle]) -> None:
+        self.runtime.ingest_candles(candles)
+
+    def health(self, event: FeedHealth) -> None:
+        self.health_events.append(event)
+        del self.health_events[:-1000]
+
+
+class ClickHousePublisher:
+    """Writes market data straight to its ClickHouse tables (``mambo backfill``); flush to finish."""
+
+    def __init__(self, sink: Any) -> None:
+        self.sink = sink
+
+    def trades(self, batch: TradeBatch) -> None:
+        if len(batch):
+            self.sink.write_columns("trades", batch.columns())
+
+    def quotes(self, quotes: Sequence[Quote]) -> None:
+        self.sink.write("quotes", list(quotes))
+
+    def candles(self, candles: Sequence[Candle]) -> None:
+        self.sink.write("candles", list(candles))
+
+    def health(self, event: FeedHealth) -> None:
+        pass  # backfill has no live feed; health is logged by the source
+
+
+# --- ccxt structures -> Mambo events (the border) ------------------------------------------------
+
+
+def trades_from_ccxt(exchange: str, trades: Sequence[dict[str, Any]], ts_init: int) -> TradeBatch:
+    """ccxt trade structures (any symbols) as one batch, in the given order."""
+    keys: dict[str, int] = {}
+    market = [keys.setdefault(market_key(exchange, t["symbol"]), len(keys)) for t in trades]
+    return TradeBatch(
+        tuple(keys),
+        np.array(market, np.int32),
+        np.array([int(t["timestamp"]) * _MS for t in trades], np.int64),
+        np.array([float(t["price"]) for t in trades], np.float64),
+        np.array([float(t["amount"]) for t in trades], np.float64),
+        np.array([SIDE_CODES.get(t.get("side") or "", 0) for t in trades], np.int8),
+        np.array([str(t["id"]) for t in trades], dtype=object),
+        ts_init=ts_init,
+    )
+
+
+def candles_from_ccxt(
+    exchange: str, symbol: str, timeframe: str, rows: Sequence[Sequence[Any]], ts_init: int
+) -> list[Candle]:
+    """Closed ccxt OHLCV rows ``[ms, o, h, l, c, v]`` as Candle events (``trades`` unknown: 0)."""
+    tf = timeframe_ns(timeframe)
+    out = []
+    for r in rows:
+        open_time = int(r[0]) * _MS
+        out.append(
+            Candle(
+                event_id=make_id("md.candles", exchange, symbol, timeframe, open_time),
+                ts_event=open_time + tf,
+                ts_init=ts_init,
+                exchange=exchange,
+                symbol=symbol,
+                timeframe=timeframe,
+                open_time=open_time,
+                open=float(r[1]),
+                high=float(r[2]),
+                low=float(r[3]),
+                close=float(r[4]),
+                volume=float(r[5] or 0.0),
+                trades=0,
+            )
+        )
+    return out
+
+
+def quote_from_ccxt(exchange: str, ticker: dict[str, Any], ts_event_ms: int, ts_init: int) -> Quote:
+    """A ccxt bid/ask ticker as a Quote (``ts_event_ms``: the ticker's time, or the caller's best)."""
+    symbol = ticker["symbol"]
+    ts = int(ticker.get("timestamp") or ts_event_ms) * _MS
+    info = ticker.get("info") or {}
+    update = info.get("u", "") if isinstance(info, dict) else ""
+    return Quote(
+        event_id=make_id("quote", market_key(exchange, symbol), ts, update),
+        ts_event=ts,
+        ts_init=ts_init,
+        exchange=exchange,
+        symbol=symbol,
+        bid=float(ticker["bid"]),
+        bid_qty=float(ticker.get("bidVolume") or 0.0),
+        ask=float(ticker["ask"]),
+        ask_qty=float(ticker.get("askVolume") or 0.0),
+    )
+
+
+# --- REST history, paginated ---------------------------------------------------------------------
+
+
+async def fetch_trades_between(
+    client: Any,
+    symbol: str,
+    since_ms: int,
+    until_ms: int,
+    *,
+    limit: int = 1000,
+    backoff: Backoff | None = None,
+) -> list[dict[str, Any]]:
+    """Every trade of ``symbol`` with ``since_ms <= time < until_ms``, oldest first, ids unique.
+
+    Pages through windows of at most an hour (Binance's ``aggTrades`` limit), advancing to the last
+    trade's time when a page is full; trades sharing that millisecond come again and are dropped by id.
+    """
+    out: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    cursor = since_ms
+    while cursor < until_ms:
+        window_end = min(cursor + _HOUR_MS, until_ms) - 1
+        start = cursor
+
+        async def page(start: int = start, end: int = window_end) -> list[dict[str, Any]]:
+            result: list[dict[str, Any]] = await client.fetch_trades(
+                symbol, since=start, limit=limit, params={"until": end}
+            )
+            return result
+
+        trades = await with_retry(page, what=f"fetch_trades {symbol}", backoff=backoff, client=client)
+        fresh = [t for t in trades if str(t["id"]) not in seen and since_ms <= t["timestamp"] < until_ms]
+        for t in fresh:
+            seen.add(str(t["id"]))
+        out += fresh
+        # a full page: more in this window, from its last trade's time on; else the next window
+        cursor = int(trades[-1]["timestamp"]) if len(trades) >= limit and fresh else window_end + 1
+    out.sort(key=lambda t: (t["timestamp"], _id_order(t["id"])))
+    return out
+
+
+def _discard(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # retrieved, so asyncio does not warn about it
+
+
+def _id_order(trade_id: Any) -> tuple[int, str]:
+    s = str(trade_id)
+    return (int(s), "") if s.isdigit() else (0, s)
+
+
+async def fetch_candles_between(
+    client: Any,
+    symbol: str,
+    timeframe: str,
+    since_ms: int,
+    until_ms: int,
+    *,
+    limit: int = 1000,
+    backoff: Backoff | None = None,
+) -> list[list[Any]]:
+    """OHLCV rows of candles opening in ``[since_ms, until_ms)``, oldest first (closed ones if
+    ``until_ms`` is the open time of the candle still forming)."""
+    step = timeframe_ns(timeframe) // _MS
+    out: list[list[Any]] = []
+    cursor = since_ms - since_ms % step
+    while cursor < until_ms:
+        start = cursor
+
+        async def page(start: int = start) -> list[list[Any]]:
+            rows: list[list[Any]] = await client.fetch_ohlcv(symbol, timeframe, since=start, limit=limit)
+            return rows
+
+        rows = await with_retry(page, what=f"fetch_ohlcv {symbol}", backoff=backoff, client=client)
+        rows = [r for r in rows if cursor <= r[0] < until_ms]
+        out += rows
+        if not rows:
+            break  # nothing opens after the cursor (the exchange answers from ``since`` on)
+        cursor = int(rows[-1][0]) + step
+    return out
+
+
+# --- the live source -----------------------------------------------------------------------------
+
+
+@dataclass
+class SourceConfig:
+    exchange: str
+    symbols: list[str]
+    streams: tuple[str, ...] = ("trades", "quotes", "candles")
+    timeframe: str = "1m"
+    stall_seconds: float = 30.0
+    since_ms: int | None = None  # fill trades and candles from here at start
+    dedupe_window: int = 100_000  # recent trade ids remembered per market
+    backoff: Backoff = field(default_factory=lambda: Backoff(base=0.5, cap=30.0, attempts=8))
+
+
+@dataclass
+class _TradeState:
+    last_ts: int | None = None  # ms of the last published trade
+    last_id: int | None = None  # for exchanges with consecutive ids
+    recent: deque[str] = field(default_factory=deque)
+    seen: set[str] = field(default_factory=set)
+
+
+class ExchangeSource:
+    """Streams of one exchange's markets into a :class:`Publisher`; see the module docstring."""
+
+    def __init__(
+        self,
+        client: Any,
+        publisher: Publisher,
+        config: SourceConfig,
+        clock: Callable[[], int] = time.time_ns,
+    ) -> None:
+        self.client = client
+        self.publisher = publisher
+        self.config = config
+        self.clock = clock
+        self._trades: dict[str, _TradeState] = {s: _TradeState() for s in config.symbols}
+        self._last_candle: dict[str, list[Any]] = {}  # the candle still forming, per symbol
+        self._last_closed: dict[str, int] = {}  # open time (ms) of the last published candle
+        self._last_message: dict[str, float] = {}
+        self._last_trade_ms: dict[str, int] = {}
+        self.counts = {
+            "trades": 0,
+            "quotes": 0,
+            "candles": 0,
+            "duplicates": 0,
+            "recovered": 0,
+            "reconnects": 0,
+        }
+
+    def health(self) -> dict[str, float]:
+        """Seconds since the last message of each stream (``trades:BTC/USDT``, ``quotes``, ...)."""
+        now = time.monotonic()
+        return {stream: now - t for stream, t in self._last_message.items()}
+
+    async def run(self) -> None:
+        """Run every stream until cancelled (or an error that must stop us is raised)."""
+        cfg = self.config
+        tasks = []
+        for symbol in cfg.symbols:
+            if "trades" in cfg.streams:
+                tasks.append(self._loop(f"trades:{symbol}", symbol, self._trades_once))
+            if "candles" in cfg.streams:
+                tasks.append(self._loop(f"candles:{symbol}", symbol, self._candles_once))
+        if "quotes" in cfg.streams:
+            tasks.append(self._loop("quotes", None, self._quotes_once))
+        await asyncio.gather(*tasks)
+
+    # --- the reconnect loop, shared by every stream ----------------------------------------------
+
+    async def _loop(self, stream: str, symbol: str | None, once: Callable[[str | None, bool], Any]) -> None:
+        attempt, recovering = 0, self.config.since_ms is not None
+        while True:
+            try:
+                await once(symbol, recovering)
+            except TimeoutError:
+                age = time.monotonic() - self._last_message.get(stream, time.monotonic())
+                self._report(stream, "stalled", age, f"silent for {self.config.stall_seconds}s")
+                await self._close_stream(symbol)
+            except Exception as exc:  # classified: temporary ones reconnect, others stop us
+                fault = classify(exc, self.client)
+                if not isinstance(fault, TemporaryError):
+                    log.error("source.fatal", stream=stream, error=str(fault))
+                    raise fault from exc
+                self._report(stream, "disconnected", 0.0, str(fault)[:200])
+            recovering = True
+            self.counts["reconnects"] += 1
+            delay = self.config.backoff.delay(attempt)
+            attempt = min(attempt + 1, 16)
+            await asyncio.sleep(delay)
+
+    async def _watch(self, stream: str, call: Callable[[], Any]) -> Any:
+        """One watch call, or TimeoutError after ``stall_seconds`` of silence.
+
+        Not ``asyncio.wait_for``: it waits for the cancelled call to finish, and a ccxt watch that is
+        parked on a dead connection may not; the call is cancelled and left to unwind on its own.
+        """
+        task = asyncio.ensure_future(call())
+        done, _ = await asyncio.wait({task}, timeout=self.config.stall_seconds)
+        if not done:
+            task.cancel()
+            task.add_done_callback(_discard)
+            raise TimeoutError
+        if task.cancelled():  # ccxt cancels a watch whose connection it closed
+            raise TemporaryError(f"{stream}: the watch was cancelled by its closing connection")
+        result = task.result()
+        self._last_message[stream] = time.monotonic()
+        return result
+
+    async def _close_stream(self, symbol: str | None) -> None:
+        """Close the WebSocket connection(s) carrying ``symbol`` (all of them when None)."""
+        for client in list(getattr(self.client, "clients", {}).values()):
+            subs = " ".join(map(str, getattr(client, "subscriptions", {})))
+            if symbol is None or symbol in subs:
+                try:
+                    await client.close()
+                except Exception as exc:  # already closing: the reconnect goes on regardless
+                    log.debug("source.close_failed", error=repr(exc))
+
+    def _report(self, stream: str, status: Any, age: float, detail: str = "") -> None:
+        now = self.clock()
+        event = FeedHealth(
+            event_id=make_id("health", self.config.exchange, stream, status, now),
+            ts_event=now,
+            ts_init=now,
+            exchange=self.config.exchange,
+            stream=stream,
+            status=status,
+            age_seconds=round(age, 3),
+            detail=detail,
+        )
+        log_fn = log.info if status in ("connected", "reconnected", "gap_filled") else log.warning
+        log_fn("source.health", exchange=self.config.exchange, stream=stream, status=status, detail=detail)
+        self.publisher.health(event)
+
+    # --- trades --------------------------------------------------------------------------------
+
+    async def _trades_once(self, symbol: str | None, recovering: bool) -> None:
+        assert symbol is not None
+        stream = f"trades:{symbol}"
+        params = WATCH_TRADES_PARAMS.get(self.config.exchange, {})
+
+        def watch() -> Any:
+            return self.client.watch_trades(symbol, params=dict(params))
+
+        batch = await self._watch(stream, watch)  # subscribed: from here on the stream has it all
+        if recovering:
+            batch = await self._fill_trades(symbol, batch, stream)
+            self._report(stream, "reconnected", 0.0)
+        else:
+            self._report(stream, "connected", 0.0)
+        self._publish_trades(symbol, batch)
+        while True:
+            batch = await self._watch(stream, watch)
+            if self._has_id_gap(symbol, batch):
+                batch = await self._fill_trades(symbol, batch, stream)
+            self._publish_trades(symbol, batch)
+
+    async def _fill_trades(
+        self, symbol: str, batch: list[dict[str, Any]], stream: str
+    ) -> list[dict[str, Any]]:
+        """The batch with the history before it: REST from the last published trade through the
+        batch's last trade (the batch may hold trades from before the break, so its first trade does
+        not mark where the new subscription began), merged in time order."""
+        state = self._trades[symbol]
+        since = state.last_ts if state.last_ts is not None else self.config.since_ms
+        if since is None or not batch:
+            return batch
+        until = max(int(t["timestamp"]) for t in batch)
+        history = await fetch_trades_between(
+            self.client, symbol, since, until + 1, backoff=self.config.backoff
+        )
+        known = {str(t["id"]) for t in batch}
+        missing = [t for t in history if str(t["id"]) not in known and str(t["id"]) not in state.seen]
+        self.counts["recovered"] += len(missing)
+        self._report(stream, "gap_filled", 0.0, f"{len(missing)} trades from REST since {since}")
+        merged = history + [t for t in batch if str(t["id"]) not in {str(h["id"]) for h in history}]
+        merged.sort(key=lambda t: (t["timestamp"], _id_order(t["id"])))
+        return merged
+
+    def _has_id_gap(self, symbol: str, batch: list[dict[str, Any]]) -> bool:
+        """Whether the ids jump (last published, then the batch's), where ids are consecutive."""
+        state = self._trades[symbol]
+        if self.config.exchange not in CONSECUTIVE_TRADE_IDS or state.last_id is None or not batch:
+            return False
+        previous = state.last_id
+        for t in batch:
+            tid = str(t["id"])
+            if not tid.isdigit():
+                return False
+            if int(tid) > previous + 1:
+                return True
+            previous = max(previous, int(tid))
+        return False
+
+    def _publish_trades(self, symbol: str, trades: list[dict[str, Any]]) -> int:
+        state = self._trades[symbol]
+        fresh = []
+        for t in trades:
+            tid = str(t["id"])
+            if tid in state.seen:
+                self.counts["duplicates"] += 1
+                continue
+            state.seen.add(tid)
+            state.recent.append(tid)
+            if len(state.recent) > self.config.dedupe_window:
+                state.seen.discard(state.recent.popleft())
+            fresh.append(t)
+        if not fresh:
+            return 0
+        last = fresh[-1]
+        state.last_ts = max(state.last_ts or 0, int(last["timestamp"]))
+        self._last_trade_ms[symbol] = state.last_ts
+        if str(last["id"]).isdigit():
+            state.last_id = max(state.last_id or 0, int(last["id"]))
+        self.publisher.trades(trades_from_ccxt(self.config.exchange, fresh, self.clock()))
+        self.counts["trades"] += len(fresh)
+        return len(fresh)
+
+    # --- candles -------------------------------------------------------------------------------
+
+    async def _candles_once(self, symbol: str | None, recovering: bool) -> None:
+        assert symbol is not None
+        stream, tf = f"candles:{symbol}", self.config.timeframe
+
+        def watch() -> Any:
+            return self.client.watch_ohlcv(symbol, tf)
+
+        rows = await self._watch(stream, watch)
+        if recovering and rows:
+            await self._fill_candles(symbol, int(rows[-1][0]), stream)
+        self._on_candles(symbol, rows)
+        while True:
+            self._on_candles(symbol, await self._watch(stream, watch))
+
+    async def _fill_candles(self, symbol: str, forming_ms: int, stream: str) -> None:
+        step = timeframe_ns(self.config.timeframe) // _MS
+        last = self._last_closed.get(symbol)
+        since = last + step if last is not None else self.config.since_ms
+        if since is None or since >= forming_ms:
+            return
+        rows = await fetch_candles_between(
+            self.client, symbol, self.config.timeframe, since, forming_ms, backoff=self.config.backoff
+        )
+        self._publish_candles(symbol, rows)
+        self._report(stream, "gap_filled", 0.0, f"{len(rows)} candles from REST since {since}")
+
+    def _on_candles(self, symbol: str, rows: list[list[Any]]) -> None:
+        """A candle is closed when one with a later open time arrives; publish it then."""
+        for row in rows:
+            current = self._last_candle.get(symbol)
+            if current is not None and row[0] > current[0]:
+                self._publish_candles(symbol, [current])
+            if current is None or row[0] >= current[0]:
+                self._last_candle[symbol] = list(row)
+
+    def _publish_candles(self, symbol: str, rows: list[list[Any]]) -> None:
+        last = self._last_closed.get(symbol, -1)
+        rows = [r for r in rows if r[0] > last]
+        if not rows:
+            return
+        self._last_closed[symbol] = int(rows[-1][0])
+        candles = candles_from_ccxt(self.config.exchange, symbol, self.config.timeframe, rows, self.clock())
+        self.publisher.candles(candles)
+        self.counts["candles"] += len(candles)
+
+    # --- book top ------------------------------------------------------------------------------
+
+    async def _quotes_once(self, symbol: str | None, recovering: bool) -> None:
+        symbols = self.config.symbols
+
+        def watch() -> Any:
+            return self.client.watch_bids_asks(symbols)
+
+        self._report("quotes", "reconnected" if recovering else "connected", 0.0)
+        while True:
+            tickers = await self._watch("quotes", watch)
+            now = self.clock()
+            quotes = []
+            for t in tickers.values():
+                if t.get("bid") is None or t.get("ask") is None:
+                    continue
+                fallback = self._last_trade_ms.get(t["symbol"], now // _MS)
+                quotes.append(quote_from_ccxt(self.config.exchange, t, fallback, now))
+            if quotes:
+                self.publisher.quotes(quotes)
+                self.counts["quotes"] += len(quotes)
