@@ -7,9 +7,14 @@ Two locks, either of which alone refuses a write:
    (:data:`~mambo.schemas.topics.TABLES`, unqualified or qualified by Mambo's database) or a CTE of the
    query; no table functions (``url()``, ``file()``, ``remote()``, ``numbers()``...), no dictionary or
    join-engine lookups, no ``SETTINGS`` clause.
-2. :func:`run_query` sends it with ``readonly=1`` (set last: ClickHouse refuses any setting after
-   ``readonly=1`` in the same request), ``max_execution_time`` and ``max_result_rows`` with
-   ``result_overflow_mode='throw'``, so the engine itself refuses writes, long queries and huge results.
+2. :func:`run_query` sends it on a client of its own, made by :func:`readonly_client`: its session has
+   ``max_execution_time``, ``max_result_rows`` with ``result_overflow_mode='throw'`` and then
+   ``readonly=1`` set once, so the engine itself refuses writes, long queries and huge results, and
+   nothing can unset them (ClickHouse refuses any setting change in a readonly session).
+
+   Why a client of its own rather than per-query settings: clickhouse-connect's chdb backend applies
+   per-query settings with ``SET`` on the session and restores them afterwards, and once ``readonly=1``
+   is set the restore itself is refused, so a shared client (the sink's) would stay read-only.
 
 Values come back JSON-safe: decimals as strings (exact), timestamps as ISO-8601 UTC, NaN as null.
 """
@@ -29,9 +34,19 @@ import sqlglot
 from clickhouse_connect.driver.client import Client
 from sqlglot import exp
 
+from mambo.connectors.clickhouse import ClickHouseError, connect
 from mambo.schemas.topics import TABLES
 
-__all__ = ["REPORTS", "QueryError", "QueryResult", "Report", "check_sql", "run_query", "to_csv"]
+__all__ = [
+    "REPORTS",
+    "QueryError",
+    "QueryResult",
+    "Report",
+    "check_sql",
+    "readonly_client",
+    "run_query",
+    "to_csv",
+]
 
 _FORBIDDEN_FUNCTIONS = ("dict", "joinget", "file", "url", "remote", "s3", "hdfs", "input", "executable")
 
@@ -112,30 +127,33 @@ def _json_value(v: Any) -> Any:
 _ERROR_STATUS = {159: 408, 396: 413}  # TIMEOUT_EXCEEDED, TOO_MANY_ROWS_OR_BYTES
 
 
+def readonly_client(dsn: str, database: str, max_seconds: float, max_rows: int) -> Client:
+    """A new client whose session is read-only with the time and row limits (see the module doc).
+
+    Use it for analytics only: it can never write again. Raises ClickHouseError if the session did
+    not turn read-only."""
+    client = connect(dsn, database)
+    client.command(f"SET max_execution_time = {float(max_seconds)!r}")
+    client.command(f"SET max_result_rows = {int(max_rows)}")
+    client.command("SET result_overflow_mode = 'throw'")
+    client.command("SET readonly = 1")  # last: no setting can change after it
+    if str(client.command("SELECT getSetting('readonly')")) != "1":
+        raise ClickHouseError("the analytics session did not turn read-only; refusing to serve SQL")
+    return client
+
+
 def run_query(
-    client: Client,
-    sql: str,
-    database: str,
-    max_seconds: float,
-    max_rows: int,
-    lock: threading.Lock | None = None,
-    checked: bool = False,
+    client: Client, sql: str, database: str, lock: threading.Lock | None = None, checked: bool = False
 ) -> QueryResult:
-    """Check (unless ``checked``: a named report) and run ``sql`` read-only with the limits."""
+    """Check (unless ``checked``: a named report) and run ``sql`` on a :func:`readonly_client`."""
     if not checked:
         check_sql(sql, database)
-    settings = {
-        "max_execution_time": max_seconds,
-        "max_result_rows": max_rows,
-        "result_overflow_mode": "throw",
-        "readonly": 1,  # last: nothing may be set after it
-    }
     try:
         if lock is None:
-            result = client.query(sql, settings=settings)
+            result = client.query(sql)
         else:
             with lock:
-                result = client.query(sql, settings=settings)
+                result = client.query(sql)
     except Exception as ex:
         text = str(ex)
         code = next((c for c in _ERROR_STATUS if f"Code: {c}." in text), None)

@@ -2,8 +2,8 @@
 
 Whoever sees the live stream calls :meth:`Hub.publish` once per ``(topic, event)``: in the embedded
 runtime the bus observer (:meth:`mambo.api.service.SignalService.on_event`), in distributed mode a
-Kafka consumer thread through :meth:`Hub.publish_threadsafe` (it decodes with the topic registry's
-models and hands over the same pairs). Publishing never waits on a client:
+Kafka consumer thread through :meth:`~mambo.api.service.SignalService.on_event_threadsafe` (it decodes
+with the topic registry's models and hands over the same pairs). Publishing never waits on a client:
 
 * each event is serialized **once** into its frame and given the next sequence number (one counter per
   hub: increasing, not contiguous for a client whose filter skips events);
@@ -172,7 +172,8 @@ class Hub:
     """Sequence numbers, the replay buffer and the per-client queues (see the module docstring).
 
     Not thread-safe by design: :meth:`publish` and the client methods run on the event loop that
-    serves the WebSocket; other threads use :meth:`publish_threadsafe`.
+    serves the WebSocket (:attr:`loop`); other threads hand events over with
+    ``loop.call_soon_threadsafe``.
     """
 
     def __init__(self, buffer: int = 10_000, queue_size: int = 1_000) -> None:
@@ -212,12 +213,6 @@ class Hub:
             if not client.dropped and client.wants(msg):
                 self.offer(client, frame)
         return msg
-
-    def publish_threadsafe(self, topic: str, event: Event) -> None:
-        """:meth:`publish` from another thread (a Kafka consumer), on the hub's loop."""
-        if self.loop is None:
-            raise RuntimeError("the hub is not started: call Hub.start() on the serving loop first")
-        self.loop.call_soon_threadsafe(self.publish, topic, event)
 
     def start(self) -> None:
         """Bind the hub to the running loop (the API's lifespan does it)."""

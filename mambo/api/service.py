@@ -193,8 +193,11 @@ class SignalService:
         database: str,
         settings: ApiSettings | None = None,
         hub: Hub | None = None,
+        analytics: Client | None = None,
     ) -> None:
         self.client = client
+        self.analytics = analytics  # a readonly_client; None: analytics answer 503
+        self.analytics_lock = threading.Lock()
         self.database = database
         self.settings = settings or ApiSettings()
         self.hub = hub or Hub(self.settings.ws_buffer, self.settings.ws_queue)
@@ -226,6 +229,13 @@ class SignalService:
                 if prev is None or payload.ts_event >= prev.ts_event:
                     self.latest[payload.key] = payload
             self.hub.publish(topic, payload)
+
+    def on_event_threadsafe(self, topic: str, payload: Any) -> None:
+        """:meth:`on_event` from another thread (a Kafka consumer), run on the hub's loop."""
+        loop = self.hub.loop
+        if loop is None:
+            raise RuntimeError("the API is not serving yet: its hub has no event loop")
+        loop.call_soon_threadsafe(self.on_event, topic, payload)
 
     def feed_health(self) -> dict[str, FeedHealth]:
         now = time.time_ns()
@@ -268,12 +278,13 @@ class SignalService:
         return where
 
     def latest_signals(self, symbol: str | None = None) -> list[AggregatedSignal]:
-        """The latest combined signal of each market (or of ``symbol``): live if seen, else stored."""
+        """The latest combined signal of each market (or of ``symbol``), by market key: live if seen,
+        else stored."""
         live = [s for k, s in sorted(self.latest.items()) if _matches(k, symbol)]
         if live:
             return live
         rows: list[AggregatedSignal] = self._events("signals", self._latest_where("signals", symbol))
-        return list({r.key: r for r in rows}.values())
+        return [s for _, s in sorted({r.key: r for r in rows}.items())]
 
     def latest_signal(self, symbol: str | None = None) -> AggregatedSignal:
         """The latest combined signal of ``symbol``, the configured default, or the first market."""
@@ -348,7 +359,7 @@ class SignalService:
     def positions(self, symbol: str | None = None) -> list[Position]:
         """Each market's latest position (after its last fill or mark)."""
         rows: list[Position] = self._events("positions", self._latest_where("positions", symbol))
-        return list({r.key: r for r in rows}.values())
+        return [p for _, p in sorted({r.key: r for r in rows}.items())]
 
     def pnl(self, when: TimeRange, page: PageRequest) -> PnlReport:
         """The equity curve (a page of snapshots) and realized PnL and fees per strategy."""
@@ -411,18 +422,20 @@ class SignalService:
 
     # --- analytics -----------------------------------------------------------------------------------
 
+    def _analytics(self) -> Client:
+        if self.analytics is None:
+            raise QueryError("SQL analytics are not configured on this server", 503)
+        return self.analytics
+
     def query(self, sql: str) -> QueryResult:
-        s = self.settings
-        return run_query(self.client, sql, self.database, s.query_max_seconds, s.query_max_rows, self.lock)
+        """Run read-only SQL over Mambo's tables (:mod:`mambo.api.analytics`)."""
+        return run_query(self._analytics(), sql, self.database, self.analytics_lock)
 
     def report(self, name: str) -> QueryResult:
         report = REPORTS.get(name)
         if report is None:
             raise QueryError(f"unknown report {name!r}; reports: {', '.join(REPORTS)}", 404)
-        s = self.settings
-        return run_query(
-            self.client, report.sql, self.database, s.query_max_seconds, s.query_max_rows, self.lock, True
-        )
+        return run_query(self._analytics(), report.sql, self.database, self.analytics_lock, checked=True)
 
 
 def iso(ts_ns: int) -> str:

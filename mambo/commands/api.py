@@ -46,6 +46,7 @@ async def serve(
     process (chdb allows one process per data folder, so the API must live with the pipeline)."""
     import uvicorn
 
+    from mambo.api.analytics import readonly_client
     from mambo.api.auth import KeyStore
     from mambo.api.main import create_app
     from mambo.api.service import SignalService
@@ -57,7 +58,8 @@ async def serve(
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     client = connect(settings.clickhouse_dsn, db)
     ensure_schema(client, db)
-    service = SignalService(client, db, api)
+    analytics = readonly_client(settings.clickhouse_dsn, db, api.query_max_seconds, api.query_max_rows)
+    service = SignalService(client, db, api, analytics=analytics)
     app = create_app(service, None if open_access else KeyStore(keys_path(settings)))
     server = uvicorn.Server(uvicorn.Config(app, host=api.host, port=api.port, log_level="warning"))
     task = asyncio.create_task(server.serve())

@@ -49,6 +49,7 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"description": "refused (not one SELECT over Mambo's tables) or failed in ClickHouse"},
     408: {"description": "ran past the time limit"},
     413: {"description": "more rows than the row limit"},
+    503: {"description": "analytics are not configured on this server"},
 }
 
 
