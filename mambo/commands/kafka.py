@@ -24,6 +24,7 @@ __all__ = ["register"]
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="TOML settings file (see README).")]
 DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", help="Where Mambo keeps its state.")]
 PrefixOpt = Annotated[str, typer.Option(help="Namespace for topic and group names (several pipelines).")]
+IdleOpt = Annotated[float | None, typer.Option(help="Exit after this many idle seconds (batch runs).")]
 PartitionsOpt = Annotated[int | None, typer.Option(help="Partitions of keyed topics (kafka.partitions).")]
 LOCAL = "127.0.0.1:9092"
 
@@ -164,6 +165,7 @@ def register(app: typer.Typer) -> None:
     def worker(
         name: Annotated[str, typer.Option(help="Stable per worker: its transactional id.")] = "1",
         batch_size: Annotated[int, typer.Option(help="Trades per transaction, at most.")] = 10_000,
+        idle_exit: IdleOpt = None,
         prefix: PrefixOpt = "",
         config: ConfigOpt = None,
         data_dir: DataDirOpt = None,
@@ -174,10 +176,12 @@ def register(app: typer.Typer) -> None:
         settings = _settings(config, data_dir)
         Worker(
             _bootstrap(settings), settings.engine.to_config(), name=name, batch_size=batch_size, prefix=prefix
-        ).run(_until_signal())
+        ).run(_until_signal(), idle_exit)
 
     @app.command()
     def sink(
+        batch_size: Annotated[int, typer.Option(help="Messages per insert-and-commit, at most.")] = 20_000,
+        idle_exit: IdleOpt = None,
         prefix: PrefixOpt = "",
         config: ConfigOpt = None,
         data_dir: DataDirOpt = None,
@@ -192,4 +196,6 @@ def register(app: typer.Typer) -> None:
         client = connect(settings.clickhouse_dsn, db)
         ensure_schema(client, db)
         ch = ClickHouseSink(client, db, batch_rows=settings.clickhouse.batch_rows)
-        KafkaSink(_bootstrap(settings), ch, prefix=prefix).run(_until_signal())
+        KafkaSink(_bootstrap(settings), ch, batch_size=batch_size, prefix=prefix).run(
+            _until_signal(), idle_exit
+        )

@@ -22,9 +22,9 @@ from mambo.streams.kafka.broker import KafkaBroker, free_port
 from mambo.streams.kafka.codec import decode
 
 ENGINE_ENV = {
-    "MAMBO_ENGINE__TIMEFRAMES": "1s,1m",
+    "MAMBO_ENGINE__TIMEFRAMES": '["1s", "1m"]',
     "MAMBO_ENGINE__TRADING_TIMEFRAME": "1s",
-    "MAMBO_ENGINE__STRATEGIES": "sma_cross,rsi_reversion,macd_cross,bollinger_breakout",
+    "MAMBO_ENGINE__STRATEGIES": '["sma_cross", "rsi_reversion", "macd_cross", "bollinger_breakout"]',
 }
 
 
@@ -95,7 +95,7 @@ def engine_config() -> Any:
         {
             "timeframes": "1s,1m",
             "trading_timeframe": "1s",
-            "strategies": ENGINE_ENV["MAMBO_ENGINE__STRATEGIES"],
+            "strategies": "sma_cross,rsi_reversion,macd_cross,bollinger_breakout",
         }
     ).to_config()
 
