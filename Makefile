@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 UV     := $(VENV)/bin/uv
 
-.PHONY: demo test lint typecheck unit install clean bench kafka-jars
+.PHONY: demo test lint typecheck unit install clean bench browser kafka-jars
 
 install: $(VENV)/.installed
 
@@ -32,10 +32,16 @@ kafka-jars: install
 unit: install kafka-jars
 	$(PY) -m pytest
 
-test: lint typecheck unit
+test: lint typecheck browser unit
 
 bench: install
 	$(PY) benchmarks/embedded_pipeline.py
+
+# Debian's chromium for the dashboard test: Playwright (from PyPI) drives it; `playwright install` does
+# not work on these machines. Skipped when already installed.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser:
+	@test -x /usr/bin/chromium || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium)
 
 clean:
 	rm -rf $(VENV) .mambo .pytest_cache .mypy_cache .ruff_cache
