@@ -237,8 +237,11 @@ class LocalExchange:
         return self._events[self._cursor - 1][0]
 
     def start(self) -> None:
-        """Start releasing events at ``speed`` × real time (call inside the running loop)."""
-        if self._replay_task is None:
+        """Start releasing events at ``speed`` × real time (call inside the running loop).
+
+        ``speed <= 0`` keeps the exchange paused: time moves only by :meth:`advance`.
+        """
+        if self._replay_task is None and self.speed > 0:
             self._replay_task = asyncio.get_running_loop().create_task(self._replay())
 
     async def stop(self) -> None:
@@ -249,6 +252,14 @@ class LocalExchange:
             self._replay_task = None
         for conn in list(self._conns):
             await conn.ws.close()
+
+    async def advance(self, seconds: float) -> int:
+        """Release (and stream) the next ``seconds`` of the recording now; returns the events released."""
+        before = self._cursor
+        await self._broadcast(self._release_until(self.now_ms + int(seconds * 1000), emit=True))
+        if self._cursor >= len(self._events):
+            self.finished.set()
+        return self._cursor - before
 
     async def _replay(self) -> None:
         if self._cursor >= len(self._events):
@@ -552,7 +563,9 @@ class LocalExchange:
         n = sym.released
         ts, price, qty = sym.ts[:n], sym.price[:n], sym.qty[:n]
         start_t, end_t = request.query.get("startTime"), request.query.get("endTime")
-        lo = int(np.searchsorted(ts, int(start_t) - int(start_t) % step)) if start_t is not None else 0
+        # klines opening at or after startTime (a partly elapsed one included when it opens there)
+        first_open = -(-int(start_t) // step) * step if start_t is not None else 0
+        lo = int(np.searchsorted(ts, first_open)) if start_t is not None else 0
         hi = int(np.searchsorted(ts, int(end_t), "right")) if end_t is not None else n
         if lo >= hi:
             return web.json_response([])
