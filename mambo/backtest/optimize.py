@@ -32,6 +32,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from decimal import Decimal
+from functools import partial
 from typing import TYPE_CHECKING, Any, Literal
 
 from mambo.backtest.data import CandleFrame
@@ -187,7 +188,7 @@ def optimize(
         space={k: list(v) for k, v in space.items()},
         started_ns=started,
     )
-    per_window = len(_grid(space)) if search == "grid" else trials
+    per_window = sum(_valid(strategy, p) for p in _grid(space)) if search == "grid" else trials
     total = per_window * max(folds, 1) + folds
     done = 0
 
@@ -202,7 +203,7 @@ def optimize(
     ) as pool:
 
         def run_many(
-            batch: list[Params], start: int, stop: int, fold: int, phase: Literal["train", "test", "full"]
+            batch: list[Params], *, start: int, stop: int, fold: int, phase: Literal["train", "test", "full"]
         ) -> list[Trial]:
             nonlocal done
             futures = [pool.submit(_evaluate, start, stop, _with_params(config, strategy, p)) for p in batch]
@@ -220,15 +221,24 @@ def optimize(
             start, stop = bounds[fold] if folds else (0, len(frame))
             phase: Literal["train", "full"] = "train" if folds else "full"
             if search == "grid":
-                tried = run_many([p for p in _grid(space) if _valid(strategy, p)], start, stop, fold, phase)
+                valid = [p for p in _grid(space) if _valid(strategy, p)]
+                tried = run_many(valid, start=start, stop=stop, fold=fold, phase=phase)
             else:
-                tried = _optuna(space, strategy, trials, seed + fold, workers, run_many, start, stop, fold)
+                tried = _optuna(
+                    space,
+                    strategy,
+                    trials,
+                    seed + fold,
+                    workers,
+                    partial(run_many, start=start, stop=stop, fold=fold, phase=phase),
+                )
             if not tried:
                 raise ValueError("the strategy refused every parameter set in the space")
             best = max(tried, key=lambda t: t.objective).params
             result.best.append(best)
             if folds:
-                run_many([best], *bounds[fold + 1], fold, "test")
+                test_start, test_stop = bounds[fold + 1]
+                run_many([best], start=test_start, stop=test_stop, fold=fold, phase="test")
     if progress is not None:
         progress(done, done)  # pruned Optuna trials never ran: the bar ends where the work did
     return result
@@ -329,10 +339,7 @@ def _optuna(
     trials: int,
     seed: int,
     batch: int,
-    run_many: Callable[..., list[Trial]],
-    start: int,
-    stop: int,
-    fold: int,
+    run_many: Callable[[list[Params]], list[Trial]],
 ) -> list[Trial]:
     """Optuna's TPE sampler, asked ``batch`` trials at a time so every worker has one."""
     import optuna
@@ -360,7 +367,7 @@ def _optuna(
                 params.append(p)
             else:
                 study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-        results = run_many(params, start, stop, fold, "train") if params else []
+        results = run_many(params) if params else []
         for trial, done in zip(pending, results, strict=True):
             study.tell(trial, done.objective if math.isfinite(done.objective) else -1e300)
         tried.extend(results)
