@@ -8,6 +8,7 @@ with them: a backtest over silently repaired data would show numbers nobody can 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -52,10 +53,15 @@ class CandleFrame:
     def key(self) -> str:
         return f"{self.exchange}:{self.symbol}"
 
+    @cached_property
+    def step(self) -> int:
+        """The timeframe in ns."""
+        return timeframe_ns(self.timeframe)
+
     @property
     def ts_event(self) -> npt.NDArray[np.int64]:
         """Each candle's close time: the moment it is known, and its event time."""
-        return self.open_time + timeframe_ns(self.timeframe)
+        return self.open_time + self.step
 
     def slice(self, start: int, stop: int) -> CandleFrame:
         cols = {
@@ -72,7 +78,7 @@ class CandleFrame:
     def candle(self, i: int) -> Candle:
         """Candle ``i`` as the event the live pipeline would see (ts_init = its close time)."""
         t = int(self.open_time[i])
-        end = t + timeframe_ns(self.timeframe)
+        end = t + self.step
         return Candle(
             event_id=make_id("candle", self.exchange, self.symbol, self.timeframe, t),
             ts_event=end,
@@ -95,7 +101,7 @@ class CandleFrame:
     def tile(self, times: int) -> CandleFrame:
         """The history repeated ``times`` times, each copy shifted in time and scaled in price so it
         starts where the previous one ended (for benchmarks that need more bars than were recorded)."""
-        n, step = len(self), timeframe_ns(self.timeframe)
+        n, step = len(self), self.step
         span = int(self.open_time[-1] - self.open_time[0]) + step
         parts: dict[str, list[Any]] = {c: [] for c in ("open_time", "open", "high", "low", "close", "volume")}
         scale = 1.0

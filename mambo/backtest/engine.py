@@ -327,7 +327,7 @@ def run_vectorized(
 
     last = -1  # the last bar handed to the operators
     k = 0  # next entry of `wanted`
-    follow = False  # hand over the bar after `last` too (an order may fill there)
+    follow = False  # hand over the bar after `last` too: an order rests at the broker
     while True:
         while k < len(wanted) and wanted[k] <= last:
             k += 1
@@ -342,7 +342,7 @@ def run_vectorized(
                 portfolio.mark(key, float(skipped.max() if held > 0 else skipped.min()))
             portfolio.mark(key, float(close[j - 1]))
         run.bar(j, frame.candle(j), bool(active[j]))
-        follow = bool(active[j]) or broker.has_pending(key)
+        follow = broker.has_pending(key)
         if progress is not None and j // every != last // every:
             progress(j + 1, n)
         last = j
