@@ -256,7 +256,7 @@ async def fetch_candles_between(
     ``until_ms`` is the open time of the candle still forming)."""
     step = timeframe_ns(timeframe) // _MS
     out: list[list[Any]] = []
-    cursor = since_ms - since_ms % step
+    cursor = -(-since_ms // step) * step  # the first open time at or after since_ms
     while cursor < until_ms:
         start = cursor
 
@@ -365,17 +365,20 @@ class ExchangeSource:
             attempt = min(attempt + 1, 16)
             await asyncio.sleep(delay)
 
-    async def _watch(self, stream: str, call: Callable[[], Any]) -> Any:
-        """One watch call, or TimeoutError after ``stall_seconds`` of silence.
+    async def _watch(self, stream: str, call: Callable[[], Any] | asyncio.Future[Any]) -> Any:
+        """One watch call (or an already started one), or TimeoutError after ``stall_seconds``.
 
         Not ``asyncio.wait_for``: it waits for the cancelled call to finish, and a ccxt watch that is
         parked on a dead connection may not; the call is cancelled and left to unwind on its own.
         """
-        task = asyncio.ensure_future(call())
-        done, _ = await asyncio.wait({task}, timeout=self.config.stall_seconds)
+        task = call if isinstance(call, asyncio.Future) else asyncio.ensure_future(call())
+        try:
+            done, _ = await asyncio.wait({task}, timeout=self.config.stall_seconds)
+        finally:
+            if not task.done():  # timed out, or we are being cancelled
+                task.cancel()
+                task.add_done_callback(_discard)
         if not done:
-            task.cancel()
-            task.add_done_callback(_discard)
             raise TimeoutError
         if task.cancelled():  # ccxt cancels a watch whose connection it closed
             raise TemporaryError(f"{stream}: the watch was cancelled by its closing connection")
@@ -419,8 +422,16 @@ class ExchangeSource:
         def watch() -> Any:
             return self.client.watch_trades(symbol, params=dict(params))
 
-        batch = await self._watch(stream, watch)  # subscribed: from here on the stream has it all
+        first = asyncio.ensure_future(watch())  # subscribing
         if recovering:
+            try:  # fill up to the exchange's latest trade now, not when the next trade comes
+                await self._fill_to_latest(symbol, stream)
+            except BaseException:
+                first.cancel()
+                first.add_done_callback(_discard)
+                raise
+        batch = await self._watch(stream, first)
+        if recovering:  # trades of the moment between that fill and the subscription
             batch = await self._fill_trades(symbol, batch, stream)
             self._report(stream, "reconnected", 0.0)
         else:
@@ -431,6 +442,31 @@ class ExchangeSource:
             if self._has_id_gap(symbol, batch):
                 batch = await self._fill_trades(symbol, batch, stream)
             self._publish_trades(symbol, batch)
+
+    async def _fill_to_latest(self, symbol: str, stream: str) -> None:
+        """Publish what was missed since the last published trade, through the exchange's latest."""
+        state = self._trades[symbol]
+        since = state.last_ts if state.last_ts is not None else self.config.since_ms
+        if since is None:
+            return
+
+        async def latest() -> list[dict[str, Any]]:
+            result: list[dict[str, Any]] = await self.client.fetch_trades(symbol, limit=1000)
+            return result
+
+        recent = await with_retry(latest, what=f"fetch_trades {symbol}", backoff=self.config.backoff,
+                                  client=self.client)  # fmt: skip
+        recent = [t for t in recent if t["timestamp"] >= since]
+        if not recent:
+            return  # nothing since: the gap is empty
+        middle: list[dict[str, Any]] = []
+        if recent[0]["timestamp"] > since:  # more than a page was missed: page from ``since``
+            middle = await fetch_trades_between(
+                self.client, symbol, since, recent[0]["timestamp"], backoff=self.config.backoff
+            )
+        n = self._publish_trades(symbol, middle + recent)
+        self.counts["recovered"] += n
+        self._report(stream, "gap_filled", 0.0, f"{n} trades from REST since {since}")
 
     async def _fill_trades(
         self, symbol: str, batch: list[dict[str, Any]], stream: str
@@ -504,6 +540,8 @@ class ExchangeSource:
 
         rows = await self._watch(stream, watch)
         if recovering and rows:
+            # the candle forming at the break may have missed updates: REST has it whole
+            self._last_candle.pop(symbol, None)
             await self._fill_candles(symbol, int(rows[-1][0]), stream)
         self._on_candles(symbol, rows)
         while True:

@@ -244,12 +244,16 @@ class LocalExchange:
         if self._replay_task is None and self.speed > 0:
             self._replay_task = asyncio.get_running_loop().create_task(self._replay())
 
-    async def stop(self) -> None:
+    async def pause(self) -> None:
+        """Stop the replay clock; connections stay open (:meth:`advance` still moves time)."""
         if self._replay_task is not None:
             self._replay_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._replay_task
             self._replay_task = None
+
+    async def stop(self) -> None:
+        await self.pause()
         for conn in list(self._conns):
             await conn.ws.close()
 
@@ -340,12 +344,16 @@ class LocalExchange:
         if state and state[0] != start:
             out.append((stream, "kline", self._kline_frame(sym, interval, state, ts, closed=True)))
             state.clear()
-        if not state:
-            state += [start, price, price, price, price, 0.0, 0, 0.0]
-        state[2], state[3], state[4] = max(state[2], price), min(state[3], price), price
-        state[5] += qty
-        state[6] += 1
-        state[7] += qty * price
+        if not state:  # a new candle, or a first subscriber: the candle as it stands, like Binance's
+            lo = int(np.searchsorted(sym.ts[: i + 1], start))
+            p, q = sym.price[lo : i + 1], sym.qty[lo : i + 1]
+            state += [start, float(p[0]), float(p.max()), float(p.min()), price, float(q.sum()), i + 1 - lo,
+                      float((p * q).sum())]  # fmt: skip
+        else:
+            state[2], state[3], state[4] = max(state[2], price), min(state[3], price), price
+            state[5] += qty
+            state[6] += 1
+            state[7] += qty * price
         out.append((stream, "kline", self._kline_frame(sym, interval, state, ts, closed=False)))
         return out
 
