@@ -124,6 +124,7 @@ def _figures(result: BacktestResult) -> list[tuple[str, Any]]:
         marker={"color": ["#1a9850" if v >= 0 else "#d73027" for v in monthly.to_numpy()]},
         name="monthly return %",
     )
+    months.update_xaxes(type="category")  # one bar per month, not a date axis
 
     trips = round_trips(result.fills)
     dist = go.Figure()

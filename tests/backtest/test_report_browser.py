@@ -1,0 +1,53 @@
+"""report.html in a real browser (Debian's chromium through Playwright), offline: every plot draws,
+nothing is fetched, no script error, and the fills drawn are the run's fills."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mambo.backtest.data import load_candles
+from mambo.backtest.engine import run_vectorized
+from mambo.backtest.metrics import compute_metrics
+from mambo.backtest.report import write_outputs
+from mambo.core.stages import EngineConfig
+
+CHROMIUM = Path("/usr/bin/chromium")
+FIXTURE = Path(__file__).parents[1] / "fixtures" / "btc_perp_1m_5000.csv"
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+pytestmark = pytest.mark.browser
+
+
+def test_report_draws_every_plot_offline(tmp_path: Path) -> None:
+    from playwright.sync_api import sync_playwright
+
+    assert CHROMIUM.exists(), "make test installs Debian's chromium (make browser)"
+    result = run_vectorized(load_candles(FIXTURE), EngineConfig())
+    paths = write_outputs(result, compute_metrics(result), tmp_path)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        errors: list[str] = []
+        fetched: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.on("request", lambda r: fetched.append(r.url))
+        page.goto(paths["report.html"].as_uri())
+        page.wait_for_function("document.querySelectorAll('.plotly-graph-div .main-svg').length >= 5")
+        # the markers plotly drew for the buy and sell fills, counted from the figure's data
+        drawn = page.evaluate(
+            "() => document.querySelectorAll('.plotly-graph-div')[0].data"
+            ".filter(t => t.mode === 'markers').map(t => t.x.length)"
+        )
+        browser.close()
+    assert errors == []
+    assert [u for u in fetched if not u.startswith("file:")] == []
+    assert drawn == [sum(f.side == "buy" for f in result.fills), sum(f.side == "sell" for f in result.fills)]
