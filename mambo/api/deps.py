@@ -4,18 +4,22 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import Depends, Query, Request, Security
 from fastapi.security import APIKeyHeader
+from pydantic import BaseModel
 
 from mambo.api.auth import ApiKey, Authorizer
 from mambo.api.service import PageRequest, SignalService, TimeRange, to_ns
 
 __all__ = [
+    "NOT_FOUND",
+    "REFUSALS",
     "AnalyticsReader",
     "EndQ",
     "PageQ",
+    "Problem",
     "Service",
     "SignalsReader",
     "StartQ",
@@ -24,6 +28,22 @@ __all__ = [
     "TimeRangeQ",
     "TimeframeQ",
 ]
+
+
+class Problem(BaseModel):
+    """Why a request was refused."""
+
+    detail: str
+
+
+#: The refusals every keyed route may answer with (422, bad parameters, FastAPI documents itself).
+REFUSALS: dict[int | str, dict[str, Any]] = {
+    400: {"model": Problem, "description": "a parameter the caller must fix (the detail says how)"},
+    401: {"model": Problem, "description": "missing or invalid API key"},
+    403: {"model": Problem, "description": "the key lacks the scope"},
+    429: {"model": Problem, "description": "the key's tier rate limit is spent; see Retry-After"},
+}
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": Problem, "description": "nothing matches"}}
 
 api_key_header = APIKeyHeader(
     name="X-API-Key", auto_error=False, description="An API key from `mambo keys create`."
@@ -64,7 +84,8 @@ def _time_range(start: StartQ = None, end: EndQ = None) -> TimeRange:
 def _page(
     limit: Annotated[int, Query(ge=1, le=1000, description="rows per page")] = 100,
     cursor: Annotated[
-        str | None, Query(max_length=100, description="`next_cursor` of the previous page")
+        str | None,
+        Query(pattern=r"^[0-9]{1,19}:[0-9a-f]{1,64}$", description="`next_cursor` of the previous page"),
     ] = None,
     order: Annotated[
         Literal["asc", "desc"], Query(description="oldest (asc) or latest (desc) first")

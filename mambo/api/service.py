@@ -35,7 +35,6 @@ from mambo.schemas.events import (
     IndicatorValues,
     Order,
     Position,
-    split_key,
 )
 from mambo.schemas.topics import SIGNALS
 from mambo.settings import ApiSettings
@@ -53,6 +52,7 @@ __all__ = [
     "SymbolInfo",
     "TimeRange",
     "iso",
+    "market_filter",
     "to_ns",
 ]
 
@@ -145,20 +145,18 @@ class _Where:
     def market(self, symbol: str | None) -> None:
         if not symbol:
             return
-        if ":" in symbol:
-            try:
-                exchange, sym = split_key(symbol)
-            except ValueError as ex:
-                raise BadRequest(str(ex)) from None
+        exchange, sym = market_filter(symbol)
+        if exchange:
             self.add("exchange = {ex:String} AND symbol = {sym:String}", ex=exchange, sym=sym)
         else:
-            self.add("symbol = {sym:String}", sym=symbol)
+            self.add("symbol = {sym:String}", sym=sym)
 
-    def time(self, when: TimeRange) -> None:
+    def time(self, when: TimeRange, column: str = "ts_event") -> None:
+        """``column``: the integer-ns time (``toUnixTimestamp64Nano(ts_event)`` outside read_events)."""
         if when.start is not None:
-            self.add("ts_event >= {t0:Int64}", t0=when.start)
+            self.add(f"{column} >= {{t0:Int64}}", t0=when.start)
         if when.end is not None:
-            self.add("ts_event < {t1:Int64}", t1=when.end)
+            self.add(f"{column} < {{t1:Int64}}", t1=when.end)
 
     def cursor(self, cursor: str | None, descending: bool) -> None:
         if not cursor:
@@ -176,12 +174,26 @@ class _Where:
         return " AND ".join(f"({c})" for c in self.clauses)
 
 
-def _cursor(event: Event) -> str:
-    return f"{event.ts_event}:{event.event_id}"
+def market_filter(symbol: str) -> tuple[str, str]:
+    """``(exchange, symbol)`` of an ``exchange:symbol`` key, ``("", symbol)`` for a bare symbol.
+
+    A bare symbol may hold a colon itself (``BTC/USDT:USDT``, a linear perpetual); exchange ids never
+    hold a slash, so a slash before the first colon means there is no exchange."""
+    head, _, tail = symbol.partition(":")
+    if head and tail and "/" not in head:
+        return head, tail
+    return "", symbol
 
 
 def _matches(key: str, symbol: str | None) -> bool:
-    return not symbol or key == symbol or key.partition(":")[2] == symbol
+    if not symbol:
+        return True
+    exchange, sym = market_filter(symbol)
+    return key == f"{exchange}:{sym}" if exchange else key.partition(":")[2] == sym
+
+
+def _cursor(event: Event) -> str:
+    return f"{event.ts_event}:{event.event_id}"
 
 
 class SignalService:
@@ -367,7 +379,7 @@ class SignalService:
         where.time(when)
         equity: Page[EquitySnapshot] = self._page("equity", where, page)
         fills = _Where()
-        fills.time(when)
+        fills.time(when, "toUnixTimestamp64Nano(ts_event)")
         cond = f" WHERE {fills.sql()}" if fills.clauses else ""
         rows = self._query(
             f"SELECT strategy, count(), sum(realized_pnl), sum(fee) FROM `{self.database}`.fills FINAL"

@@ -9,9 +9,9 @@ from fastapi.responses import PlainTextResponse, Response
 from pydantic import BaseModel, Field
 
 from mambo.api.analytics import REPORTS, QueryResult, to_csv
-from mambo.api.deps import AnalyticsReader, Service
+from mambo.api.deps import NOT_FOUND, REFUSALS, AnalyticsReader, Problem, Service
 
-router = APIRouter(prefix="/analytics", tags=["analytics"])
+router = APIRouter(prefix="/analytics", tags=["analytics"], responses=REFUSALS)
 
 Format = Literal["json", "csv"]
 
@@ -46,10 +46,10 @@ def _answer(result: QueryResult, fmt: Format) -> Response | QueryAnswer:
 
 _RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"content": {"text/csv": {}}, "description": "JSON, or CSV with a header row"},
-    400: {"description": "refused (not one SELECT over Mambo's tables) or failed in ClickHouse"},
-    408: {"description": "ran past the time limit"},
-    413: {"description": "more rows than the row limit"},
-    503: {"description": "analytics are not configured on this server"},
+    400: {"model": Problem, "description": "refused (not one SELECT over Mambo's tables), or failed"},
+    408: {"model": Problem, "description": "ran past the time limit"},
+    413: {"model": Problem, "description": "more rows than the row limit"},
+    503: {"model": Problem, "description": "analytics are not configured on this server"},
 }
 
 
@@ -66,7 +66,7 @@ def reports(_: AnalyticsReader) -> list[ReportInfo]:
     return [ReportInfo(name=r.name, description=r.description, sql=r.sql.strip()) for r in REPORTS.values()]
 
 
-@router.get("/reports/{name}", response_model=QueryAnswer, responses={**_RESPONSES, 404: {}})
+@router.get("/reports/{name}", response_model=QueryAnswer, responses={**_RESPONSES, **NOT_FOUND})
 def report(
     name: str,
     service: Service,

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from mambo.api.deps import PageQ, Service, SignalsReader, SymbolQ, TimeframeQ, TimeRangeQ
+from mambo.api.deps import REFUSALS, PageQ, Service, SignalsReader, SymbolQ, TimeframeQ, TimeRangeQ
 from mambo.api.service import Page, SymbolInfo
 from mambo.schemas.events import Candle, IndicatorValues
 
-router = APIRouter(tags=["market data"])
+router = APIRouter(tags=["market data"], responses=REFUSALS)
 
 
 @router.get("/candles", response_model=Page[Candle])

@@ -7,11 +7,11 @@ from typing import Literal
 from fastapi import APIRouter
 from pydantic import BaseModel
 
-from mambo.api.deps import PageQ, Service, SignalsReader, StrategyQ, SymbolQ, TimeRangeQ
+from mambo.api.deps import NOT_FOUND, REFUSALS, PageQ, Service, SignalsReader, StrategyQ, SymbolQ, TimeRangeQ
 from mambo.api.service import Page, iso
 from mambo.schemas.events import AggregatedSignal, Signal
 
-router = APIRouter(tags=["signals"])
+router = APIRouter(tags=["signals"], responses=REFUSALS)
 
 
 class SignalView(BaseModel):
@@ -27,7 +27,7 @@ class SignalView(BaseModel):
     confidence: float
 
 
-@router.get("/signal", response_model=SignalView)
+@router.get("/signal", response_model=SignalView, responses=NOT_FOUND)
 def latest_signal(service: Service, _: SignalsReader, symbol: SymbolQ = None) -> SignalView:
     """The latest combined signal of ``symbol`` (default: the configured one, else the first market),
     with the 50 and 200 SMAs when ``sma_cross`` runs (null otherwise), and the bar's end time."""

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from mambo.api.deps import PageQ, Service, SignalsReader, StrategyQ, SymbolQ, TimeRangeQ
+from mambo.api.deps import REFUSALS, PageQ, Service, SignalsReader, StrategyQ, SymbolQ, TimeRangeQ
 from mambo.api.service import Page, PnlReport, StrategyInfo
 from mambo.schemas.events import Fill, Order, OrderStatus, Position
 
-router = APIRouter(tags=["trading"])
+router = APIRouter(tags=["trading"], responses=REFUSALS)
 
 
 @router.get("/orders", response_model=Page[Order])
