@@ -14,20 +14,21 @@ into a :class:`~mambo.schemas.events.DeadLetter` with its origin (topic, partiti
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import orjson
 from pydantic import ValidationError
 
-from mambo.schemas.batches import SIDE_CODES, TradeBatch
+from mambo.schemas.batches import SIDE_CODES, TradeBatch, validate_trades
 from mambo.schemas.events import DeadLetter, Event, make_id, split_key
-from mambo.schemas.topics import Topic
+from mambo.schemas.topics import TRADES, Topic
 
 __all__ = [
     "SCHEMA_HEADER",
     "DecodeError",
+    "check_trades",
     "dead_letter",
     "decode",
     "decode_trades",
@@ -179,6 +180,22 @@ def decode_trades(
         int(ts_init.min()) if len(rows) else 0,
     )
     return batch, ts_init, bad
+
+
+def check_trades(
+    batch: TradeBatch, known_markets: Collection[str] | None = None
+) -> tuple[np.ndarray, list[tuple[int, str]]]:
+    """Row indices of the trades :func:`~mambo.schemas.batches.validate_trades` keeps, and
+    ``(row, reason)`` of the others (so a consumer can name each bad message's offset)."""
+    indexed = TradeBatch(
+        batch.keys, batch.market, batch.ts, batch.price, batch.qty, batch.side, np.arange(len(batch)), 0
+    )
+    good, dead = validate_trades(indexed, known_markets, TRADES.name)
+    rows = good.trade_id.astype(np.int64)
+    if not dead:
+        return rows, []
+    bad = np.setdiff1d(np.arange(len(batch)), rows).tolist()
+    return rows, [(i, d.reason) for i, d in zip(bad, dead, strict=True)]
 
 
 def dead_letter(

@@ -20,18 +20,16 @@ from __future__ import annotations
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
-import numpy as np
 import structlog
 from confluent_kafka import Consumer, Message, TopicPartition
 
 from mambo.connectors.clickhouse import ClickHouseSink, ClickHouseWriteError
-from mambo.schemas.batches import TradeBatch, validate_trades
 from mambo.schemas.events import DeadLetter
 from mambo.schemas.topics import ALL_TOPICS, DLQ_SUFFIX, TRADES, by_name, dlq_topic
-from mambo.streams.kafka.codec import DecodeError, dead_letter, decode, decode_trades
+from mambo.streams.kafka.codec import DecodeError, check_trades, dead_letter, decode, decode_trades
 from mambo.streams.kafka.producer import KafkaPublisher
 
 __all__ = ["KafkaSink"]
@@ -52,8 +50,10 @@ class KafkaSink:
         poll_seconds: float = 0.2,
         max_backoff: float = 5.0,
         prefix: str = "",
+        known_markets: Collection[str] | None = None,
     ) -> None:
         self.sink = sink
+        self.known_markets = set(known_markets) if known_markets is not None else None
         self.prefix = prefix  # namespaces topics and group (see topology.wanted_topics)
         self.topics = list(topics or [t.name for t in ALL_TOPICS])
         self.batch_size = batch_size
@@ -83,7 +83,7 @@ class KafkaSink:
         try:
             while not stop.is_set():
                 n = self.step(stop)
-                if n:
+                if n or not self.consumer.assignment():  # idle time counts from the assignment
                     last = time.monotonic()
                 elif idle_exit is not None and time.monotonic() - last > idle_exit:
                     break
@@ -112,10 +112,10 @@ class KafkaSink:
         if topic == TRADES.name:
             batch, ts_init, _ = decode_trades([m.value() for m in msgs])
             # the worker dead-letters undecodable and invalid trades; the table holds the valid ones
-            good, ts_init = _valid_trades(batch, ts_init)
-            if len(good):
-                cols: dict[str, Any] = good.columns()
-                cols["ts_init"] = ts_init
+            rows, _ = check_trades(batch, self.known_markets)
+            if len(rows):
+                cols: dict[str, Any] = batch.take(rows).columns()
+                cols["ts_init"] = ts_init[rows]
                 self.sink.write_columns(t.table, cols)
             return
         events = []
@@ -134,7 +134,7 @@ class KafkaSink:
         if topic.endswith(DLQ_SUFFIX):
             return  # never loop on a dead-letter topic
         letter: DeadLetter = dead_letter(
-            topic, m.partition() or 0, m.offset() or 0, m.key(), m.value(), reason, m.timestamp()[1] * 10**6
+            topic, _or(m.partition()), _or(m.offset()), m.key(), m.value(), reason, m.timestamp()[1] * 10**6
         )
         self.dlq.publish(dlq_topic(topic), letter)
 
@@ -161,11 +161,5 @@ class KafkaSink:
             self.consumer.resume(paused)
 
 
-def _valid_trades(batch: TradeBatch, ts_init: np.ndarray) -> tuple[TradeBatch, np.ndarray]:
-    """The rows :func:`validate_trades` keeps, with their own ts_init (the row index rides along)."""
-    indexed = TradeBatch(
-        batch.keys, batch.market, batch.ts, batch.price, batch.qty, batch.side, np.arange(len(batch)), 0
-    )
-    good, _ = validate_trades(indexed, None, TRADES.name)
-    rows = good.trade_id.astype(np.int64)
-    return batch.take(rows), ts_init[rows]
+def _or(value: int | None) -> int:
+    return -1 if value is None else value

@@ -40,7 +40,7 @@ from mambo.core.stages import EngineConfig
 from mambo.schemas.batches import TradeBatch
 from mambo.schemas.events import Event
 from mambo.schemas.topics import TRADES, by_name, dlq_topic
-from mambo.streams.kafka.codec import dead_letter, decode_trades, encode, headers_for
+from mambo.streams.kafka.codec import check_trades, dead_letter, decode_trades, encode, headers_for
 from mambo.streams.kafka.producer import PRODUCER_DEFAULTS
 from mambo.streams.kafka.topology import STATE_TOPIC
 from mambo.streams.markets import MarketPipelines
@@ -174,7 +174,9 @@ class Worker:
                 msgs = consumer.consume(self.batch_size, self.poll_seconds)
                 msgs = [m for m in msgs if m.error() is None or not self._log_error(m)]
                 if not msgs:
-                    if idle_exit is not None and time.monotonic() - last > idle_exit:
+                    if not self.assigned:  # idle time counts from the group's assignment
+                        last = time.monotonic()
+                    elif idle_exit is not None and time.monotonic() - last > idle_exit:
                         break
                     continue
                 last = time.monotonic()
@@ -207,17 +209,19 @@ class Worker:
         self.batches += 1
 
     def _process_partition(self, producer: Producer, partition: int, msgs: list[Message]) -> None:
-        batch, _, bad = decode_trades([m.value() for m in msgs])
-        for i, reason in bad:
-            m = msgs[i]
-            ts = m.timestamp()[1]
-            letter = dead_letter(
-                TRADES.name, partition, m.offset() or -1, m.key(), m.value(), reason, ts * 10**6
-            )
+        batch, _, undecodable = decode_trades([m.value() for m in msgs])
+        decoded = (
+            [m for i, m in enumerate(msgs) if i not in {j for j, _ in undecodable}] if undecodable else msgs
+        )
+        rows, invalid = check_trades(batch, self.pipelines.known_markets)
+        bad = [(msgs[i], r) for i, r in undecodable] + [(decoded[i], r) for i, r in invalid]
+        if invalid:
+            batch = batch.take(rows)
+        for m, reason in bad:
+            offset, ts = _offset(m), m.timestamp()[1] * 10**6
+            letter = dead_letter(TRADES.name, partition, offset, m.key(), m.value(), reason, ts)
             self._send(producer, dlq_topic(TRADES.name), letter)
-            log.warning(
-                "dead letter", topic=TRADES.name, partition=partition, offset=m.offset(), reason=reason
-            )
+            log.warning("dead letter", topic=TRADES.name, partition=partition, offset=offset, reason=reason)
         self._out.clear()
         touched = self.pipelines.ingest_trades(batch)
         for topic, event in self._out:
@@ -243,3 +247,8 @@ class Worker:
                 return
             except BufferError:
                 producer.poll(0.05)
+
+
+def _offset(m: Message) -> int:
+    offset = m.offset()
+    return -1 if offset is None else offset

@@ -3,6 +3,7 @@ helpers to read topics back. Tests isolate themselves by a unique topic prefix (
 
 from __future__ import annotations
 
+import gc
 import os
 import subprocess
 import sys
@@ -33,6 +34,7 @@ def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBrok
     broker = KafkaBroker(tmp_path_factory.mktemp("kafka"), port=free_port())
     broker.start()
     yield broker
+    gc.collect()  # producers left for the collector would log connection errors once the broker is gone
     broker.stop()
 
 

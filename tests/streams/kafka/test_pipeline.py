@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+import orjson
 import pandas as pd
 import pytest
 from clickhouse_connect.driver.client import Client
@@ -15,7 +16,7 @@ from mambo.connectors.clickhouse import ClickHouseSink, ensure_schema
 from mambo.connectors.replay import load_trades
 from mambo.core.stages import EngineConfig
 from mambo.schemas.batches import TradeBatch
-from mambo.schemas.events import Event
+from mambo.schemas.events import Event, Quote
 from mambo.schemas.topics import FILLS, ORDERS, TABLES, TRADES
 from mambo.streams.embedded import EmbeddedRuntime, SinkObserver
 from mambo.streams.kafka.producer import KafkaPublisher
@@ -125,3 +126,90 @@ def test_kafka_gives_the_same_orders_fills_and_clickhouse_rows(
         assert n_trades == len(recording)
     finally:
         clickhouse_client.command(f"DROP DATABASE IF EXISTS `{ref_db}`")
+
+
+def malformed(i: int) -> bytes | None:
+    """Ten kinds of bad trade message: undecodable ones, and decodable ones with invalid values."""
+    good = {
+        "event_id": "x",
+        "ts_event": 1723161000000000000 + i,
+        "ts_init": 0,
+        "exchange": "binance",
+        "symbol": "BTC/USDT",
+        "trade_id": f"bad{i}",
+        "price": 60000.0,
+        "qty": 0.1,
+        "side": "buy",
+    }
+    kind = i % 10
+    if kind == 0:
+        return b"\xff\xfe not json"
+    if kind == 1:
+        return b"[1, 2, 3]"
+    if kind == 2:
+        return None
+    if kind == 3:
+        return orjson.dumps({k: v for k, v in good.items() if k != "price"})
+    if kind == 4:
+        return orjson.dumps({**good, "ts_event": "yesterday"})
+    if kind == 5:
+        return orjson.dumps({**good, "side": "long"})
+    if kind == 6:
+        return orjson.dumps({**good, "colour": "red"})
+    if kind == 7:  # decodes, then fails validation
+        return orjson.dumps({**good, "price": -1.0})
+    if kind == 8:
+        return orjson.dumps({**good, "qty": 0})
+    return orjson.dumps({**good, "exchange": "nowhere"})  # an unknown market
+
+
+def test_a_thousand_malformed_messages_land_in_dead_letters_and_the_rest_is_processed(
+    bootstrap: str, kafka_prefix: str, recording: TradeBatch, clickhouse_client: Client, clickhouse_db: str
+) -> None:
+    config = engine_config()
+    ref = reference(config, recording)
+    known = list(recording.keys)
+    slices = [recording.slice(s, s + SLICE) for s in range(0, len(recording), SLICE)]
+    headers = [("mambo-schema", b"1"), ("mambo-type", b"Trade")]
+    sent_bad = 0
+    with KafkaPublisher(bootstrap, kafka_prefix) as pub:
+        for piece in slices:
+            pub.publish_trades(piece)
+            for j in range(28):  # 1,000 bad messages, spread over the stream and every market's partition
+                if sent_bad < 980:
+                    key = known[j % len(known)].encode()
+                    pub._producer.produce(
+                        kafka_prefix + TRADES.name, malformed(sent_bad), key, headers=headers
+                    )
+                    sent_bad += 1
+        for j in range(20):  # and the sink's side: a bad quote and a quote of a newer schema version
+            value = b"{}" if j % 2 else Quote.model_construct().model_dump_json().encode()
+            version = b"1" if j % 2 else b"99"
+            pub._producer.produce(
+                kafka_prefix + "md.quotes", value, b"k", headers=[("mambo-schema", version)]
+            )
+            sent_bad += 1
+    assert sent_bad == 1_000
+    worker = Worker(bootstrap, config, known_markets=known, prefix=kafka_prefix, batch_size=5_000)
+    worker.run(idle_exit=3.0)
+    assert worker.processed == len(recording)
+    for topic in (ORDERS.name, FILLS.name):  # the rest is processed exactly as without the bad input
+        got = sorted(read_topic(bootstrap, topic, kafka_prefix), key=lambda e: e.event_id)
+        assert got == of(ref, topic), topic
+
+    ch = ClickHouseSink(clickhouse_client, clickhouse_db)
+    KafkaSink(bootstrap, ch, prefix=kafka_prefix, known_markets=known).run(idle_exit=3.0)
+    trade_letters = read_topic(bootstrap, "md.trades.dlq", kafka_prefix)
+    quote_letters = read_topic(bootstrap, "md.quotes.dlq", kafka_prefix)
+    assert len(trade_letters) == 980 and len(quote_letters) == 20
+    for d in trade_letters + quote_letters:
+        assert d.reason and d.partition >= 0 and d.offset >= 0 and d.topic in ("md.trades", "md.quotes")
+    reasons = Counter(d.reason.split(":")[0] for d in trade_letters)
+    assert reasons["not JSON"] == 98 and reasons["unknown market binance"] == 0
+    assert sum("unknown market nowhere:BTC/USDT" in d.reason for d in trade_letters) == 98
+    assert sum("price must be a finite number > 0" in d.reason for d in trade_letters) == 98
+    assert sum("qty must be a finite number > 0" in d.reason for d in trade_letters) == 98
+    assert sum("schema version" in d.reason for d in quote_letters) == 10
+    rows = clickhouse_client.command(f"SELECT count() FROM `{clickhouse_db}`.dead_letters FINAL")
+    assert rows == 1_000
+    assert clickhouse_client.command(f"SELECT count() FROM `{clickhouse_db}`.trades FINAL") == len(recording)
