@@ -43,6 +43,7 @@ _MS = 1_000_000
 _CLIENT_ID = re.compile(r"^[.A-Z:/a-z0-9_-]{1,36}$")
 _STATUS: dict[str, OrderStatus] = {"closed": "filled", "canceled": "canceled", "rejected": "rejected",
                                    "expired": "expired"}  # fmt: skip
+_FINAL = frozenset({"filled", "canceled", "rejected", "expired"})
 Mode = Literal["local", "sandbox", "live"]
 
 
@@ -105,7 +106,9 @@ class ExchangeBroker:
         ``rejected`` and the exchange's reason, not as an exception.
         """
         cid = exchange_client_id(order.client_order_id)
-        self._orders[cid] = order
+        known = self._orders.setdefault(cid, order)
+        if known.status in _FINAL:
+            return []  # a redelivered order this broker already saw through
         for attempt in range(self.backoff.attempts):
             existing = await self._lookup(order.symbol, cid)
             if existing is not None:
