@@ -41,7 +41,15 @@ from mambo.core.market import Market, to_decimal
 from mambo.core.portfolio import MONEY, Portfolio
 from mambo.core.risk import RiskEngine
 from mambo.core.stages import EngineConfig
-from mambo.core.strategies import SIDE_CODES, Bar, Decision, Strategy, load_strategy, make_signal
+from mambo.core.strategies import (
+    SIDE_CODES,
+    Bar,
+    BatchDecisions,
+    Decision,
+    Strategy,
+    load_strategy,
+    make_signal,
+)
 from mambo.schemas.events import AggregatedSignal, Candle, Fill, RiskRejection
 from mambo.schemas.topics import FILLS, REJECTIONS, SIGNALS
 from mambo.streams.embedded import EmbeddedRuntime
@@ -49,6 +57,7 @@ from mambo.streams.embedded import EmbeddedRuntime
 __all__ = [
     "BacktestResult",
     "Ledger",
+    "LookAheadError",
     "Progress",
     "backtest_config",
     "run_backtest",
@@ -297,6 +306,44 @@ class _SparseRun:
         self.risk.on_order(decided)
 
 
+class LookAheadError(ValueError):
+    """A strategy's ``decide_batch`` gave a bar a different decision once later bars existed."""
+
+
+def _decide(
+    strategy: Strategy, close: npt.NDArray[np.float64], values: dict[str, npt.NDArray[np.float64]]
+) -> BatchDecisions:
+    """``strategy.decide_batch`` over the history, checked for look-ahead.
+
+    A decision may use its own bar and earlier ones only, so deciding a prefix of the history alone
+    must give the same decisions as within the whole. That is checked on prefixes ending at a few
+    bars where the strategy calls buy or sell (the first ones, whose prefixes are short, a middle
+    one and the last one) and at half the history: a batch form that reads a later bar changes
+    the call on the last bar of such a prefix, which then has no later bar.
+    """
+    made = strategy.decide_batch(close, values)
+    assert made is not None  # vector_refusal checked
+    sides, confidence = made
+    if sides.shape != close.shape or confidence.shape != close.shape:
+        raise ValueError(f"strategy {strategy.name}: decide_batch must give one side and confidence per bar")
+    calls = np.flatnonzero(sides)
+    ends = {len(close) // 2, *(int(i) + 1 for i in calls[:3])}
+    if len(calls):
+        ends |= {int(calls[len(calls) // 2]) + 1, int(calls[-1]) + 1}
+    for end in sorted(ends):
+        early = strategy.decide_batch(close[:end], {k: v[:end] for k, v in values.items()})
+        assert early is not None
+        conf = confidence[:end]
+        differs = (early[0] != sides[:end]) | ((early[1] != conf) & ~(np.isnan(early[1]) & np.isnan(conf)))
+        if differs.any():
+            first = int(np.flatnonzero(differs)[0])
+            raise LookAheadError(
+                f"strategy {strategy.name}: decide_batch reads the future (bar {first} is decided "
+                "differently once later bars exist); a decision may only use bars up to its own"
+            )
+    return sides, confidence
+
+
 def run_vectorized(
     frame: CandleFrame,
     config: EngineConfig,
@@ -311,11 +358,7 @@ def run_vectorized(
     strategies = [load_strategy(n, **config.strategy_params.get(n, {})) for n in config.strategies]
     specs = [spec for s in strategies for spec in s.indicators()]
     values = compute(specs, frame.open_time, frame.open, frame.high, frame.low, frame.close, frame.volume)
-    decisions = []
-    for s in strategies:
-        made = s.decide_batch(frame.close, values)
-        assert made is not None  # vector_refusal checked
-        decisions.append(made)
+    decisions = [_decide(s, frame.close, values) for s in strategies]
     n = len(frame)
     active = np.zeros(n, dtype=bool)
     for sides, _ in decisions:

@@ -2,16 +2,28 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 
 from mambo.backtest.data import CandleFrame, load_candles
-from mambo.backtest.engine import BacktestResult, run_backtest, run_events, run_vectorized, vector_refusal
+from mambo.backtest.engine import (
+    BacktestResult,
+    LookAheadError,
+    run_backtest,
+    run_events,
+    run_vectorized,
+    vector_refusal,
+)
 from mambo.core.risk import RiskConfig
 from mambo.core.stages import EngineConfig
+from mambo.core.strategies import BatchDecisions, SmaCross
 from tests.streams.test_embedded import reference_sma_trades
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
@@ -111,3 +123,23 @@ def test_progress_is_reported_to_the_end(frame: CandleFrame) -> None:
     run_vectorized(frame, EngineConfig(), progress=lambda done, total: seen.append((done, total)))
     assert seen[-1] == (len(frame), len(frame))
     assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+
+
+@dataclass(kw_only=True)
+class PeekingCross(SmaCross):
+    """An SMA cross whose batch form reads the next bar's close: the backtester must refuse it."""
+
+    name: ClassVar[str] = "peeking_cross"
+
+    def decide_batch(
+        self, close: npt.NDArray[np.float64], values: Mapping[str, npt.NDArray[np.float64]]
+    ) -> BatchDecisions:
+        sides, confidence = super().decide_batch(close, values)
+        tomorrow = np.append(close[1:], np.nan)
+        return np.where(tomorrow > close, sides, 0).astype(np.int8), confidence
+
+
+def test_a_batch_decision_that_reads_later_bars_is_refused(frame: CandleFrame) -> None:
+    config = EngineConfig(strategies=("tests.backtest.test_engine:PeekingCross",))
+    with pytest.raises(LookAheadError, match="peeking_cross: decide_batch reads the future"):
+        run_backtest(frame.slice(0, 1000), config)
