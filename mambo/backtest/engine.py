@@ -5,12 +5,14 @@
   risk, the paper broker filling at the next candle's open, the portfolio).
 * :func:`run_vectorized`, the fast path, with identical fills and equity. Indicators are computed
   over whole arrays (bit-identical to bar by bar) and each strategy decides every bar at once
-  through :meth:`~mambo.core.strategies.Strategy.decide_batch`. Nothing in the account can change on
-  a bar where every strategy holds, so only the bars where some strategy calls buy or sell, and the
-  bar after each (where an order fills), go through the same execution, portfolio and risk stages
-  and the same aggregator and intent policy as the event path, on the same bus. Between them the
-  portfolio is marked at the skipped bars' extreme close and at the last one, which leaves its peak
-  equity, marks and cash exactly where bar-by-bar marking would.
+  through :meth:`~mambo.core.strategies.Strategy.decide_batch` (checked for look-ahead). Nothing in
+  the account can change on a bar where every strategy holds and no order rests, so only the bars
+  where some strategy calls buy or sell, and the bar after one that left an order at the broker
+  (where it fills), go through the event path's own aggregator, intent policy, risk engine, paper
+  broker and portfolio, called in the order the bus calls the stages. Between them the portfolio is
+  marked at the skipped bars' extreme close and at the last one, which leaves its peak equity, marks
+  and cash exactly where bar-by-bar marking would. Per-bar work is numpy and numba; the exact
+  Decimal work happens per signal and per fill.
 
 What cannot be skipped that way is refused (:func:`vector_refusal`) and :func:`run_backtest` falls
 back to the event path: a strategy without ``decide_batch``, and the risk features that look at every
