@@ -35,6 +35,9 @@ import httpx
 import websockets
 
 HERE = Path(__file__).resolve()
+EVENT = '{"type":"event"'
+TS_INIT = '"ts_init":'
+WS_IMPL = os.environ.get("MAMBO_BENCH_WS", "auto")
 
 
 # --- the server process ------------------------------------------------------------------------------
@@ -79,7 +82,7 @@ async def serve(port: int, clients: int, signals: int, rate: float, data_dir: Pa
     service = SignalService(client, "mambo", settings, Hub(buffer=10_000, queue_size=1_000))
     app = create_app(service, Authorizer(None))
     server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error", backlog=4096, ws_max_queue=64)
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error", backlog=4096, ws=WS_IMPL)
     )
     task = asyncio.create_task(server.serve())
     while not server.started:
@@ -93,6 +96,7 @@ async def serve(port: int, clients: int, signals: int, rate: float, data_dir: Pa
             break
         await asyncio.sleep(0.1)
     print("PUBLISHING", flush=True)
+    cpu = time.process_time()
     start = time.perf_counter()
     for i in range(signals):
         sig = produced[i % len(produced)]
@@ -100,7 +104,8 @@ async def serve(port: int, clients: int, signals: int, rate: float, data_dir: Pa
         await asyncio.sleep(max(0.0, due - time.perf_counter()))
         service.on_event("signals", sig.model_copy(update={"ts_init": time.time_ns()}))
     await asyncio.sleep(2.0)  # let the queues drain
-    print(f"STATS {json.dumps(service.hub.stats())}", flush=True)
+    stats = {**service.hub.stats(), "cpu_seconds": time.process_time() - cpu}
+    print(f"STATS {json.dumps(stats)}", flush=True)
     await task  # REST phase; the parent terminates us
 
 
@@ -121,9 +126,9 @@ async def subscriber(url: str, expected: int, latencies: list[float], window: fl
                 while received < expected:
                     raw = await ws.recv()
                     now = time.time_ns()
-                    frame = json.loads(raw)
-                    if frame["type"] == "event":
-                        latencies.append((now - frame["data"]["ts_init"]) / 1e6)
+                    if raw.startswith(EVENT):  # no full JSON parse: the client side must stay cheap
+                        at = raw.index(TS_INIT) + len(TS_INIT)
+                        latencies.append((now - int(raw[at : raw.index(",", at)])) / 1e6)
                         received += 1
         except TimeoutError:
             pass
@@ -186,6 +191,7 @@ async def main(args: argparse.Namespace) -> None:
             latencies: list[float] = []
             window = args.signals / args.rate + 30
             t0 = time.perf_counter()
+            cpu0 = time.process_time()
             tasks = []
             for i in range(args.clients):
                 tasks.append(asyncio.create_task(subscriber(url, args.signals, latencies, window)))
@@ -193,6 +199,7 @@ async def main(args: argparse.Namespace) -> None:
                     await asyncio.sleep(0.05)  # do not flood the accept backlog
             results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), window + 120)
             connect_s = time.perf_counter() - t0
+            client_cpu = time.process_time() - cpu0
             stats_line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 30)
             while stats_line and not stats_line.startswith("STATS"):
                 stats_line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 30)
@@ -201,6 +208,7 @@ async def main(args: argparse.Namespace) -> None:
             got = [r for r in results if isinstance(r, int)]
             complete = sum(1 for r in got if r == args.signals)
 
+            await asyncio.sleep(1.0)  # let the closed sockets go before measuring REST
             base = f"http://127.0.0.1:{port}"
             latest = await rest_rate(base, "/signals/latest", args.rest_seconds, args.concurrency)
             health = await rest_rate(base, "/health", args.rest_seconds, args.concurrency)
@@ -214,6 +222,11 @@ async def main(args: argparse.Namespace) -> None:
     print(
         f"  frames delivered: {len(latencies):,} of {args.clients * args.signals:,}; "
         f"dropped clients (slow): {stats.get('dropped_clients', '?')}"
+    )
+    frames = max(1, len(latencies))
+    print(
+        f"  CPU per delivered frame: server {1e6 * stats.get('cpu_seconds', float('nan')) / frames:.0f} us "
+        f"(publishing phase), clients {1e6 * client_cpu / frames:.0f} us (connect + receive)"
     )
     if latencies:
         print(

@@ -23,6 +23,7 @@ import asyncio
 import itertools
 import json
 import secrets
+import time
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -78,8 +79,8 @@ Server → client (`type`):
   topic schemas give it (timestamps in integer nanoseconds UTC, money as decimal strings).
 * `gap`: `{"type": "gap", "resume_from": 10, "first_available": 500}`: the frames in between are no
   longer buffered; fetch them over REST (e.g. `/signals?start=...`).
-* `heartbeat`: `{"type": "heartbeat", "seq": <current>, "ts": <ns>}` after `heartbeat_seconds` without a
-  frame.
+* `heartbeat`: `{"type": "heartbeat", "seq": <current>, "ts": <ns>}` when nothing was sent for
+  `heartbeat_seconds` (checked every half of it).
 * `error`: `{"type": "error", "reason": "..."}` for a bad client frame; the connection stays open.
 * `dropped`: `{"type": "dropped", "reason": "slow consumer: ..."}` then close code 4008: the client
   did not keep up. Reconnect and resume from the last `seq` you processed.
@@ -155,6 +156,7 @@ class Client:
     subscriptions: list[Subscription] = field(default_factory=list)
     dropped: str = ""  # the reason, once dropped
     sent: int = 0
+    last_sent: float = field(default_factory=time.monotonic)  # when its writer last sent a frame
 
     def wants(self, msg: HubMessage) -> bool:
         return any(s.matches(msg) for s in self.subscriptions)
@@ -269,6 +271,18 @@ class Hub:
             self.offer(client, m.frame)
         client.subscriptions.append(sub)
         return len(replay)
+
+    async def heartbeats(self, interval: float) -> None:
+        """Forever: every ``interval``, a heartbeat frame to each client idle for that long. One task
+        for all clients, so a client's writer only ever awaits its queue."""
+        while True:
+            await asyncio.sleep(interval / 2)
+            now = time.monotonic()
+            frame = f'{{"type":"heartbeat","seq":{self.seq},"ts":{time.time_ns()}}}'
+            for client in list(self.clients):
+                if not client.dropped and now - client.last_sent >= interval and client.queue.empty():
+                    client.last_sent = now
+                    self.offer(client, frame)
 
     def stats(self) -> dict[str, int]:
         return {

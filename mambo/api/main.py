@@ -6,6 +6,7 @@ area), each a thin call into :class:`~mambo.api.service.SignalService`.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -56,6 +57,7 @@ def create_app(service: SignalService, authorizer: Authorizer | KeyStore | None)
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         service.hub.start()
+        heartbeats = asyncio.create_task(service.hub.heartbeats(settings.ws_heartbeat_seconds))
         if authorizer.open:
             log.warning(
                 "API OPEN: no API key is required; every request has every scope. "
@@ -63,6 +65,7 @@ def create_app(service: SignalService, authorizer: Authorizer | KeyStore | None)
                 host=settings.host,
             )
         yield
+        heartbeats.cancel()
 
     app = FastAPI(
         title="Mambo signal API",

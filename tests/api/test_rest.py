@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 
 from mambo.api.auth import Authorizer
 from mambo.api.main import create_app
-from mambo.api.service import SignalService, iso
+from mambo.api.service import SignalService, iso, market_filter
 from mambo.schemas.events import AggregatedSignal, Fill
 
 from .conftest import MARKETS, Pipeline, api_settings
@@ -212,3 +212,18 @@ def test_openapi_and_docs(api: TestClient) -> None:
     page = api.get("/")
     assert page.status_code == 200 and "lightweight-charts" in page.text
     assert api.get("/static/dashboard.js").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("binance:BTC/USDT", ("binance", "BTC/USDT")),
+        ("binanceusdm:BTC/USDT:USDT", ("binanceusdm", "BTC/USDT:USDT")),
+        ("BTC/USDT:USDT", ("", "BTC/USDT:USDT")),  # a bare perpetual symbol, not exchange "BTC/USDT"
+        ("BTC/USDT", ("", "BTC/USDT")),
+        (":BTC", ("", ":BTC")),
+        ("x:", ("", "x:")),
+    ],
+)
+def test_market_filter(text: str, expected: tuple[str, str]) -> None:
+    assert market_filter(text) == expected

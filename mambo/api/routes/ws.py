@@ -40,17 +40,16 @@ async def _authorize(websocket: WebSocket, authorizer: Authorizer) -> bool:
     return True
 
 
-async def _writer(websocket: WebSocket, client: Client, heartbeat: float, hub: Hub) -> None:
+async def _writer(websocket: WebSocket, client: Client) -> None:
+    queue = client.queue
     while True:
-        try:
-            frame = await asyncio.wait_for(client.queue.get(), heartbeat)
-        except TimeoutError:
-            frame = json.dumps({"type": "heartbeat", "seq": hub.seq, "ts": time.time_ns()})
+        frame = queue.get_nowait() if not queue.empty() else await queue.get()
         if frame is None:
             await websocket.close(code=CLOSE_DROPPED, reason="slow consumer")
             return
         await websocket.send_text(frame)
         client.sent += 1
+        client.last_sent = time.monotonic()
 
 
 def _handle(hub: Hub, client: Client, text: str) -> dict[str, Any] | None:
@@ -103,7 +102,7 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
             }
         ),
     )
-    writer = asyncio.create_task(_writer(websocket, client, heartbeat, hub))
+    writer = asyncio.create_task(_writer(websocket, client))
     try:
         while not writer.done():
             receive = asyncio.ensure_future(websocket.receive_text())
