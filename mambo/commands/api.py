@@ -60,7 +60,10 @@ async def serve(
     ensure_schema(client, db)
     analytics = readonly_client(settings.clickhouse_dsn, db, api.query_max_seconds, api.query_max_rows)
     service = SignalService(client, db, api, analytics=analytics)
-    app = create_app(service, None if open_access else KeyStore(keys_path(settings)))
+    store = None if open_access else KeyStore(keys_path(settings))
+    if store is not None and not store.list_keys():
+        typer.echo(f"note: no API keys in {store.path} yet: every request gets 401 until `mambo keys create`")
+    app = create_app(service, store)
     server = uvicorn.Server(uvicorn.Config(app, host=api.host, port=api.port, log_level="warning"))
     task = asyncio.create_task(server.serve())
     while not server.started and not task.done():
