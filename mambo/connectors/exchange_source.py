@@ -39,6 +39,7 @@ import structlog
 from mambo.connectors.errors import Backoff, TemporaryError, classify, with_retry
 from mambo.schemas.batches import SIDE_CODES, TradeBatch
 from mambo.schemas.events import Candle, Event, Quote, make_id, market_key, timeframe_ns
+from mambo.schemas.topics import EXCHANGE_CANDLES, QUOTES
 
 __all__ = [
     "CONSECUTIVE_TRADE_IDS",
@@ -46,12 +47,14 @@ __all__ = [
     "EmbeddedPublisher",
     "ExchangeSource",
     "FeedHealth",
+    "KafkaSourcePublisher",
     "Publisher",
     "SourceConfig",
     "candles_from_ccxt",
     "fetch_candles_between",
     "fetch_trades_between",
     "quote_from_ccxt",
+    "select_symbols",
     "trades_from_ccxt",
 ]
 
@@ -123,6 +126,44 @@ class ClickHousePublisher:
 
     def health(self, event: FeedHealth) -> None:
         pass  # backfill has no live feed; health is logged by the source
+
+
+class KafkaSourcePublisher:
+    """Publishes to Kafka through :class:`mambo.streams.kafka.producer.KafkaPublisher` (idempotent,
+    keyed by market). Feed health has no topic: it is logged by the source."""
+
+    def __init__(self, bootstrap: str, **config: Any) -> None:
+        from mambo.streams.kafka.producer import KafkaPublisher
+
+        self.producer = KafkaPublisher(bootstrap, **config)
+
+    def trades(self, batch: TradeBatch) -> None:
+        self.producer.publish_trades(batch)
+
+    def quotes(self, quotes: Sequence[Quote]) -> None:
+        self.producer.publish_many(QUOTES, quotes)
+
+    def candles(self, candles: Sequence[Candle]) -> None:
+        self.producer.publish_many(EXCHANGE_CANDLES, candles)
+
+    def health(self, event: FeedHealth) -> None:
+        pass
+
+    def flush(self) -> None:
+        self.producer.flush()
+
+
+async def select_symbols(client: Any, *, top: int | None = None, quote: str | None = None) -> list[str]:
+    """Symbols by rule: active spot markets (quoted in ``quote`` when given), the ``top`` N by 24h
+    quote volume when given, else all of them, sorted."""
+    markets = await client.load_markets()
+    spot = [m["symbol"] for m in markets.values() if m.get("spot") and m.get("active") is not False
+            and (quote is None or m.get("quote") == quote)]  # fmt: skip
+    if top is None:
+        return sorted(spot)
+    tickers = await with_retry(lambda: client.fetch_tickers(spot), what="fetch_tickers", client=client)
+    volume = {s: float(tickers.get(s, {}).get("quoteVolume") or 0.0) for s in spot}
+    return sorted(spot, key=lambda s: -volume[s])[:top]
 
 
 # --- ccxt structures -> Mambo events (the border) ------------------------------------------------
