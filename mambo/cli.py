@@ -111,7 +111,12 @@ def sql(
 # Each area keeps its commands in mambo/commands/<area>.py with a ``register(app)`` function that
 # defines them (heavy imports inside the command bodies, so ``mambo --help`` stays fast). One line here
 # per area.
-_AREAS: tuple[str, ...] = ("mambo.commands.api", "mambo.commands.kafka", "mambo.commands.backtest")
+_AREAS: tuple[str, ...] = (
+    "mambo.commands.api",
+    "mambo.commands.kafka",
+    "mambo.commands.backtest",
+    "mambo.commands.exchange",
+)
 
 for _area in _AREAS:
     importlib.import_module(_area).register(app)
