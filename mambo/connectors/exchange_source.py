@@ -502,8 +502,9 @@ class ExchangeSource:
             return  # nothing since: the gap is empty
         middle: list[dict[str, Any]] = []
         if recent[0]["timestamp"] > since:  # more than a page was missed: page from ``since``
+            # through recent[0]'s millisecond: the page may have cut a millisecond's trades in two
             middle = await fetch_trades_between(
-                self.client, symbol, since, recent[0]["timestamp"], backoff=self.config.backoff
+                self.client, symbol, since, recent[0]["timestamp"] + 1, backoff=self.config.backoff
             )
         n = self._publish_trades(symbol, middle + recent)
         self.counts["recovered"] += n

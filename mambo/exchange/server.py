@@ -276,15 +276,20 @@ class LocalExchange:
             if nxt > due_ms:
                 await asyncio.sleep(min((nxt - due_ms) / self.speed / 1000, 0.5))
                 continue
-            frames = self._release_until(int(due_ms), emit=True)
+            # a bounded slice, then yield: a replay running behind must not starve the clients
+            frames = self._release_until(int(due_ms), emit=True, limit=500)
             await self._broadcast(frames)
             await asyncio.sleep(0)
         self.finished.set()
 
-    def _release_until(self, until_ms: int, emit: bool) -> list[tuple[str, str, dict[str, Any]]]:
-        """Release events up to ``until_ms``: (stream, kind, payload) frames to send, fills matched."""
+    def _release_until(
+        self, until_ms: int, emit: bool, limit: int | None = None
+    ) -> list[tuple[str, str, dict[str, Any]]]:
+        """Release events up to ``until_ms`` (at most ``limit``): (stream, kind, payload) frames to
+        send; resting orders are matched on the way."""
         frames: list[tuple[str, str, dict[str, Any]]] = []
-        while self._cursor < len(self._events) and self._events[self._cursor][0] <= until_ms:
+        stop = len(self._events) if limit is None else min(len(self._events), self._cursor + limit)
+        while self._cursor < stop and self._events[self._cursor][0] <= until_ms:
             _, kind, sid, i = self._events[self._cursor]
             self._cursor += 1
             sym = self.symbols[sid]
