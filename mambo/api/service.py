@@ -57,6 +57,7 @@ __all__ = [
 ]
 
 E = TypeVar("E", bound=Event)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class NotFound(LookupError):
@@ -215,12 +216,17 @@ class SignalService:
         self.hub = hub or Hub(self.settings.ws_buffer, self.settings.ws_queue)
         self.lock = threading.Lock()
         self.latest: dict[str, AggregatedSignal] = {}
+        self.live = False  # whether a live feed calls on_event
         self.feed: dict[str, FeedHealth] = {}
 
     # --- the live stream -----------------------------------------------------------------------------
 
     def on_event(self, topic: str, payload: Any) -> None:
         """A bus observer: keep the live view and fan the event out to WebSocket clients."""
+        if not self.live:
+            for stored in self._stored_latest(None):  # what was there before the feed started
+                self.latest.setdefault(stored.key, stored)
+            self.live = True
         now = time.time_ns()
         if isinstance(payload, TradeBatch):
             n, last_ts = len(payload), int(payload.ts[-1]) if len(payload) else 0
@@ -290,11 +296,16 @@ class SignalService:
         return where
 
     def latest_signals(self, symbol: str | None = None) -> list[AggregatedSignal]:
-        """The latest combined signal of each market (or of ``symbol``), by market key: live if seen,
-        else stored."""
-        live = [s for k, s in sorted(self.latest.items()) if _matches(k, symbol)]
-        if live:
-            return live
+        """The latest combined signal of each market (or of ``symbol``), by market key.
+
+        Without a live feed (an API reading what other processes wrote), from ClickHouse every time.
+        With one, from memory: the stored latest signals are loaded once, when the feed delivers its
+        first event, and every live signal then replaces its market's (no query per request)."""
+        if not self.live:
+            return self._stored_latest(symbol)
+        return [s for k, s in sorted(self.latest.items()) if _matches(k, symbol)]
+
+    def _stored_latest(self, symbol: str | None) -> list[AggregatedSignal]:
         rows: list[AggregatedSignal] = self._events("signals", self._latest_where("signals", symbol))
         return [s for _, s in sorted({r.key: r for r in rows}.items())]
 
@@ -451,8 +462,10 @@ class SignalService:
 
 
 def iso(ts_ns: int) -> str:
-    """ISO-8601 UTC of integer nanoseconds (microsecond precision)."""
-    return datetime.fromtimestamp(ts_ns / 1e9, tz=UTC).isoformat().replace("+00:00", "Z")
+    """ISO-8601 UTC of integer nanoseconds, exact to the microsecond (no float on the way)."""
+    seconds, ns = divmod(ts_ns, 1_000_000_000)
+    when = _EPOCH + timedelta(seconds=seconds, microseconds=ns // 1000)
+    return when.isoformat().replace("+00:00", "Z")
 
 
 def to_ns(value: datetime | None) -> int | None:
@@ -463,6 +476,3 @@ def to_ns(value: datetime | None) -> int | None:
         value = value.replace(tzinfo=UTC)
     ns = (value - _EPOCH) // timedelta(microseconds=1) * 1000
     return min(max(ns, 0), 2**63 - 1)
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

@@ -227,3 +227,9 @@ def test_openapi_and_docs(api: TestClient) -> None:
 )
 def test_market_filter(text: str, expected: tuple[str, str]) -> None:
     assert market_filter(text) == expected
+
+
+def test_iso_is_exact() -> None:
+    assert iso(1_723_161_905_012_345_678) == "2024-08-09T00:05:05.012345Z"
+    assert iso(1_723_161_905_999_999_999) == "2024-08-09T00:05:05.999999Z"  # truncated, never rounded up
+    assert iso(0) == "1970-01-01T00:00:00Z"
