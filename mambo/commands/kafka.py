@@ -50,9 +50,16 @@ def _broker(settings: MamboSettings) -> KafkaBroker:
 
 
 def _until_signal() -> threading.Event:
+    import structlog
+
     stop = threading.Event()
+
+    def handler(signum: int, _: object) -> None:
+        structlog.get_logger("mambo").info("stopping", signal=signal.Signals(signum).name)
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, handler)
     return stop
 
 

@@ -62,7 +62,7 @@ class Worker:
         name: str = "1",
         group: str = "mambo-workers",
         batch_size: int = 10_000,
-        poll_seconds: float = 0.05,
+        poll_seconds: float = 0.01,
         prefix: str = "",
     ) -> None:
         self.bootstrap = bootstrap
@@ -160,7 +160,7 @@ class Worker:
                 "enable.auto.commit": False,
                 "auto.offset.reset": "earliest",
                 "isolation.level": "read_committed",
-                "partition.assignment.strategy": "roundrobin",
+                "partition.assignment.strategy": "range",
                 "session.timeout.ms": 10_000,
                 "heartbeat.interval.ms": 1_000,
                 "log_level": 3,
@@ -184,6 +184,7 @@ class Worker:
         finally:
             consumer.close()
             producer.flush(10)
+            log.info("worker.stopped", worker=self.name, trades=self.processed, batches=self.batches)
 
     @staticmethod
     def _log_error(m: Message) -> bool:

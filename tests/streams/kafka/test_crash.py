@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from mambo.connectors.replay import load_trades
 from mambo.schemas.topics import FILLS, ORDERS, TABLES, TRADES, by_name
@@ -31,10 +31,15 @@ pytestmark = pytest.mark.kafka
 
 def committed(bootstrap: str, group: str, topic: str) -> int:
     """Messages of ``topic`` the group has committed (its input topics carry no transaction markers)."""
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "log_level": 3})
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "log_level": 0})
     try:
-        parts = [TopicPartition(topic, p) for p in range(6)]
-        return sum(max(tp.offset, 0) for tp in c.committed(parts, timeout=10))
+        for _ in range(50):
+            try:
+                parts = c.committed([TopicPartition(topic, p) for p in range(6)], timeout=10)
+                return sum(max(tp.offset, 0) for tp in parts)
+            except KafkaException:  # NOT_COORDINATOR while the group's coordinator moves: ask again
+                time.sleep(0.1)
+        raise AssertionError(f"no committed offsets for {group}")
     finally:
         c.close()
 

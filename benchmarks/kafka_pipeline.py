@@ -1,0 +1,211 @@
+"""Throughput and end-to-end latency of the Kafka pipeline (real broker, ``mambo worker`` subprocess).
+
+Input: the bundled real Binance recording (69,808 trades of 4 markets), tiled in time as in
+benchmarks/embedded_pipeline.py until it holds --trades trades.
+
+1. Throughput: every trade is published first; then one ``mambo worker`` process (every stage:
+   candles 1m/5m, indicators, four strategies on 1m, aggregation, risk, paper fills, portfolio; one
+   Kafka transaction per batch with outputs, state changelog and offsets) drains md.trades. Trades/s
+   is measured on the worker's committed offsets, from its first commit to its last (its start-up,
+   imports and group join, is left out and printed apart). Baseline, side by side: the same trades
+   through the same per-market pipelines in this process with no Kafka (MarketPipelines); the ratio
+   is what Kafka (decode, produce, transactions) costs.
+2. Latency at a stated rate (--rate trades/s, default 5,000): the recording is published in 10 ms
+   ticks, each stamped with ts_init = the wall clock when it is handed to the producer; a
+   read_committed consumer on the orders topic records (arrival time - ts_init) of every order, so
+   it covers produce, broker, the worker's batch and transaction, and the consumer. Strategies
+   trade 1-second candles here, for a few hundred orders; 1-second candles are measured too.
+
+Run: python benchmarks/kafka_pipeline.py [--trades 300000] [--rate 5000] [--bootstrap host:port]
+(without --bootstrap it starts its own broker in a temporary folder).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka.admin import AdminClient
+from embedded_pipeline import STRATEGIES, tiled
+
+from mambo.connectors.replay import load_trades
+from mambo.core.stages import EngineConfig
+from mambo.logs import configure_logging
+from mambo.schemas.topics import ORDERS, TRADES, candle_topic
+from mambo.streams.kafka import topology
+from mambo.streams.kafka.broker import KafkaBroker, free_port
+from mambo.streams.kafka.producer import KafkaPublisher
+from mambo.streams.markets import MarketPipelines
+
+ENGINE = {  # what the worker subprocess trades, by environment (see mambo.settings)
+    "MAMBO_ENGINE__STRATEGIES": '["' + '", "'.join(STRATEGIES) + '"]',
+}
+
+
+def committed(bootstrap: str, group: str, topic: str) -> int:
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "log_level": 0})
+    try:
+        return sum(max(tp.offset, 0) for tp in c.committed([TopicPartition(topic, p) for p in range(6)], 10))
+    finally:
+        c.close()
+
+
+def worker(
+    bootstrap: str, prefix: str, env: dict[str, str], log: Path, *extra: str
+) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "mambo.cli", "worker", "--prefix", prefix, *extra],
+        env={**os.environ, "MAMBO_KAFKA_BOOTSTRAP": bootstrap, "MAMBO_LOG_FORMAT": "json", **ENGINE, **env},
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+
+
+def throughput(bootstrap: str, n: int, batch_size: int, logs: Path) -> None:
+    base, _ = load_trades()
+    trades = tiled(base, n)
+    prefix = f"bench{uuid.uuid4().hex[:6]}."
+    topology.apply(AdminClient({"bootstrap.servers": bootstrap}), 6, prefix)
+
+    config = EngineConfig(timeframes=("1m", "5m"), trading_timeframe="1m", strategies=STRATEGIES)
+    mp = MarketPipelines(config, lambda t, e: None)
+    t0 = time.perf_counter()
+    for s in range(0, len(trades), batch_size):
+        mp.ingest_trades(trades.slice(s, s + batch_size))
+    base_rate = len(trades) / (time.perf_counter() - t0)
+
+    t0 = time.perf_counter()
+    with KafkaPublisher(bootstrap, prefix) as pub:
+        for s in range(0, len(trades), 20_000):
+            pub.publish_trades(trades.slice(s, s + 20_000))
+    pub_rate = len(trades) / (time.perf_counter() - t0)
+
+    env = {"MAMBO_ENGINE__TIMEFRAMES": '["1m", "5m"]', "MAMBO_ENGINE__TRADING_TIMEFRAME": "1m"}
+    start = time.perf_counter()
+    proc = worker(
+        bootstrap, prefix, env, logs / "throughput.log", "--batch-size", str(batch_size), "--idle-exit", "3"
+    )
+    group, topic = prefix + "mambo-workers", prefix + TRADES.name
+    first = (0.0, 0)
+    while (done := committed(bootstrap, group, topic)) < len(trades):
+        if done and not first[1]:
+            first = (time.perf_counter(), done)
+        if proc.poll() is not None:
+            raise SystemExit(f"worker exited ({proc.returncode}); see {logs / 'throughput.log'}")
+        time.sleep(0.05)
+    end = time.perf_counter()
+    proc.wait()
+    rate = (len(trades) - first[1]) / (end - first[0])
+    print(f"\nthroughput, {len(trades):,} trades, 4 markets, batches of {batch_size:,}")
+    print(f"  publish (KafkaPublisher, lz4, idempotent):      {pub_rate:12,.0f} trades/s")
+    print(f"  one worker, whole pipeline, exactly once:       {rate:12,.0f} trades/s")
+    print(f"  baseline, same pipelines in process, no Kafka:  {base_rate:12,.0f} trades/s")
+    print(f"  ratio worker / baseline:                        {rate / base_rate:12.2f}")
+    print(f"  worker start-up to its first commit:            {first[0] - start:12.1f} s")
+
+
+def latency(bootstrap: str, rate: int, logs: Path) -> None:
+    trades, _ = load_trades()
+    prefix = f"lat{uuid.uuid4().hex[:6]}."
+    topology.apply(AdminClient({"bootstrap.servers": bootstrap}), 6, prefix)
+    env = {"MAMBO_ENGINE__TIMEFRAMES": '["1s", "1m"]', "MAMBO_ENGINE__TRADING_TIMEFRAME": "1s"}
+    proc = worker(bootstrap, prefix, env, logs / "latency.log", "--batch-size", "5000", "--idle-exit", "3")
+    samples: dict[str, list[float]] = {ORDERS.name: [], candle_topic("1s"): []}
+    stop = threading.Event()
+
+    def consume() -> None:
+        import orjson
+
+        c = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": prefix + "latency",
+                "isolation.level": "read_committed",
+                "auto.offset.reset": "earliest",
+                "fetch.wait.max.ms": 5,
+                "log_level": 0,
+            }
+        )
+        c.subscribe([prefix + t for t in samples])
+        while not stop.is_set():
+            for m in c.consume(1000, 0.05):
+                if m.error() is None:
+                    now = time.time_ns()
+                    ev = orjson.loads(m.value() or b"{}")
+                    if ev.get("status", "new") != "new":
+                        continue  # fills' order updates carry the trade's exchange time as ts_init
+                    samples[(m.topic() or "").removeprefix(prefix)].append((now - ev["ts_init"]) / 1e6)
+        c.close()
+
+    reader = threading.Thread(target=consume, daemon=True)
+    reader.start()
+    # wait until the worker has joined its group (a first trade goes through)
+    group, topic = prefix + "mambo-workers", prefix + TRADES.name
+    with KafkaPublisher(bootstrap, prefix, **{"linger.ms": 1}) as pub:
+        pub.publish_trades(replace(trades.slice(0, 1), ts_init=time.time_ns()))
+        pub.flush()
+        while committed(bootstrap, group, topic) < 1:
+            time.sleep(0.1)
+        tick = 0.01
+        per_tick = max(1, int(rate * tick))
+        start = time.perf_counter()
+        for k, s in enumerate(range(1, len(trades), per_tick)):
+            delay = start + k * tick - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            pub.publish_trades(replace(trades.slice(s, s + per_tick), ts_init=time.time_ns()))
+        sent_seconds = time.perf_counter() - start
+    while committed(bootstrap, group, topic) < len(trades):
+        time.sleep(0.1)
+    time.sleep(1.0)
+    stop.set()
+    reader.join()
+    proc.wait()
+    print(f"\nlatency at {rate:,} trades/s ({len(trades):,} trades in {sent_seconds:.1f} s), ms from ts_init")
+    for topic_name, xs in samples.items():
+        a = np.array(xs)
+        if not len(a):
+            print(f"  {topic_name:14} no events")
+            continue
+        p50, p99, p999 = np.percentile(a, [50, 99, 99.9])
+        print(f"  {topic_name:14} n={len(a):6,}  p50 {p50:7.1f}  p99 {p99:7.1f}  p99.9 {p999:7.1f}", end="")
+        print(f"  max {a.max():7.1f}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--trades", type=int, default=300_000)
+    ap.add_argument("--batch-size", type=int, default=10_000)
+    ap.add_argument("--rate", type=int, default=5_000)
+    ap.add_argument("--bootstrap", default="")
+    args = ap.parse_args()
+    configure_logging("console")
+    with tempfile.TemporaryDirectory() as tmp:
+        logs = Path(tmp)
+        broker = None
+        bootstrap = args.bootstrap
+        if not bootstrap:
+            broker = KafkaBroker(Path(tmp) / "kafka", port=free_port())
+            broker.start()
+            bootstrap = broker.bootstrap
+        try:
+            print(f"Kafka pipeline benchmark, broker {bootstrap}, {os.cpu_count()} cores (shared, noisy)")
+            throughput(bootstrap, args.trades, args.batch_size, logs)
+            latency(bootstrap, args.rate, logs)
+        finally:
+            if broker is not None:
+                broker.stop()
+
+
+if __name__ == "__main__":
+    main()
