@@ -119,6 +119,7 @@ def test_filters_unsubscribe_ping_heartbeat_errors(live: LiveServer, pipeline: P
                 ('{"op": "subscribe", "channels": []}', "channels is required"),
                 ('{"op": "subscribe", "channels": ["fills"], "resume_from": -1}', "resume_from"),
                 ('{"op": "fly"}', "unknown op"),
+                (b"\x00binary", "text frames"),
             ):
                 await ws.send(bad)
                 err = await frames_until(ws, lambda f: f["type"] == "error")

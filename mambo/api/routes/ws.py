@@ -86,7 +86,10 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
     service: SignalService = websocket.app.state.service
     hub = service.hub
     await websocket.accept()
-    if not await _authorize(websocket, websocket.app.state.authorizer):
+    try:
+        if not await _authorize(websocket, websocket.app.state.authorizer):
+            return
+    except WebSocketDisconnect:
         return
     heartbeat = service.settings.ws_heartbeat_seconds
     client = hub.connect()
@@ -105,12 +108,20 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
     writer = asyncio.create_task(_writer(websocket, client))
     try:
         while not writer.done():
-            receive = asyncio.ensure_future(websocket.receive_text())
+            receive = asyncio.ensure_future(websocket.receive())
             await asyncio.wait({receive, writer}, return_when=asyncio.FIRST_COMPLETED)
             if not receive.done():
                 receive.cancel()
                 break
-            reply = _handle(hub, client, receive.result())
+            message = receive.result()
+            if message["type"] == "websocket.disconnect":
+                break
+            text = message.get("text")
+            reply = (
+                _handle(hub, client, text)
+                if text is not None
+                else {"type": "error", "reason": "send JSON in text frames"}
+            )
             if reply is not None:
                 hub.offer(client, json.dumps(reply))
     except (WebSocketDisconnect, RuntimeError):
