@@ -1,7 +1,7 @@
 """A single-node Apache Kafka broker (KRaft, combined broker + controller) on 127.0.0.1, no Docker.
 
 The jars come from Maven Central through the pom in ``deploy/kafka/pom.xml`` and are copied once into
-a cache folder (``~/.cache/mambo/kafka-<version>/lib``; Maven's ``~/.m2`` keeps the downloads), so
+a cache folder (``~/.cache/mambo/kafka-<version>-<pom hash>/lib``; Maven's ``~/.m2`` keeps the downloads), so
 every checkout shares them. :class:`KafkaBroker` formats a data folder with ``kafka.tools.StorageTool``,
 starts ``kafka.Kafka server.properties`` with Java 17, writes the broker's log to
 ``<data_dir>/broker.log``, waits until the broker answers a metadata request, and stops it with
@@ -14,6 +14,7 @@ Version: Kafka 4.3.1. The newest, 4.4.0, does not resolve from Maven Central (it
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import signal
@@ -48,10 +49,10 @@ class BrokerError(RuntimeError):
 
 
 def jar_dir() -> Path:
-    cache = Path(
-        os.environ.get("MAMBO_KAFKA_JARS") or Path.home() / ".cache" / "mambo" / f"kafka-{KAFKA_VERSION}"
-    )
-    return cache / "lib"
+    """The jar cache, one per content of the pom (an edited pom fetches afresh)."""
+    digest = hashlib.sha256(_POM.read_bytes()).hexdigest()[:10] if _POM.exists() else "nopom"
+    default = Path.home() / ".cache" / "mambo" / f"kafka-{KAFKA_VERSION}-{digest}"
+    return Path(os.environ.get("MAMBO_KAFKA_JARS") or default) / "lib"
 
 
 def fetch_jars(quiet: bool = True) -> Path:

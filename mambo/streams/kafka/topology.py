@@ -10,6 +10,7 @@ refused with the reason. ``mambo topology apply`` also creates the ClickHouse ta
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from confluent_kafka.admin import (
@@ -133,7 +134,22 @@ def apply(admin: AdminClient, partitions: int = 6, prefix: str = "", timeout: fl
     ):
         for fut in futures.values():
             fut.result(timeout=timeout)
+    _await_metadata(
+        admin, {c.topic: specs[c.topic].partitions for c in changes if c.action != "refuse"}, timeout
+    )
     return changes
+
+
+def _await_metadata(admin: AdminClient, partitions: dict[str, int], timeout: float) -> None:
+    """Wait until the broker's metadata shows the new topics and partitions (it lags the create)."""
+    deadline = time.monotonic() + timeout
+    while partitions:
+        md = admin.list_topics(timeout=timeout).topics
+        if all(t in md and len(md[t].partitions) >= n for t, n in partitions.items()):
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"topics not visible after {timeout}s: {sorted(partitions)}")
+        time.sleep(0.1)
 
 
 def _fmt(config: dict[str, str]) -> str:
