@@ -15,13 +15,23 @@ side as the baseline, ``/health`` (no data access) for as long; requests/s of ea
 Every phase has a timeout; the script stops by itself. ``MAMBO_BENCH_WS=websockets-sansio`` picks
 uvicorn's other WebSocket implementation (default: uvicorn's ``auto``, as ``mambo api`` runs).
 
-Measured 2026-11-21 on the team's 2-core machine under a load average of 5-6 (other engineers' test
-suites running), defaults (1,000 subscribers, 100 signals at 10/s): every client got every signal,
-none dropped; server CPU ~52 us per delivered frame, so one signal to 1,000 clients costs ~52 ms of
-one core; delivery latency p50 80 ms, p99 824 ms (target p99 < 100 ms: **not met here**; the server
-needs ~0.5 core for 10k frames/s and had about a third of one). At 1 signal/s: p50 72 ms, p99 276 ms.
-REST ``/signals/latest`` 137-211 req/s, ``/health`` 172-255 req/s in the same runs (ratio 0.8-1.0: the
-latest-signal read is served from memory and costs about what an empty endpoint costs).
+Measured 2026-11-21 on the team's 2-core machine under a load average of 4-6 (other engineers' test
+suites running), defaults (1,000 subscribers, 100 signals at 10/s), every client got every signal and
+none was dropped:
+
+===============================  ===========  =====================  =================
+run                              server CPU   latency p50 / p99      /signals/latest
+                                 per frame                           vs /health req/s
+===============================  ===========  =====================  =================
+permessage-deflate on (uvicorn)  52 us        80 ms / 824 ms         173 vs 172
+permessage-deflate off (now)     30 us        105 ms / 489 ms        279 vs 301
+same, 1 signal/s                 43 us        46 ms / 399 ms         240 vs 280
+===============================  ===========  =====================  =================
+
+The p99 target (< 100 ms) is **not met here**: one signal to 1,000 clients costs ~30 ms of one core
+in the server (and as much again in the client process), and under this load each process gets
+about a third of a core. The REST read of the latest signals is served from memory and costs about
+what an empty endpoint costs (ratio ~0.9).
 
 Run: python benchmarks/ws_fanout.py [--clients 1000] [--signals 100] [--rate 10]
 """
@@ -59,6 +69,7 @@ async def serve(port: int, clients: int, signals: int, rate: float, data_dir: Pa
     from mambo.api.hub import Hub
     from mambo.api.main import create_app
     from mambo.api.service import SignalService
+    from mambo.commands.api import UVICORN
     from mambo.connectors.clickhouse import connect, ensure_schema
     from mambo.connectors.replay import DEMO_QUOTES, DEMO_TRADES, Recording, load_quotes, load_trades, replay
     from mambo.core.market import Market
@@ -91,7 +102,9 @@ async def serve(port: int, clients: int, signals: int, rate: float, data_dir: Pa
     service = SignalService(client, "mambo", settings, Hub(buffer=10_000, queue_size=1_000))
     app = create_app(service, Authorizer(None))
     server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error", backlog=4096, ws=WS_IMPL)
+        uvicorn.Config(
+            app, host="127.0.0.1", port=port, log_level="error", backlog=4096, ws=WS_IMPL, **UVICORN
+        )
     )
     task = asyncio.create_task(server.serve())
     while not server.started:
