@@ -13,6 +13,10 @@ the two. Trades are deduplicated by trade id per market (a bounded window of rec
 published in order. On exchanges whose trade ids are consecutive (:data:`CONSECUTIVE_TRADE_IDS`: a
 quirk kept as data), a jump in the ids is a gap too, and is filled the same way.
 
+Candles. The stream says when a candle closed (a later one opened); the closed candle is then
+published as REST gives it, the exchange's final word, since ccxt's ``newUpdates`` count only new
+timestamps and a closing candle's last update can be missing from what a watch returns.
+
 Health. :meth:`ExchangeSource.health` gives the age of the last message per stream. A stream silent
 for ``stall_seconds`` is treated as dead: its connection is closed and reopened; every disconnect
 waits an exponential backoff with jitter first. Each is reported as a :class:`FeedHealth` event to
@@ -325,7 +329,7 @@ class SourceConfig:
     timeframe: str = "1m"
     stall_seconds: float = 30.0
     since_ms: int | None = None  # fill trades and candles from here at start
-    dedupe_window: int = 100_000  # recent trade ids remembered per market
+    dedupe_window: int = 20_000  # recent trade ids remembered per market (a REST page is 1,000)
     backoff: Backoff = field(default_factory=lambda: Backoff(base=0.5, cap=30.0, attempts=8))
 
 
@@ -580,33 +584,42 @@ class ExchangeSource:
         def watch() -> Any:
             return self.client.watch_ohlcv(symbol, tf)
 
-        rows = await self._watch(stream, watch)
-        if recovering and rows:
-            # the candle forming at the break may have missed updates: REST has it whole
+        if recovering:  # the candle forming at the break may have missed updates: REST has it whole
             self._last_candle.pop(symbol, None)
-            await self._fill_candles(symbol, int(rows[-1][0]), stream)
-        self._on_candles(symbol, rows)
         while True:
-            self._on_candles(symbol, await self._watch(stream, watch))
+            rows = await self._watch(stream, watch)
+            if recovering and rows:  # REST through the first candle seen after the reconnect
+                await self._fill_candles(symbol, int(rows[-1][0]), stream)
+                self._report(stream, "reconnected", 0.0)
+                recovering = False
+            await self._on_candles(symbol, rows, stream)
 
-    async def _fill_candles(self, symbol: str, forming_ms: int, stream: str) -> None:
+    async def _fill_candles(
+        self, symbol: str, forming_ms: int, stream: str, first_ms: int | None = None
+    ) -> None:
+        """Publish, from REST, the closed candles after the last one published (or from ``first_ms``,
+        or the configured start) up to the one opening at ``forming_ms``, excluded."""
         step = timeframe_ns(self.config.timeframe) // _MS
         last = self._last_closed.get(symbol)
-        since = last + step if last is not None else self.config.since_ms
+        since = last + step if last is not None else (self.config.since_ms or first_ms)
         if since is None or since >= forming_ms:
             return
         rows = await fetch_candles_between(
             self.client, symbol, self.config.timeframe, since, forming_ms, backoff=self.config.backoff
         )
         self._publish_candles(symbol, rows)
-        self._report(stream, "gap_filled", 0.0, f"{len(rows)} candles from REST since {since}")
+        if rows and last is not None and len(rows) > 1:
+            self._report(stream, "gap_filled", 0.0, f"{len(rows)} candles from REST since {since}")
 
-    def _on_candles(self, symbol: str, rows: list[list[Any]]) -> None:
-        """A candle is closed when one with a later open time arrives; publish it then."""
+    async def _on_candles(self, symbol: str, rows: list[list[Any]], stream: str) -> None:
+        """When a candle with a later open time arrives, the ones before it are closed: they are
+        published as REST gives them, the exchange's final word. The stream only says when: ccxt's
+        ``newUpdates`` count only new timestamps, so a closing candle's last update can be missing
+        from what a watch returns, and a candle's values from the stream cannot be trusted whole."""
         for row in rows:
             current = self._last_candle.get(symbol)
             if current is not None and row[0] > current[0]:
-                self._publish_candles(symbol, [current])
+                await self._fill_candles(symbol, int(row[0]), stream, first_ms=int(current[0]))
             if current is None or row[0] >= current[0]:
                 self._last_candle[symbol] = list(row)
 

@@ -114,8 +114,8 @@ def test_faults_mid_stream_lose_nothing_and_duplicate_nothing() -> None:
             assert source.counts["duplicates"] >= 25 and source.counts["recovered"] >= 25
 
             statuses = {(h.stream, h.status) for h in out.health_events}
-            assert ("trades:BTC/USDT", "disconnected") in statuses
-            assert ("trades:BTC/USDT", "stalled") in statuses
+            # the first stream to notice a stall closes the connections: the others see a disconnect
+            assert {"stalled", "disconnected"} <= {status for _, status in statuses}
             assert ("trades:BTC/USDT", "gap_filled") in statuses
             assert ("trades:BTC/USDT", "reconnected") in statuses
             assert 429 in [code for _, _, code in ex.request_log]
