@@ -131,6 +131,8 @@ def _load(
         lo = parse_time(start) if start else None
         hi = parse_time(end) if end else None
         is_file = Path(data).exists()
+        if not is_file and ("/" in data or Path(data).suffix.lower() in (".csv", ".parquet", ".pq", ".gz")):
+            raise CandleDataError(f"{data}: no such file (give a CSV or Parquet file, or a table name)")
         if is_file and len(markets) > 1:
             raise CandleDataError(f"{data} holds one market; give one symbol (got {len(markets)})")
         client = None
