@@ -163,11 +163,11 @@ class _Where:
         if not cursor:
             return
         ts, sep, event_id = cursor.partition(":")
-        if not sep or not ts.isdigit() or int(ts) >= 2**63 or not event_id:
+        if not sep or not ts.isdigit() or not event_id:
             raise BadRequest(f"bad cursor {cursor!r}: pass back the next_cursor of a previous page")
         self.add(
             f"(ts_event, event_id) {'<' if descending else '>'} ({{cts:Int64}}, {{cid:String}})",
-            cts=int(ts),
+            cts=min(int(ts), 2**63 - 1),  # past the end of time: nothing is later
             cid=event_id,
         )
 

@@ -26,6 +26,7 @@ from mambo.api.analytics import readonly_client
 from mambo.api.auth import Authorizer
 from mambo.api.main import create_app
 from mambo.api.service import SignalService
+from mambo.commands.api import UVICORN
 from mambo.connectors.clickhouse import ClickHouseSink, ensure_schema
 from mambo.connectors.replay import DEMO_QUOTES, DEMO_TRADES, Recording, load_quotes, load_trades, replay
 from mambo.core.market import Market
@@ -153,7 +154,7 @@ class LiveServer:
 
 def start_server(app: FastAPI, service: SignalService) -> LiveServer:
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", **UVICORN))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10

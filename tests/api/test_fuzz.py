@@ -1,6 +1,7 @@
 """Fuzz every operation of the OpenAPI spec with schemathesis: no input gives a 5xx, and every answer
 matches its documented schema; a missing or made-up key is refused. 25 generated requests per
-operation (~15 s in all).
+operation (~15 s in all), derandomized so CI is repeatable (raise max_examples or drop derandomize
+locally to explore further: five random runs found nothing more).
 
 The operations are driven with Hypothesis directly: schemathesis's pytest fixture integration
 (``from_fixture``) breaks on this pytest ("'Function' object has no attribute '_nodeid'")."""
@@ -33,7 +34,7 @@ def test_no_server_errors(service: SignalService, tmp_path: Path) -> None:
     for operation in operations:
 
         @given(case=operation.as_strategy())
-        @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+        @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
         def fuzz(case: schemathesis.Case) -> None:
             response = case.call(headers={"X-API-Key": key})
             assert response.status_code < 500, f"{case.method} {case.formatted_path}: {response.text[:300]}"
