@@ -150,6 +150,7 @@ class Worker:
                 **PRODUCER_DEFAULTS,
                 "transactional.id": f"{self.prefix}mambo-worker-{self.name}",
                 "transaction.timeout.ms": 10_000,
+                "linger.ms": 1,  # a batch's outputs are flushed by its commit anyway
             }
         )
         producer.init_transactions(30)
@@ -163,6 +164,7 @@ class Worker:
                 "partition.assignment.strategy": "range",
                 "session.timeout.ms": 10_000,
                 "heartbeat.interval.ms": 1_000,
+                "fetch.wait.max.ms": 10,  # latency: do not let the broker hold a fetch for 500 ms
                 "log_level": 3,
             }
         )
