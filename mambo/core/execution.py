@@ -182,13 +182,18 @@ class PaperBroker:
 
     # --- market data --------------------------------------------------------------------------
 
-    def on_trade(self, key: str, ts: int, price: float, qty: float) -> list[Order | Fill]:
-        """Match one public trade of market ``key`` against our resting orders."""
+    def on_trade(
+        self, key: str, ts: int, price: float, qty: float, ts_init: int | None = None
+    ) -> list[Order | Fill]:
+        """Match one public trade of market ``key`` against our resting orders.
+
+        ``ts_init``: when the trade entered Mambo (the fills' ``ts_init``); the trade's time if None.
+        """
         book = self._books.get(key)
         if book is None:
             return []
         t, p = int(ts), float(price)
-        return self._match(key, book, t, t, p, p, p, float(qty))
+        return self._match(key, book, t, t if ts_init is None else ts_init, p, p, p, float(qty))
 
     def on_trades(
         self,
@@ -196,6 +201,7 @@ class PaperBroker:
         ts: npt.NDArray[np.int64],
         price: npt.NDArray[np.float64],
         qty: npt.NDArray[np.float64],
+        ts_init: int | None = None,
     ) -> list[Order | Fill]:
         """Exactly what :meth:`on_trade` row by row would return, but only visiting rows that can fill.
 
@@ -214,7 +220,7 @@ class PaperBroker:
             for i in rows.tolist():
                 p = float(price[i])
                 t = int(ts[i])
-                out += self._match(key, book, t, t, p, p, p, float(qty[i]))
+                out += self._match(key, book, t, t if ts_init is None else ts_init, p, p, p, float(qty[i]))
                 if len(book) != resting:
                     start = i + 1
                     break

@@ -193,7 +193,10 @@ class ExecutionStage(Stage):
                     continue
                 sel = batch.market == code
                 out += self._publish(
-                    self.broker.on_trades(key, batch.ts[sel], batch.price[sel], batch.qty[sel]), batch.ts_init
+                    self.broker.on_trades(
+                        key, batch.ts[sel], batch.price[sel], batch.qty[sel], batch.ts_init
+                    ),
+                    batch.ts_init,
                 )
             return out
         if self.fill_on != "candles":
