@@ -9,14 +9,16 @@ Secrets are :class:`~pydantic.SecretStr`, so they never show in a log or a repr.
 
 from __future__ import annotations
 
+import json
 import os
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
@@ -36,6 +38,15 @@ __all__ = [
 ]
 
 
+def _csv_or_json(v: Any) -> Any:
+    """A list setting from the environment: ``1m,5m`` or ``["1m", "5m"]``."""
+    if not isinstance(v, str):
+        return v
+    if v.lstrip().startswith("["):
+        return json.loads(v)
+    return tuple(x.strip() for x in v.split(",") if x.strip())
+
+
 class ClickHouseSettings(BaseModel):
     """``chdb:///path`` (embedded, the default) or ``http://user:password@host:8123`` (a server)."""
 
@@ -53,11 +64,11 @@ class KafkaSettings(BaseModel):
 class EngineSettings(BaseModel):
     """What to build and trade; becomes the core's :class:`~mambo.core.stages.EngineConfig`."""
 
-    timeframes: tuple[str, ...] = ("1m",)
+    timeframes: Annotated[tuple[str, ...], NoDecode] = ("1m",)
     trading_timeframe: str = "1m"
-    strategies: tuple[str, ...] = ("sma_cross",)
+    strategies: Annotated[tuple[str, ...], NoDecode] = ("sma_cross",)
     strategy_params: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    indicators: tuple[str, ...] = DEFAULT_INDICATORS
+    indicators: Annotated[tuple[str, ...], NoDecode] = DEFAULT_INDICATORS
     aggregation_threshold: float = 0.0
     initial_cash: Decimal = Decimal(100_000)
     order_qty: Decimal | None = None
@@ -71,7 +82,7 @@ class EngineSettings(BaseModel):
     @field_validator("timeframes", "strategies", "indicators", mode="before")
     @classmethod
     def _split_csv(cls, v: Any) -> Any:
-        return tuple(x.strip() for x in v.split(",") if x.strip()) if isinstance(v, str) else v
+        return _csv_or_json(v)
 
     @field_validator("trading_timeframe")
     @classmethod
@@ -90,7 +101,7 @@ class ApiSettings(BaseModel):
     port: int = Field(8000, gt=0, lt=65536)
     auth: Literal["keys", "open"] = "keys"
     keys_file: Path | None = None  # default: <data_dir>/api_keys.json
-    cors_origins: tuple[str, ...] = ()
+    cors_origins: Annotated[tuple[str, ...], NoDecode] = ()
     default_symbol: str = ""  # exchange:symbol for GET /signal; empty: the first market with a signal
     ws_buffer: int = Field(10_000, gt=0)  # messages kept for resume
     ws_queue: int = Field(1_000, gt=0)  # per-client queue; a client that fills it is dropped
@@ -101,7 +112,7 @@ class ApiSettings(BaseModel):
     @field_validator("cors_origins", mode="before")
     @classmethod
     def _split_origins(cls, v: Any) -> Any:
-        return tuple(x.strip() for x in v.split(",") if x.strip()) if isinstance(v, str) else v
+        return _csv_or_json(v)
 
     @model_validator(mode="after")
     def _open_only_on_loopback(self) -> ApiSettings:

@@ -58,3 +58,13 @@ def test_bad_values_are_refused_with_a_reason(
 def test_missing_config_file_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         load_settings(tmp_path / "nope.toml")
+
+
+@pytest.mark.parametrize("value", ["1s,1m", '["1s", "1m"]'])
+def test_lists_from_the_environment_as_csv_or_json(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.delenv("MAMBO_CONFIG", raising=False)
+    monkeypatch.setenv("MAMBO_ENGINE__TIMEFRAMES", value)
+    monkeypatch.setenv("MAMBO_ENGINE__STRATEGIES", "sma_cross, macd_cross")
+    s = load_settings()
+    assert s.engine.timeframes == ("1s", "1m")
+    assert s.engine.strategies == ("sma_cross", "macd_cross")
