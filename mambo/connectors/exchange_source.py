@@ -510,7 +510,8 @@ class ExchangeSource:
             middle = await fetch_trades_between(
                 self.client, symbol, since, recent[0]["timestamp"] + 1, backoff=self.config.backoff
             )
-        n = self._publish_trades(symbol, middle + recent)
+        merged = sorted(middle + recent, key=lambda t: (t["timestamp"], _id_order(t["id"])))
+        n = self._publish_trades(symbol, merged)
         self.counts["recovered"] += n
         self._report(stream, "gap_filled", 0.0, f"{n} trades from REST since {since}")
 
@@ -556,7 +557,10 @@ class ExchangeSource:
         fresh = []
         for t in trades:
             tid = str(t["id"])
-            if tid in state.seen:
+            # older than the last published: published already (the stream and the fills are
+            # ordered and gapless), e.g. from ccxt's cache of what the stream last delivered, which
+            # can be far behind when REST did most of the work; same millisecond: by id
+            if tid in state.seen or (state.last_ts is not None and t["timestamp"] < state.last_ts):
                 self.counts["duplicates"] += 1
                 continue
             state.seen.add(tid)

@@ -167,7 +167,10 @@ def test_source_feeds_the_embedded_runtime() -> None:
             source = ExchangeSource(client, publisher, SourceConfig("binance", ["BTC/USDT"], timeframe="1s"))
             task = asyncio.create_task(source.run())
             try:
-                await _until(lambda: runtime.bus.counts["md.candles.1s"] >= 3, 15)
+                await _until(
+                    lambda: min(runtime.bus.counts["md.candles.1s"], runtime.bus.counts["md.candles"]) >= 3,
+                    15,
+                )
             finally:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
