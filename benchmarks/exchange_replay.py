@@ -24,7 +24,6 @@ import contextlib
 import resource
 import time
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 
@@ -98,8 +97,9 @@ async def replay_with_source(trades: TradeBatch, quotes: list[Quote], speed: flo
     client = make_exchange("binance", base_url=url)
     await client.load_markets()
     tally = Tally()
-    source = ExchangeSource(client, tally, SourceConfig("binance", ["BTC/USDT", "ETH/USDT"], timeframe="1m",
-                                                        stall_seconds=5, backoff=Backoff(0.05, 0.5)))  # fmt: skip
+    config = SourceConfig("binance", ["BTC/USDT", "ETH/USDT"], timeframe="1m", stall_seconds=5,
+                          backoff=Backoff(0.05, 0.5))  # fmt: skip
+    source = ExchangeSource(client, tally, config)
     task = asyncio.create_task(source.run())
     total = len(exchange._events)
     start, samples, printed = time.perf_counter(), [], 0
@@ -114,11 +114,14 @@ async def replay_with_source(trades: TradeBatch, quotes: list[Quote], speed: flo
             await exchange.inject("disconnect")
         while printed < int(done * 10):
             printed += 1
-            print(f"{printed * 10:>8}% {time.perf_counter() - start:>7.1f} {samples[-1]:>7.1f} {tally.n_trades:>10}")
+            wall = time.perf_counter() - start
+            print(f"{printed * 10:>8}% {wall:>7.1f} {samples[-1]:>7.1f} {tally.n_trades:>10}")
     # let the source take the tail
     last = {k: int(s.trade_id[s.released - 1]) for k, s in exchange.symbols.items()}
     for _ in range(100):
-        if all(tally.last_ids.get(f"binance:{s.market.symbol}") == last[k] for k, s in exchange.symbols.items()):
+        if all(
+            tally.last_ids.get(f"binance:{s.market.symbol}") == last[k] for k, s in exchange.symbols.items()
+        ):
             break
         await asyncio.sleep(0.2)
     wall = time.perf_counter() - start
@@ -128,12 +131,15 @@ async def replay_with_source(trades: TradeBatch, quotes: list[Quote], speed: flo
     await client.close()
     await runner.cleanup()
     released = sum(s.released for s in exchange.symbols.values())
+    c = source.counts
     print(f"\ntrades released {released:,}, received {tally.n_trades:,} (id breaks {tally.breaks}, "
-          f"duplicates dropped {source.counts['duplicates']:,}, recovered over REST {source.counts['recovered']:,}, "
-          f"reconnects {source.counts['reconnects']}); quotes {tally.n_quotes:,}, candles {tally.n_candles:,}")  # fmt: skip
+          f"duplicates dropped {c['duplicates']:,}, recovered over REST {c['recovered']:,}, "
+          f"reconnects {c['reconnects']}); quotes {tally.n_quotes:,}, "
+          f"candles {tally.n_candles:,}")  # fmt: skip
     tenth = samples[max(0, len(samples) // 10 - 1)]
-    print(f"RSS at 10% {tenth:.1f} MB, at the end {samples[-1]:.1f} MB, growth {samples[-1] - tenth:+.1f} MB; "
-          f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.1f} MB")  # fmt: skip
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"RSS at 10% {tenth:.1f} MB, at the end {samples[-1]:.1f} MB, "
+          f"growth {samples[-1] - tenth:+.1f} MB; peak RSS {peak:.1f} MB")  # fmt: skip
     print(f"source: {tally.n_trades / wall:,.0f} trades/s received over {wall:.1f} s wall")
 
 
@@ -152,8 +158,9 @@ def main() -> None:
     parser.add_argument("--disconnects", type=int, default=5)
     args = parser.parse_args()
     trades, quotes = tiled(args.copies)
+    minutes = (trades.ts[-1] - trades.ts[0]) / 6e10
     print(f"replay: {len(trades):,} trades, {len(quotes):,} book tops, "
-          f"{(trades.ts[-1] - trades.ts[0]) / 6e10:.0f} minutes of market time at {args.speed:g}x")  # fmt: skip
+          f"{minutes:.0f} minutes of market time at {args.speed:g}x")  # fmt: skip
     baseline = asyncio.run(replay_alone(trades, quotes))
     print(f"baseline (exchange alone, nobody connected): {len(trades) / baseline:,.0f} trades/s")
     asyncio.run(replay_with_source(trades, quotes, args.speed, args.disconnects))
