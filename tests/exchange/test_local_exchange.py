@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 from pydantic import SecretStr
 
-from mambo.connectors.ccxt_client import make_exchange
+from mambo.connectors.ccxt_client import make_exchange, market_from_ccxt
 from mambo.connectors.errors import Backoff, RateLimited, with_retry
 from tests.exchange.helpers import recording, released_trade_ids, running_exchange
 
@@ -244,3 +244,14 @@ def resting_id(order: dict[str, Any]) -> int:
 def test_recording_has_only_spot_markets_here() -> None:
     trades, _ = recording()
     assert set(trades.keys) == {"binance:BTC/USDT", "binance:ETH/USDT"}
+
+
+def test_market_rules_come_from_ccxts_markets() -> None:
+    async def main() -> None:
+        async with running_exchange(speed=0, history_seconds=1) as (_, client):
+            btc = market_from_ccxt("binance", client.markets["BTC/USDT"])
+            assert (btc.base, btc.quote) == ("BTC", "USDT")
+            assert (btc.tick_size, btc.step_size) == (Decimal("0.01"), Decimal("0.00001"))
+            assert (btc.min_qty, btc.min_notional) == (Decimal("0.00001"), Decimal("5.0"))
+
+    run(main())
