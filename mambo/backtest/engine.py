@@ -276,8 +276,7 @@ class _SparseRun:
     def bar(self, i: int, candle: Candle, active: bool) -> None:
         for ev in self.broker.on_candle(candle):
             if isinstance(ev, Fill):
-                booked, _ = self.portfolio.apply(ev)
-                self.rec.fills.append(booked)
+                self.rec.fills.append(self.portfolio.book(ev))
             else:
                 self.risk.on_order(ev)
         if self.portfolio.position(candle.key):

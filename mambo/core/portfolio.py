@@ -106,6 +106,12 @@ class Portfolio:
         Handles opening, adding to, reducing, closing and flipping longs and shorts; the fee
         reduces cash. A market's first fill also gives it its first mark.
         """
+        booked = self.book(fill)
+        pos = self._books[fill.key]
+        return booked, self._position_event(pos, fill.ts_event, fill.ts_init, fill.fill_id)
+
+    def book(self, fill: Fill) -> Fill:
+        """:meth:`apply` without the position event (for callers that do not publish it)."""
         if not (fill.qty > 0 and fill.price > 0):
             raise ValueError(f"fill {fill.fill_id}: qty and price must be > 0, got {fill.qty} @ {fill.price}")
         with localcontext(MONEY):
@@ -128,8 +134,7 @@ class Portfolio:
             pos.fees += fill.fee
             self.cash -= traded * fill.price + fill.fee
         self._touch()
-        booked = fill.model_copy(update={"realized_pnl": realized})
-        return booked, self._position_event(pos, fill.ts_event, fill.ts_init, fill.fill_id)
+        return fill.model_copy(update={"realized_pnl": realized})
 
     def mark(self, key: str, price: float | Decimal) -> None:
         """Value the market ``key`` at ``price`` from now on (a float is taken at its shortest repr)."""
@@ -161,8 +166,12 @@ class Portfolio:
     @property
     def positions_value(self) -> Decimal:
         """Σ qty·mark over all positions (shorts count negative)."""
-        with localcontext(MONEY):
-            return sum((p.market_value for p in self._books.values()), _ZERO)
+        # MONEY.add step by step is what sum() does under localcontext(MONEY), without entering a
+        # context on every call (this runs on every mark and fill)
+        total = _ZERO
+        for p in self._books.values():
+            total = MONEY.add(total, MONEY.multiply(p.qty, p.mark_price))
+        return total
 
     @property
     def equity(self) -> Decimal:
