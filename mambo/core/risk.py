@@ -255,7 +255,14 @@ class RiskEngine:
         An entry is refused only when it makes a limit's figure worse, so an entry that shrinks
         an oversized position always passes.
         """
-        cfg, equity = self.config, portfolio.equity
+        cfg = self.config
+        if (
+            cfg.max_open_positions is None
+            and cfg.max_exposure_per_symbol is None
+            and cfg.max_total_exposure is None
+        ):
+            return  # no limit to check: skip valuing every exposure
+        equity = portfolio.equity
         before = self._exposures(portfolio)
         after_all = {**before, key: abs(after) * price}
         if cfg.max_open_positions is not None and after and not before.get(key):
