@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 import structlog
 from fastapi import FastAPI, Request
@@ -22,6 +23,9 @@ from mambo.api.hub import PROTOCOL
 from mambo.api.routes import ROUTERS
 from mambo.api.routes.dashboard import STATIC
 from mambo.api.service import BadRequest, NotFound, SignalService
+
+if TYPE_CHECKING:
+    from mambo.api.kafka_feed import KafkaFeed
 
 __all__ = ["create_app"]
 
@@ -47,9 +51,13 @@ for the latest first); pass `next_cursor` back as `cursor` for the next page.
 )
 
 
-def create_app(service: SignalService, authorizer: Authorizer | KeyStore | None) -> FastAPI:
+def create_app(
+    service: SignalService, authorizer: Authorizer | KeyStore | None, feed: KafkaFeed | None = None
+) -> FastAPI:
     """The API over ``service``. ``authorizer``: an :class:`Authorizer`, a :class:`KeyStore` (keys
-    required), or None for open access (the local demo: every request allowed; say so loudly)."""
+    required), or None for open access (the local demo: every request allowed; say so loudly).
+    ``feed``: the live feed in distributed mode (:class:`~mambo.api.kafka_feed.KafkaFeed`, handing
+    events to ``service.on_event_threadsafe``), started once the hub has its loop, stopped on shutdown."""
     if not isinstance(authorizer, Authorizer):
         authorizer = Authorizer(authorizer)
     settings = service.settings
@@ -57,6 +65,8 @@ def create_app(service: SignalService, authorizer: Authorizer | KeyStore | None)
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         service.hub.start()
+        if feed is not None:
+            feed.start()
         heartbeats = asyncio.create_task(service.hub.heartbeats(settings.ws_heartbeat_seconds))
         if authorizer.open:
             log.warning(
@@ -66,6 +76,8 @@ def create_app(service: SignalService, authorizer: Authorizer | KeyStore | None)
             )
         yield
         heartbeats.cancel()
+        if feed is not None:
+            await asyncio.to_thread(feed.stop)
 
     app = FastAPI(
         title="Mambo signal API",

@@ -47,7 +47,9 @@ async def serve(
     symbols: str | None = None,
 ) -> int:
     """Serve the API until stopped; with ``demo``, replay the recording through the pipeline in this
-    process (chdb allows one process per data folder, so the API must live with the pipeline)."""
+    process (chdb allows one process per data folder, so the API must live with the pipeline);
+    otherwise, with ``kafka.bootstrap`` set (``MAMBO_KAFKA_BOOTSTRAP``), the live view (WebSocket,
+    latest signals) comes from the Kafka topics (:class:`~mambo.api.kafka_feed.KafkaFeed`)."""
     import uvicorn
 
     from mambo.api.analytics import readonly_client
@@ -67,7 +69,13 @@ async def serve(
     store = None if open_access else KeyStore(keys_path(settings))
     if store is not None and not store.list_keys():
         typer.echo(f"note: no API keys in {store.path} yet: every request gets 401 until `mambo keys create`")
-    app = create_app(service, store)
+    feed = None
+    if settings.kafka.bootstrap and not demo:  # distributed mode: the live view comes from Kafka
+        from mambo.api.kafka_feed import KafkaFeed
+
+        feed = KafkaFeed(settings.kafka.bootstrap, service.on_event_threadsafe)
+        typer.echo(f"live feed: Kafka at {settings.kafka.bootstrap}")
+    app = create_app(service, store, feed)
     server = uvicorn.Server(uvicorn.Config(app, host=api.host, port=api.port, log_level="warning", **UVICORN))
     task = asyncio.create_task(server.serve())
     while not server.started and not task.done():
