@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import InitVar, dataclass, field
-from decimal import Decimal, localcontext
+from decimal import Decimal
 from typing import Literal
 
 import numpy as np
@@ -298,9 +298,12 @@ class PaperBroker:
         liquidity: Literal["maker", "taker"],
     ) -> list[Order | Fill]:
         order = entry.order
-        with localcontext(MONEY):
-            fee = (self.fee_maker if liquidity == "maker" else self.fee_taker) * price * qty
-            filled = order.filled_qty + qty
+        # in MONEY, operation by operation (what the operators do under localcontext(MONEY), without
+        # entering a context on every fill)
+        fee = MONEY.multiply(
+            MONEY.multiply(self.fee_maker if liquidity == "maker" else self.fee_taker, price), qty
+        )
+        filled = MONEY.add(order.filled_qty, qty)
         entry.fills += 1
         fill_id = make_id("fill", order.client_order_id, entry.fills)
         fill = Fill(
