@@ -15,6 +15,7 @@ __all__ = [
     "Crossing",
     "clamp_confidence",
     "clamp_confidences",
+    "cross_confidences",
     "crosses",
     "gap_confidence",
     "gap_confidences",
@@ -63,13 +64,24 @@ def gap_confidence(gap: float, half: float) -> float:
 def crosses(diff: npt.NDArray[np.float64]) -> npt.NDArray[np.int8]:
     """What :meth:`Crossing.update` returns on each element of ``diff`` in turn, from a fresh state:
     +1 on an upward cross, -1 on a downward cross, 0 otherwise. Element i depends only on ``diff[:i+1]``."""
-    side = np.where(diff > 0, 1, np.where(diff < 0, -1, 0)).astype(np.int8)  # NaN and zero: 0
-    n = len(side)
-    known = np.where(side != 0, np.arange(n), -1)
-    last = np.maximum.accumulate(known) if n else known  # index of the last side seen, at or before i
-    before = np.concatenate([[-1], last[:-1]]) if n else last
-    prev = np.where(before >= 0, side[np.maximum(before, 0)], 0)
-    return np.where((side != 0) & (prev != 0) & (side != prev), side, 0).astype(np.int8)
+    side = (diff > 0).view(np.int8) - (diff < 0).view(np.int8)  # NaN and zero: 0
+    seen = np.flatnonzero(side)  # where a side shows; a cross is a side unlike the last one shown
+    shown = side[seen]
+    flips = seen[1:][shown[1:] != shown[:-1]]
+    out = np.zeros(len(side), dtype=np.int8)
+    out[flips] = side[flips]
+    return out
+
+
+def cross_confidences(
+    sides: npt.NDArray[np.int8], diff: npt.NDArray[np.float64], close: npt.NDArray[np.float64], half: float
+) -> npt.NDArray[np.float64]:
+    """:func:`gap_confidence` of the gap ``|diff| / close`` on the bars that cross (``sides`` != 0),
+    0.0 elsewhere; computed on those bars only (the same operations element by element)."""
+    at = np.flatnonzero(sides)
+    confidence = np.zeros(len(sides))
+    confidence[at] = gap_confidences(np.abs(diff[at]) / close[at], half)
+    return confidence
 
 
 def clamp_confidences(x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:

@@ -17,7 +17,7 @@ from mambo.core.strategies.base import (
     check_periods,
     check_positive,
 )
-from mambo.core.strategies.crossing import Crossing, crosses, gap_confidence, gap_confidences
+from mambo.core.strategies.crossing import Crossing, cross_confidences, crosses, gap_confidence
 
 __all__ = ["MacdCross"]
 
@@ -71,4 +71,4 @@ class MacdCross(Strategy):
         periods = f"{self.fast}_{self.slow}_{self.signal}"
         diff = values[f"macd_{periods}"] - values[f"macd_signal_{periods}"]
         sides = crosses(diff)
-        return sides, np.where(sides != 0, gap_confidences(np.abs(diff) / close, self.half_gap), 0.0)
+        return sides, cross_confidences(sides, diff, close, self.half_gap)

@@ -17,7 +17,7 @@ from mambo.core.strategies.base import (
     check_periods,
     check_positive,
 )
-from mambo.core.strategies.crossing import Crossing, crosses, gap_confidence, gap_confidences
+from mambo.core.strategies.crossing import Crossing, cross_confidences, crosses, gap_confidence
 
 __all__ = ["SmaCross"]
 
@@ -70,4 +70,4 @@ class SmaCross(Strategy):
     ) -> BatchDecisions:
         diff = values[f"sma_{self.fast}"] - values[f"sma_{self.slow}"]
         sides = crosses(diff)
-        return sides, np.where(sides != 0, gap_confidences(np.abs(diff) / close, self.half_gap), 0.0)
+        return sides, cross_confidences(sides, diff, close, self.half_gap)
