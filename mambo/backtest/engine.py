@@ -107,7 +107,9 @@ class Ledger:
 
     def segment(self, n: int) -> npt.NDArray[np.int64]:
         """For each of ``n`` bars, the index of the last fill at or before it (-1: none yet)."""
-        return np.searchsorted(self.bar, np.arange(n), "right").astype(np.int64) - 1
+        # the count of fills on each bar, summed up to it (what searching every bar among the fills'
+        # bars gives, in one pass instead of a binary search per bar)
+        return np.cumsum(np.bincount(self.bar, minlength=n)[:n]).astype(np.int64) - 1
 
     def position(self, n: int) -> npt.NDArray[np.float64]:
         """The position held at each bar's close, as float64."""
