@@ -116,7 +116,6 @@ _AREAS: tuple[str, ...] = (
     "mambo.commands.kafka",
     "mambo.commands.backtest",
     "mambo.commands.exchange",
-    "mambo.commands.agents",
 )
 
 for _area in _AREAS:
