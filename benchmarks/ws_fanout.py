@@ -28,8 +28,12 @@ permessage-deflate off (now)     30 us        105 ms / 489 ms        279 vs 301
 same, 1 signal/s                 43 us        46 ms / 399 ms         240 vs 280
 ===============================  ===========  =====================  =================
 
-The p99 target (< 100 ms) is **not met here**: one signal to 1,000 clients costs ~30 ms of one core
-in the server (and as much again in the client process), and under this load each process gets
+The same defaults on the machine when nobody else was using it (2026-11-21 19:34 UTC, two runs):
+p50 19.9 / 19.4 ms, p99 83.3 / 71.0 ms (target p99 < 100 ms: met), server 27 us of CPU per frame,
+every client got every signal; /signals/latest 440 / 421 req/s against /health 475 / 463.
+
+Under the load above the p99 target is **not met**: one signal to 1,000 clients costs ~30 ms of one
+core in the server (and as much again in the client process), and under that load each process gets
 about a third of a core. The REST read of the latest signals is served from memory and costs about
 what an empty endpoint costs (ratio ~0.9).
 
