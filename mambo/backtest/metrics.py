@@ -23,7 +23,7 @@ import numpy.typing as npt
 from mambo.backtest.engine import BacktestResult
 from mambo.schemas.events import Fill, timeframe_ns
 
-__all__ = ["RoundTrip", "compute_metrics", "curve_metrics", "round_trips"]
+__all__ = ["CURVE_METRICS", "RoundTrip", "compute_metrics", "curve_metrics", "round_trips"]
 
 _YEAR_NS = 365 * 86400 * 10**9
 
@@ -52,25 +52,26 @@ def round_trips(fills: list[Fill]) -> list[RoundTrip]:
     return out
 
 
+#: The figures :func:`curve_metrics` returns.
+CURVE_METRICS: tuple[str, ...] = (
+    "total_return",
+    "annualized_return",
+    "volatility",
+    "sharpe",
+    "sortino",
+    "calmar",
+    "max_drawdown",
+    "max_drawdown_days",
+)
+
+
 def curve_metrics(
     equity: npt.NDArray[np.float64], ts: npt.NDArray[np.int64], timeframe: str
 ) -> dict[str, float]:
     """Return and risk figures of an equity curve sampled once per bar (``ts``: each bar's time)."""
     n = len(equity)
     if n < 2 or not equity[0] > 0:
-        return dict.fromkeys(
-            (
-                "total_return",
-                "annualized_return",
-                "volatility",
-                "sharpe",
-                "sortino",
-                "calmar",
-                "max_drawdown",
-                "max_drawdown_days",
-            ),
-            0.0,
-        )
+        return dict.fromkeys(CURVE_METRICS, 0.0)
     bars_per_year = _YEAR_NS / timeframe_ns(timeframe)
     returns = np.diff(equity) / equity[:-1]
     total = float(equity[-1] / equity[0] - 1.0)

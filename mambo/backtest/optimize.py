@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from mambo.backtest.data import CandleFrame
 from mambo.backtest.engine import run_backtest
-from mambo.backtest.metrics import compute_metrics
+from mambo.backtest.metrics import CURVE_METRICS, compute_metrics
 from mambo.core.market import Market
 from mambo.core.stages import EngineConfig
 from mambo.core.strategies import StrategyConfigError, load_strategy
@@ -318,19 +318,7 @@ def store(
     sink.flush()
 
 
-_FLOAT_METRICS = (
-    "total_return",
-    "annualized_return",
-    "volatility",
-    "sharpe",
-    "sortino",
-    "calmar",
-    "max_drawdown",
-    "max_drawdown_days",
-    "win_rate",
-    "profit_factor",
-    "exposure",
-)
+_FLOAT_METRICS = (*CURVE_METRICS, "win_rate", "profit_factor", "exposure")
 
 
 def _optuna(

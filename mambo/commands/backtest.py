@@ -61,17 +61,9 @@ def _number(text: str) -> int | float | str:
 
 
 def _settings(config: Path | None, data_dir: Path | None) -> MamboSettings:
-    from mambo.logs import configure_logging
-    from mambo.settings import load_settings
+    from mambo.cli import _settings as load
 
-    try:
-        settings = load_settings(config)
-    except (ValueError, FileNotFoundError) as exc:
-        raise _fail(f"bad settings: {exc}") from exc
-    if data_dir is not None:
-        settings.data_dir = data_dir
-    configure_logging(settings.log_format)
-    return settings
+    return load(config, data_dir)
 
 
 def _engine(
