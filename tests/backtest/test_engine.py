@@ -23,7 +23,7 @@ from mambo.backtest.engine import (
 )
 from mambo.core.risk import RiskConfig
 from mambo.core.stages import EngineConfig
-from mambo.core.strategies import BatchDecisions, SmaCross
+from mambo.core.strategies import BatchDecisions, RsiReversion, SmaCross, Strategy
 from tests.streams.test_embedded import reference_sma_trades
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
@@ -82,6 +82,12 @@ CONFIGS = {
         aggregation_threshold=0.1,
         initial_cash=Decimal("25000"),
     ),
+    # RSI reversion's batch form, with shorts
+    "rsi_reversion_short": EngineConfig(
+        strategies=("rsi_reversion",),
+        strategy_params={"rsi_reversion": {"period": 7, "lower": 35.0, "upper": 65.0}},
+        allow_short=True,
+    ),
     # limits that reject entries: rejections must match too
     "rejections": EngineConfig(
         strategies=("macd_cross",),
@@ -105,10 +111,10 @@ def test_vectorized_path_equals_event_path_on_real_candles(frame: CandleFrame, n
 
 def test_configs_the_vectorized_path_cannot_match_fall_back_to_the_event_path(frame: CandleFrame) -> None:
     data = frame.slice(0, 600)
-    no_batch = EngineConfig(strategies=("sma_cross", "rsi_reversion"))
+    no_batch = EngineConfig(strategies=("sma_cross", "tests.backtest.test_engine:BarByBarRsi"))
     stops = EngineConfig(strategies=("sma_cross",), risk=RiskConfig(stop_loss=Decimal("0.01")))
     assert vector_refusal(EngineConfig()) == ""
-    assert "rsi_reversion" in vector_refusal(no_batch)
+    assert "BarByBarRsi has no decide_batch" in vector_refusal(no_batch)
     assert "stop_loss" in vector_refusal(stops)
     for config in (no_batch, stops):
         result = run_backtest(data, config)
@@ -123,6 +129,14 @@ def test_progress_is_reported_to_the_end(frame: CandleFrame) -> None:
     run_vectorized(frame, EngineConfig(), progress=lambda done, total: seen.append((done, total)))
     assert seen[-1] == (len(frame), len(frame))
     assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+
+
+@dataclass(kw_only=True)
+class BarByBarRsi(RsiReversion):
+    """rsi_reversion without its batch form, as a user's strategy without decide_batch is."""
+
+    name: ClassVar[str] = "bar_by_bar_rsi"
+    decide_batch = Strategy.decide_batch  # type: ignore[assignment]
 
 
 @dataclass(kw_only=True)

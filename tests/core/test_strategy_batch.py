@@ -12,7 +12,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mambo.core.indicators import compute
-from mambo.core.strategies import SIDE_CODES, Bar, Crossing, crosses, load_strategy
+from mambo.core.strategies import (
+    SIDE_CODES,
+    Bar,
+    Crossing,
+    RsiReversion,
+    Strategy,
+    crosses,
+    load_strategy,
+)
 from mambo.schemas.events import Candle
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "btc_perp_1m_5000.csv"
@@ -58,6 +66,8 @@ CASES = [
     ("sma_cross", {"fast": 5, "slow": 21, "half_gap": 0.001}),
     ("macd_cross", {}),
     ("bollinger_breakout", {"period": 14, "k": 1.5}),
+    ("rsi_reversion", {}),
+    ("rsi_reversion", {"period": 5, "lower": 40.0, "upper": 60.0}),
 ]
 
 
@@ -90,7 +100,43 @@ def test_decide_batch_never_reads_later_bars(name: str, params: dict[str, Any], 
 
 
 def test_a_strategy_without_decide_batch_says_so() -> None:
-    assert load_strategy("rsi_reversion").decide_batch(np.ones(3), {"rsi_14": np.ones(3)}) is None
+    class BarByBar(RsiReversion):
+        decide_batch = Strategy.decide_batch
+
+    assert BarByBar().decide_batch(np.ones(3), {"rsi_14": np.ones(3)}) is None
+
+
+# RSI paths that sit on, dip under and jump over the levels (30 and 70), with warm-up NaNs
+_RSI = st.sampled_from([float("nan"), 10.0, 25.0, 29.5, 30.0, 31.0, 50.0, 69.0, 70.0, 70.5, 85.0, 100.0])
+
+
+@given(st.lists(_RSI, max_size=80))
+def test_rsi_reversion_batch_equals_on_bar_on_any_rsi_path(path: list[float]) -> None:
+    """Touches, double dips, jumps from oversold to overbought: the batch form agrees bar by bar."""
+    strategy, rsi = RsiReversion(), np.array(path, dtype=np.float64)
+    made = RsiReversion().decide_batch(np.full(len(rsi), 100.0), {"rsi_14": rsi})
+    # as the indicator stage hands them: NaN (warming up) left out
+    expected = [strategy.on_bar(Bar(_candle(i), {"rsi_14": v} if v == v else {})) for i, v in enumerate(path)]
+    assert [SIDE_CODES[int(s)] for s in made[0]] == [d.side for d in expected]
+    assert made[1].tolist() == [d.confidence for d in expected]
+
+
+def _candle(i: int) -> Candle:
+    return Candle(
+        event_id=str(i),
+        ts_event=(i + 1) * MINUTE,
+        ts_init=0,
+        exchange="binance",
+        symbol="BTC/USDT",
+        timeframe="1m",
+        open_time=i * MINUTE,
+        open=100.0,
+        high=100.0,
+        low=100.0,
+        close=100.0,
+        volume=1.0,
+        trades=0,
+    )
 
 
 @given(st.lists(st.sampled_from([-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 3.0, float("nan")]), max_size=60))

@@ -3,11 +3,15 @@ overbought."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from mambo.core.strategies.base import Bar, Decision, Strategy, check_periods
-from mambo.core.strategies.crossing import Crossing, clamp_confidence
+import numpy as np
+import numpy.typing as npt
+
+from mambo.core.strategies.base import Bar, BatchDecisions, Decision, Strategy, check_periods
+from mambo.core.strategies.crossing import Crossing, clamp_confidence, clamp_confidences, crosses
 
 __all__ = ["RsiReversion"]
 
@@ -61,3 +65,36 @@ class RsiReversion(Strategy):
             confidence = clamp_confidence((peak - self.upper) / (100.0 - self.upper))
             return Decision("sell", confidence, {**values, "rsi_peak": peak})
         return Decision.hold(values)
+
+    def decide_batch(
+        self, close: npt.NDArray[np.float64], values: Mapping[str, npt.NDArray[np.float64]]
+    ) -> BatchDecisions:
+        # A buy is an upward cross of ``lower``; its trough is the lowest RSI below ``lower`` since
+        # the previous buy (where on_bar last reset it). Every such cross has a trough: the cross
+        # needs an RSI below ``lower`` since the last upward cross. Likewise sells, peaks and
+        # ``upper``. No bar crosses both levels: one below ``lower`` since the last bar above
+        # ``upper`` has put the upper crossing on the lower side, and the other way round.
+        rsi = values[f"rsi_{self.period}"]
+        buys = np.flatnonzero(crosses(rsi - self.lower) > 0)
+        sells = np.flatnonzero(crosses(rsi - self.upper) < 0)
+        sides = np.zeros(len(rsi), dtype=np.int8)
+        sides[buys], sides[sells] = 1, -1
+        confidence = np.zeros(len(rsi))
+        with np.errstate(invalid="ignore"):
+            trough = _extremes(np.minimum, np.where(rsi < self.lower, rsi, np.inf), buys)
+            peak = _extremes(np.maximum, np.where(rsi > self.upper, rsi, -np.inf), sells)
+        confidence[buys] = clamp_confidences((self.lower - trough) / self.lower)
+        confidence[sells] = clamp_confidences((peak - self.upper) / (100.0 - self.upper))
+        return sides, confidence
+
+
+def _extremes(
+    ufunc: np.ufunc, x: npt.NDArray[np.float64], at: npt.NDArray[np.intp]
+) -> npt.NDArray[np.float64]:
+    """``ufunc``'s reduction of ``x`` over each stretch after the previous entry of ``at`` (or the
+    start) up to and including the entry itself: ``x[at[k-1] + 1 : at[k] + 1]``."""
+    if not len(at):
+        return np.empty(0)
+    starts = np.concatenate(([0], at[:-1] + 1))
+    result: npt.NDArray[np.float64] = ufunc.reduceat(x[: at[-1] + 1], starts)
+    return result
