@@ -29,11 +29,11 @@ import numpy as np
 
 from mambo.connectors.ccxt_client import make_exchange
 from mambo.connectors.errors import Backoff
-from mambo.connectors.exchange_source import ExchangeSource, FeedHealth, SourceConfig
+from mambo.connectors.exchange_source import ExchangeSource, SourceConfig
 from mambo.connectors.replay import load_quotes, load_trades
 from mambo.exchange import LocalExchange, serve
 from mambo.schemas.batches import TradeBatch
-from mambo.schemas.events import Candle, Quote
+from mambo.schemas.events import Candle, FeedHealth, Quote
 
 PAGE = resource.getpagesize()
 

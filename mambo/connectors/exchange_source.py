@@ -17,10 +17,13 @@ Candles. The stream says when a candle closed (a later one opened); the closed c
 published as REST gives it, the exchange's final word, since ccxt's ``newUpdates`` count only new
 timestamps and a closing candle's last update can be missing from what a watch returns.
 
-Health. :meth:`ExchangeSource.health` gives the age of the last message per stream. A stream silent
-for ``stall_seconds`` is treated as dead: its connection is closed and reopened; every disconnect
-waits an exponential backoff with jitter first. Each is reported as a :class:`FeedHealth` event to
-the publisher and as a log line.
+Health. :meth:`ExchangeSource.health` gives the age of the last message per stream, and every
+``health_seconds`` each stream's age goes to the publisher as a
+:class:`~mambo.schemas.events.FeedHealth` event (``alive``; topic ``feeds.health``, table
+``feed_health``). A stream silent for ``stall_seconds`` is treated as dead: its connection is closed
+and reopened; every disconnect waits an exponential backoff with jitter first. Each change (stalled,
+disconnected, reconnected, gap filled) is a FeedHealth event with the stream's age at that moment
+and a log line.
 
 Binance notes: trades are watched on the ``aggTrade`` stream, whose ids are those of the REST
 ``aggTrades`` that fill gaps (the ``trade`` stream's ids are not); Binance's spot book ticker carries
@@ -35,22 +38,21 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import structlog
 
 from mambo.connectors.errors import Backoff, TemporaryError, classify, with_retry
 from mambo.schemas.batches import SIDE_CODES, TradeBatch
-from mambo.schemas.events import Candle, Event, Quote, make_id, market_key, timeframe_ns
-from mambo.schemas.topics import EXCHANGE_CANDLES, QUOTES
+from mambo.schemas.events import Candle, FeedHealth, FeedStatus, Quote, make_id, market_key, timeframe_ns
+from mambo.schemas.topics import EXCHANGE_CANDLES, FEED_HEALTH, QUOTES
 
 __all__ = [
     "CONSECUTIVE_TRADE_IDS",
     "ClickHousePublisher",
     "EmbeddedPublisher",
     "ExchangeSource",
-    "FeedHealth",
     "KafkaSourcePublisher",
     "Publisher",
     "SourceConfig",
@@ -72,16 +74,6 @@ CONSECUTIVE_TRADE_IDS = frozenset({"binance", "binanceus", "binanceusdm"})
 WATCH_TRADES_PARAMS: dict[str, dict[str, Any]] = {"binance": {"name": "aggTrade"}}
 
 
-class FeedHealth(Event):
-    """A change in a feed's health: ``stalled``, ``disconnected``, ``reconnected``, ``gap_filled``."""
-
-    exchange: str
-    stream: str  # e.g. trades:BTC/USDT
-    status: Literal["connected", "stalled", "disconnected", "reconnected", "gap_filled"]
-    age_seconds: float = 0.0
-    detail: str = ""
-
-
 class Publisher(Protocol):
     """Where a source's events go. Calls must not block (a Kafka producer queues and returns)."""
 
@@ -92,11 +84,11 @@ class Publisher(Protocol):
 
 
 class EmbeddedPublisher:
-    """Publishes into the embedded runtime (validation and dead letters are the runtime's)."""
+    """Publishes into the embedded runtime (validation and dead letters are the runtime's); feed
+    health goes on the bus as it is, to its observers (the ClickHouse sink, the API)."""
 
     def __init__(self, runtime: Any) -> None:
         self.runtime = runtime
-        self.health_events: list[FeedHealth] = []
 
     def trades(self, batch: TradeBatch) -> None:
         self.runtime.ingest_trades(batch)
@@ -108,8 +100,7 @@ class EmbeddedPublisher:
         self.runtime.ingest_candles(candles)
 
     def health(self, event: FeedHealth) -> None:
-        self.health_events.append(event)
-        del self.health_events[:-1000]
+        self.runtime.bus.publish(FEED_HEALTH.name, event)
 
 
 class ClickHousePublisher:
@@ -129,12 +120,12 @@ class ClickHousePublisher:
         self.sink.write("candles", list(candles))
 
     def health(self, event: FeedHealth) -> None:
-        pass  # backfill has no live feed; health is logged by the source
+        self.sink.write(FEED_HEALTH.table, [event])
 
 
 class KafkaSourcePublisher:
     """Publishes to Kafka through :class:`mambo.streams.kafka.producer.KafkaPublisher` (idempotent,
-    keyed by market). Feed health has no topic: it is logged by the source."""
+    keyed by market; feed health keyed by exchange)."""
 
     def __init__(self, bootstrap: str, **config: Any) -> None:
         from mambo.streams.kafka.producer import KafkaPublisher
@@ -151,7 +142,7 @@ class KafkaSourcePublisher:
         self.producer.publish_many(EXCHANGE_CANDLES, candles)
 
     def health(self, event: FeedHealth) -> None:
-        pass
+        self.producer.publish_many(FEED_HEALTH, [event])
 
     def flush(self) -> None:
         self.producer.flush()
@@ -328,6 +319,7 @@ class SourceConfig:
     streams: tuple[str, ...] = ("trades", "quotes", "candles")
     timeframe: str = "1m"
     stall_seconds: float = 30.0
+    health_seconds: float = 10.0  # every stream's age is published this often (0: never)
     since_ms: int | None = None  # fill trades and candles from here at start
     dedupe_window: int = 20_000  # recent trade ids remembered per market (a REST page is 1,000)
     backoff: Backoff = field(default_factory=lambda: Backoff(base=0.5, cap=30.0, attempts=8))
@@ -358,7 +350,8 @@ class ExchangeSource:
         self._trades: dict[str, _TradeState] = {s: _TradeState() for s in config.symbols}
         self._last_candle: dict[str, list[Any]] = {}  # the candle still forming, per symbol
         self._last_closed: dict[str, int] = {}  # open time (ms) of the last published candle
-        self._last_message: dict[str, float] = {}
+        self._last_message: dict[str, float] = {}  # monotonic time of each stream's last message
+        self._started = time.monotonic()  # the age of a stream not heard from yet counts from here
         self._last_trade_ms: dict[str, int] = {}
         self.counts = {
             "trades": 0,
@@ -369,14 +362,25 @@ class ExchangeSource:
             "reconnects": 0,
         }
 
+    @property
+    def streams(self) -> list[str]:
+        """The streams this source runs: ``trades:<symbol>``, ``candles:<symbol>``, ``quotes``."""
+        cfg = self.config
+        out = [f"{kind}:{symbol}" for symbol in cfg.symbols for kind in ("trades", "candles")
+               if kind in cfg.streams]  # fmt: skip
+        return out + (["quotes"] if "quotes" in cfg.streams else [])
+
     def health(self) -> dict[str, float]:
-        """Seconds since the last message of each stream (``trades:BTC/USDT``, ``quotes``, ...)."""
-        now = time.monotonic()
-        return {stream: now - t for stream, t in self._last_message.items()}
+        """Seconds since the last message of each stream (since the start for one not heard from)."""
+        return {stream: self._age(stream) for stream in self.streams}
+
+    def _age(self, stream: str) -> float:
+        return time.monotonic() - self._last_message.get(stream, self._started)
 
     async def run(self) -> None:
         """Run every stream until cancelled (or an error that must stop us is raised)."""
         cfg = self.config
+        self._started = time.monotonic()
         tasks = []
         for symbol in cfg.symbols:
             if "trades" in cfg.streams:
@@ -385,7 +389,16 @@ class ExchangeSource:
                 tasks.append(self._loop(f"candles:{symbol}", symbol, self._candles_once))
         if "quotes" in cfg.streams:
             tasks.append(self._loop("quotes", None, self._quotes_once))
+        if cfg.health_seconds > 0:
+            tasks.append(self._report_ages())
         await asyncio.gather(*tasks)
+
+    async def _report_ages(self) -> None:
+        """Every ``health_seconds``: each stream's age, as an ``alive`` event."""
+        while True:
+            await asyncio.sleep(self.config.health_seconds)
+            for stream in self.streams:
+                self._report(stream, "alive")
 
     # --- the reconnect loop, shared by every stream ----------------------------------------------
 
@@ -395,15 +408,14 @@ class ExchangeSource:
             try:
                 await once(symbol, recovering)
             except TimeoutError:
-                age = time.monotonic() - self._last_message.get(stream, time.monotonic())
-                self._report(stream, "stalled", age, f"silent for {self.config.stall_seconds}s")
+                self._report(stream, "stalled", f"silent for more than {self.config.stall_seconds}s")
                 await self._close_stream(symbol)
             except Exception as exc:  # classified: temporary ones reconnect, others stop us
                 fault = classify(exc, self.client)
                 if not isinstance(fault, TemporaryError):
                     log.error("source.fatal", stream=stream, error=str(fault))
                     raise fault from exc
-                self._report(stream, "disconnected", 0.0, str(fault)[:200])
+                self._report(stream, "disconnected", str(fault)[:200])
             recovering = True
             self.counts["reconnects"] += 1
             delay = self.config.backoff.delay(attempt)
@@ -441,8 +453,10 @@ class ExchangeSource:
                 except Exception as exc:  # already closing: the reconnect goes on regardless
                     log.debug("source.close_failed", error=repr(exc))
 
-    def _report(self, stream: str, status: Any, age: float, detail: str = "") -> None:
+    def _report(self, stream: str, status: FeedStatus, detail: str = "") -> None:
+        """A FeedHealth event (with the stream's age now) to the publisher, and a log line."""
         now = self.clock()
+        age = round(self._age(stream), 3)
         event = FeedHealth(
             event_id=make_id("health", self.config.exchange, stream, status, now),
             ts_event=now,
@@ -450,11 +464,13 @@ class ExchangeSource:
             exchange=self.config.exchange,
             stream=stream,
             status=status,
-            age_seconds=round(age, 3),
+            age_seconds=age,
             detail=detail,
         )
-        log_fn = log.info if status in ("connected", "reconnected", "gap_filled") else log.warning
-        log_fn("source.health", exchange=self.config.exchange, stream=stream, status=status, detail=detail)
+        log_fn = log.warning if status in ("stalled", "disconnected") else log.info
+        if status != "alive":  # the periodic ages are data, not news
+            log_fn("source.health", exchange=self.config.exchange, stream=stream, status=status,
+                   age_seconds=age, detail=detail)  # fmt: skip
         self.publisher.health(event)
 
     # --- trades --------------------------------------------------------------------------------
@@ -478,9 +494,9 @@ class ExchangeSource:
         batch = await self._watch(stream, first)
         if recovering:  # trades of the moment between that fill and the subscription
             batch = await self._fill_trades(symbol, batch, stream)
-            self._report(stream, "reconnected", 0.0)
+            self._report(stream, "reconnected")
         else:
-            self._report(stream, "connected", 0.0)
+            self._report(stream, "connected")
         self._publish_trades(symbol, batch)
         while True:
             batch = await self._watch(stream, watch)
@@ -513,7 +529,7 @@ class ExchangeSource:
         merged = sorted(middle + recent, key=lambda t: (t["timestamp"], _id_order(t["id"])))
         n = self._publish_trades(symbol, merged)
         self.counts["recovered"] += n
-        self._report(stream, "gap_filled", 0.0, f"{n} trades from REST since {since}")
+        self._report(stream, "gap_filled", f"{n} trades from REST since {since}")
 
     async def _fill_trades(
         self, symbol: str, batch: list[dict[str, Any]], stream: str
@@ -532,7 +548,7 @@ class ExchangeSource:
         known = {str(t["id"]) for t in batch}
         missing = [t for t in history if str(t["id"]) not in known and str(t["id"]) not in state.seen]
         self.counts["recovered"] += len(missing)
-        self._report(stream, "gap_filled", 0.0, f"{len(missing)} trades from REST since {since}")
+        self._report(stream, "gap_filled", f"{len(missing)} trades from REST since {since}")
         merged = history + [t for t in batch if str(t["id"]) not in {str(h["id"]) for h in history}]
         merged.sort(key=lambda t: (t["timestamp"], _id_order(t["id"])))
         return merged
@@ -590,12 +606,14 @@ class ExchangeSource:
 
         if recovering:  # the candle forming at the break may have missed updates: REST has it whole
             self._last_candle.pop(symbol, None)
+        announced = False
         while True:
             rows = await self._watch(stream, watch)
-            if recovering and rows:  # REST through the first candle seen after the reconnect
-                await self._fill_candles(symbol, int(rows[-1][0]), stream)
-                self._report(stream, "reconnected", 0.0)
-                recovering = False
+            if not announced and (rows or not recovering):
+                if recovering:  # REST through the first candle seen after the reconnect
+                    await self._fill_candles(symbol, int(rows[-1][0]), stream)
+                self._report(stream, "reconnected" if recovering else "connected")
+                announced = True
             await self._on_candles(symbol, rows, stream)
 
     async def _fill_candles(
@@ -613,7 +631,7 @@ class ExchangeSource:
         )
         self._publish_candles(symbol, rows)
         if rows and last is not None and len(rows) > 1:
-            self._report(stream, "gap_filled", 0.0, f"{len(rows)} candles from REST since {since}")
+            self._report(stream, "gap_filled", f"{len(rows)} candles from REST since {since}")
 
     async def _on_candles(self, symbol: str, rows: list[list[Any]], stream: str) -> None:
         """When a candle with a later open time arrives, the ones before it are closed: they are
@@ -645,9 +663,12 @@ class ExchangeSource:
         def watch() -> Any:
             return self.client.watch_bids_asks(symbols)
 
-        self._report("quotes", "reconnected" if recovering else "connected", 0.0)
+        first = True
         while True:
             tickers = await self._watch("quotes", watch)
+            if first:  # reported on the first message, as the other streams are
+                self._report("quotes", "reconnected" if recovering else "connected")
+                first = False
             now = self.clock()
             quotes = []
             for t in tickers.values():

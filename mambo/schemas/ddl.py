@@ -78,6 +78,7 @@ LOW_CARDINALITY_FIELDS = frozenset(
         "fee_currency",
         "topic",
         "rule",
+        "stream",
     }
 )
 #: Columns that lead a table's sort key, in this order, when the model has them.

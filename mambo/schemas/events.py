@@ -30,6 +30,8 @@ __all__ = [
     "DeadLetter",
     "EquitySnapshot",
     "Event",
+    "FeedHealth",
+    "FeedStatus",
     "Fill",
     "IndicatorValues",
     "Order",
@@ -54,6 +56,10 @@ SignalSide = Literal["buy", "sell", "hold"]
 OrderType = Literal["market", "limit"]
 OrderStatus = Literal["new", "partially_filled", "filled", "canceled", "rejected", "expired"]
 TradeSide = Literal["buy", "sell", ""]
+#: A feed stream's state: ``alive`` is the periodic report (its age says how long it has been silent);
+#: the others are changes: a stream ``stalled`` (silent too long) or ``disconnected`` is reconnected,
+#: then ``reconnected``; ``gap_filled`` says history was fetched over REST.
+FeedStatus = Literal["alive", "connected", "stalled", "disconnected", "reconnected", "gap_filled"]
 
 NS_PER_SECOND = 1_000_000_000
 _TF_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -276,3 +282,17 @@ class DeadLetter(Event):
     key: str = ""
     reason: str
     payload: str
+
+
+class FeedHealth(Event):
+    """The health of one stream of a market data feed (a source's ``trades:BTC/USDT``, ``quotes``,
+    ``candles:ETH/USDT``): periodic (``alive``) or on a change (see :data:`FeedStatus`).
+
+    ``age_seconds`` is the time since the stream's last message when the event was made: for
+    ``stalled`` how long it had been silent, for ``alive`` how fresh it is."""
+
+    exchange: str = Field(min_length=1)
+    stream: str = Field(min_length=1)
+    status: FeedStatus
+    age_seconds: float = Field(ge=0.0)
+    detail: str = ""

@@ -17,6 +17,7 @@ from mambo.schemas.events import (
     DeadLetter,
     EquitySnapshot,
     Event,
+    FeedHealth,
     Fill,
     IndicatorValues,
     Order,
@@ -81,6 +82,8 @@ POSITIONS = Topic("positions", Position, "positions", compacted=True)
 EQUITY = Topic(
     "equity", EquitySnapshot, "equity", key_field="account", partitions=1, retention_ms=365 * DAY_MS
 )
+#: Sources' stream health (periodic ages, stalls, reconnects, gap fills), keyed by exchange.
+FEED_HEALTH = Topic("feeds.health", FeedHealth, "feed_health", key_field="exchange", partitions=1)
 
 _MAIN: tuple[Topic, ...] = (
     TRADES,
@@ -96,6 +99,7 @@ _MAIN: tuple[Topic, ...] = (
     FILLS,
     POSITIONS,
     EQUITY,
+    FEED_HEALTH,
 )
 _DLQ: tuple[Topic, ...] = tuple(
     Topic(dlq_topic(t.name), DeadLetter, "dead_letters", partitions=1, retention_ms=30 * DAY_MS)

@@ -33,6 +33,7 @@ from mambo.schemas.events import (
     DeadLetter,
     EquitySnapshot,
     Event,
+    FeedHealth,
     Fill,
     IndicatorValues,
     Order,
@@ -173,6 +174,14 @@ SAMPLES: dict[str, Event] = {
         key="binance:BTC/USDT",
         reason="price is NaN",
         payload='{"price": "NaN"}',
+    ),
+    "feed_health": FeedHealth(
+        **_base(),
+        exchange="binance",
+        stream="trades:BTC/USDT",
+        status="stalled",
+        age_seconds=30.125,
+        detail="silent for more than 30.0s",
     ),
     "backtest_runs": BacktestRun(
         **_base(),

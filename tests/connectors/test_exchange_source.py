@@ -15,11 +15,11 @@ from typing import Any
 import numpy as np
 import pytest
 
+from mambo.connectors.clickhouse import ClickHouseSink, read_events
 from mambo.connectors.errors import Backoff
 from mambo.connectors.exchange_source import (
     EmbeddedPublisher,
     ExchangeSource,
-    FeedHealth,
     SourceConfig,
     fetch_candles_between,
     fetch_trades_between,
@@ -27,8 +27,9 @@ from mambo.connectors.exchange_source import (
 )
 from mambo.core.stages import EngineConfig
 from mambo.schemas.batches import TradeBatch
-from mambo.schemas.events import Candle, Quote
-from mambo.streams.embedded import EmbeddedRuntime
+from mambo.schemas.events import Candle, FeedHealth, Quote
+from mambo.schemas.topics import FEED_HEALTH
+from mambo.streams.embedded import EmbeddedRuntime, SinkObserver
 from tests.exchange.helpers import running_exchange
 
 SYMBOLS = ["BTC/USDT", "ETH/USDT"]
@@ -178,6 +179,52 @@ def test_source_feeds_the_embedded_runtime() -> None:
             assert runtime.bus.counts["md.trades"] == source.counts["trades"] > 0
             assert runtime.bus.counts["md.quotes"] > 0 and runtime.bus.counts["md.candles"] > 0
             assert runtime.dead_letter_count == 0
-            assert [h.status for h in publisher.health_events][:1] in (["connected"],)
+            assert runtime.bus.counts[FEED_HEALTH.name] >= 3  # connected, per stream
 
     asyncio.run(main())
+
+
+def test_a_stall_is_reported_with_its_stream_and_age_and_reaches_clickhouse(
+    clickhouse_client: Any, clickhouse_db: str
+) -> None:
+    """A silent stall on the exchange: the stream is reported ``stalled`` with the age of its last
+    message (the stall threshold, not the time since the start), then ``reconnected``; periodic
+    ``alive`` ages in between; every event goes through the bus into the feed_health table."""
+    stall_seconds, ran_before = 0.5, 1.5
+
+    async def main() -> list[FeedHealth]:
+        async with running_exchange(speed=20, history_seconds=5) as (ex, client):
+            runtime = EmbeddedRuntime(EngineConfig(timeframes=("1s",), trading_timeframe="1s",
+                                                   initial_cash=Decimal(1000)))  # fmt: skip
+            sink = ClickHouseSink(clickhouse_client, clickhouse_db)
+            runtime.observe(SinkObserver(sink))
+            seen: list[FeedHealth] = []
+            runtime.observe(lambda topic, e: seen.append(e) if topic == FEED_HEALTH.name else None)
+            config = SourceConfig("binance", ["BTC/USDT"], streams=("trades",), stall_seconds=stall_seconds,
+                                  health_seconds=0.2, backoff=Backoff(base=0.05, cap=0.1))  # fmt: skip
+            source = ExchangeSource(client, EmbeddedPublisher(runtime), config)
+            task = asyncio.create_task(source.run())
+            try:
+                await _until(lambda: source.counts["trades"] > 20, 10)
+                await asyncio.sleep(ran_before)
+                await ex.inject("stall", seconds=0.8)
+                await _until(lambda: any(h.status == "reconnected" for h in seen), 10)
+            finally:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            sink.flush()
+            return seen
+
+    seen = asyncio.run(main())
+    assert {h.stream for h in seen} == {"trades:BTC/USDT"}
+    statuses = [h.status for h in seen]
+    assert statuses[0] == "connected" and "alive" in statuses
+    [stalled] = [h for h in seen if h.status == "stalled"]
+    assert stall_seconds <= stalled.age_seconds < ran_before  # silent since its last trade, not since start
+    after = seen[seen.index(stalled) + 1 :]
+    changes = [h.status for h in after if h.status != "alive"]  # REST fills what the stall lost
+    assert changes[-1] == "reconnected" and set(changes[:-1]) == {"gap_filled"}
+    assert all(h.age_seconds < stall_seconds for h in seen[: seen.index(stalled)] if h.status == "alive")
+    stored = read_events(clickhouse_client, FEED_HEALTH.table, clickhouse_db)
+    assert sorted(stored, key=lambda h: h.event_id) == sorted(seen, key=lambda h: h.event_id)
