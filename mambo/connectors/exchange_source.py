@@ -549,7 +549,8 @@ class ExchangeSource:
         missing = [t for t in history if str(t["id"]) not in known and str(t["id"]) not in state.seen]
         self.counts["recovered"] += len(missing)
         self._report(stream, "gap_filled", f"{len(missing)} trades from REST since {since}")
-        merged = history + [t for t in batch if str(t["id"]) not in {str(h["id"]) for h in history}]
+        fetched = {str(h["id"]) for h in history}
+        merged = history + [t for t in batch if str(t["id"]) not in fetched]
         merged.sort(key=lambda t: (t["timestamp"], _id_order(t["id"])))
         return merged
 
