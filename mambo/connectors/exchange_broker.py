@@ -128,7 +128,9 @@ class ExchangeBroker:
             except Exception as exc:  # classified: a lost answer is asked about before any resend
                 fault = classify(exc, self.client)
                 if isinstance(fault, InvalidRequest):
-                    return [self._update(order, "rejected", reason=f"rejected by the exchange: {fault}")]
+                    rejected = self._update(order, "rejected", reason=f"rejected by the exchange: {fault}")
+                    self._orders[cid] = rejected
+                    return [rejected]
                 if not isinstance(fault, TemporaryError):
                     raise fault from exc
                 log.warning("broker.send_failed", client_order_id=order.client_order_id, attempt=attempt + 1,
@@ -169,6 +171,10 @@ class ExchangeBroker:
                 out += await self._events(cid, found)
         log.info("broker.reconciled", orders=len(self._orders), events=len(out))
         return out
+
+    def open_orders(self) -> list[Order]:
+        """Our orders this broker last saw open on the exchange (new or partly filled)."""
+        return [o for o in self._orders.values() if o.status in ("new", "partially_filled")]
 
     async def poll(self) -> list[Order | Fill]:
         """Updates of our orders still open (fills of resting limits)."""

@@ -67,8 +67,13 @@ class PositionState:
 
     @property
     def avg_price(self) -> Decimal:
-        """Average entry price of the open quantity (0 when flat)."""
-        return self.cost / self.qty if self.qty else _ZERO
+        """Average entry price of the open quantity (0 when flat); to 1e-18 when the division does not
+        end there (fills at several prices), so it fits the history's Decimal(38, 18)."""
+        if not self.qty:
+            return _ZERO
+        avg = MONEY.divide(self.cost, self.qty)
+        rounded = MONEY.quantize(avg, _COST_QUANTUM)
+        return avg if avg == rounded else rounded
 
     @property
     def market_value(self) -> Decimal:

@@ -10,6 +10,11 @@ Order on a candle topic matters and is the registration order of :func:`build_st
 (keeps the candle), then indicators → strategies → aggregation → intents → risk → orders. So an
 order decided on candle t always fills on later data, never on candle t itself.
 
+Execution goes to a :class:`Venue`. The paper broker is one (synchronous: its answers come back
+from the call, so a run is deterministic). An exchange venue queues the order and answers later, out
+of band: whoever receives the exchange's answers hands them to :meth:`ExecutionStage.on_reports`,
+which books and publishes them exactly as it does the paper broker's.
+
 The candle stage is the one *splitting* stage: it returns, with each candle, the index in the trade
 batch of the trade that closed it, and the bus hands the later md.trades subscribers (execution) the
 batch in slices between those indices. Processing a batch whole, in pieces or one trade at a time
@@ -21,7 +26,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
+
+import numpy as np
+import numpy.typing as npt
 
 from mambo.core.aggregation import SignalAggregator
 from mambo.core.candles import CandleBuilder
@@ -71,6 +79,7 @@ __all__ = [
     "RiskStage",
     "SignalStage",
     "Stage",
+    "Venue",
     "build_stages",
 ]
 
@@ -162,14 +171,32 @@ class CandleStage(Stage):
         ]
 
 
+class Venue(Protocol):
+    """Where :class:`ExecutionStage` sends orders (:class:`~mambo.core.execution.PaperBroker` is one).
+
+    Each call returns the order updates and fills it caused at once; a venue that learns them later
+    (an exchange) returns ``[]`` and hands them to :meth:`ExecutionStage.on_reports` when they come.
+    """
+
+    def submit(self, order: Order, ts_init: int) -> Sequence[Order | Fill]: ...
+    def has_pending(self, key: str) -> bool: ...
+    def on_trades(
+        self,
+        key: str,
+        ts: npt.NDArray[np.int64],
+        price: npt.NDArray[np.float64],
+        qty: npt.NDArray[np.float64],
+        ts_init: int | None = None,
+    ) -> Sequence[Order | Fill]: ...
+    def on_candle(self, candle: Candle) -> Sequence[Order | Fill]: ...
+
+
 class ExecutionStage(Stage):
-    """orders → broker; market data → fills (applied to the portfolio), order updates, positions."""
+    """orders → venue; market data → fills (applied to the portfolio), order updates, positions."""
 
     name = "execution"
 
-    def __init__(
-        self, broker: PaperBroker, portfolio: Portfolio, trading_timeframe: str, fill_on: str
-    ) -> None:
+    def __init__(self, broker: Venue, portfolio: Portfolio, trading_timeframe: str, fill_on: str) -> None:
         self.broker = broker
         self.portfolio = portfolio
         self.fill_on = fill_on
@@ -182,7 +209,9 @@ class ExecutionStage(Stage):
             # the broker's "new" acknowledgement repeats the order already on the topic: only
             # rejections and later states are news
             acks = self.broker.submit(payload, payload.ts_init)
-            return self._publish([o for o in acks if o.status != "new"], payload.ts_init)
+            return self._publish(
+                [o for o in acks if isinstance(o, Fill) or o.status != "new"], payload.ts_init
+            )
         if topic == TRADES.name:
             if self.fill_on != "trades":
                 return []
@@ -202,6 +231,11 @@ class ExecutionStage(Stage):
         if self.fill_on != "candles":
             return []
         return self._publish(self.broker.on_candle(payload), payload.ts_init)
+
+    def on_reports(self, events: Sequence[Order | Fill], ts_init: int) -> Out:
+        """What the venue reported out of band (an exchange's fills and order states), booked and
+        published as the paper broker's are: fills, positions and equity, order updates."""
+        return self._publish(events, ts_init)
 
     def _publish(self, events: Sequence[Order | Fill], ts_init: int) -> Out:
         out: Out = []
@@ -266,7 +300,12 @@ class IndicatorStage(Stage):
 
 
 class SignalStage(Stage):
-    """indicators (+ the candle they belong to) → signals.raw → signals (aggregated) → intents."""
+    """indicators (+ the candle they belong to) → signals.raw → signals (aggregated) → intents.
+
+    While a market's last intent is still being carried out (its order not yet filled, canceled,
+    rejected or expired, or the intent not yet refused by risk), the market gets no new intent: the
+    position it reads does not show the order yet. A paper order fills on the next trade, before
+    the next candle can close, so this only ever holds back an exchange's order still in flight."""
 
     name = "signals"
 
@@ -274,7 +313,8 @@ class SignalStage(Stage):
         self.config = config
         self.portfolio = portfolio
         self.timeframe = config.trading_timeframe
-        self.inputs = (candle_topic(self.timeframe), INDICATORS.name)
+        self.inputs = (candle_topic(self.timeframe), INDICATORS.name, ORDERS.name, REJECTIONS.name)
+        self.in_flight: dict[str, str] = {}  # market key -> client order id of its last intent
         self.last_candle: dict[str, Candle] = {}
         self.strategies: dict[str, list[Strategy]] = {}
         self.aggregators: dict[str, SignalAggregator] = {}
@@ -293,6 +333,11 @@ class SignalStage(Stage):
         return s
 
     def handle(self, topic: str, payload: Any) -> Out:
+        if topic == ORDERS.name or topic == REJECTIONS.name:
+            done = topic == REJECTIONS.name or payload.status in ("filled", "canceled", "rejected", "expired")
+            if done and self.in_flight.get(payload.key) == payload.client_order_id:
+                del self.in_flight[payload.key]
+            return []
         if topic != INDICATORS.name:
             self.last_candle[payload.key] = payload
             return []
@@ -309,9 +354,11 @@ class SignalStage(Stage):
             agg = self.aggregators[ind.key].on_signal(sig, ind.ts_init) or agg
         if agg is not None:
             out.append((SIGNALS.name, agg))
-            intent = self.policy.on_signal(agg, self.portfolio.position(ind.key), ind.ts_init)
-            if intent is not None:
-                out.append((INTENTS.name, intent))
+            if ind.key not in self.in_flight:
+                intent = self.policy.on_signal(agg, self.portfolio.position(ind.key), ind.ts_init)
+                if intent is not None:
+                    self.in_flight[ind.key] = intent.client_order_id
+                    out.append((INTENTS.name, intent))
         return out
 
 
@@ -338,14 +385,22 @@ class RiskStage(Stage):
         return [(INTENTS.name, i) for i in self.engine.on_candle(payload, self.portfolio, payload.ts_init)]
 
 
-def build_stages(config: EngineConfig, markets: Mapping[str, Market]) -> list[Stage]:
-    """Every stage of the trading pipeline, sharing one paper account, in dispatch order."""
+def build_stages(
+    config: EngineConfig, markets: Mapping[str, Market], venue: Venue | None = None
+) -> list[Stage]:
+    """Every stage of the trading pipeline, sharing one account, in dispatch order.
+
+    ``venue``: where orders go; None is a paper broker with the config's fees and slippage."""
     portfolio = Portfolio(config.initial_cash)
-    broker = PaperBroker(
-        fee_maker=config.fee_maker,
-        fee_taker=config.fee_taker,
-        slippage_bps=config.slippage_bps,
-        markets=markets,
+    broker: Venue = (
+        venue
+        if venue is not None
+        else PaperBroker(
+            fee_maker=config.fee_maker,
+            fee_taker=config.fee_taker,
+            slippage_bps=config.slippage_bps,
+            markets=markets,
+        )
     )
     tf = config.trading_timeframe
     needed = [

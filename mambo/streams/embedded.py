@@ -16,10 +16,10 @@ from typing import Any
 
 from mambo.core.market import Market
 from mambo.core.portfolio import Portfolio
-from mambo.core.stages import CandleStage, EngineConfig, ExecutionStage, build_stages
+from mambo.core.stages import CandleStage, EngineConfig, ExecutionStage, Venue, build_stages
 from mambo.schemas.batches import TradeBatch, validate_trades
-from mambo.schemas.events import Candle, DeadLetter, Quote
-from mambo.schemas.topics import EXCHANGE_CANDLES, QUOTES, TRADES, by_name, dlq_topic
+from mambo.schemas.events import Candle, DeadLetter, Fill, Order, Quote
+from mambo.schemas.topics import EXCHANGE_CANDLES, FILLS, ORDERS, QUOTES, TRADES, by_name, dlq_topic
 from mambo.streams.bus import EventBus, Observer
 
 __all__ = ["EmbeddedRuntime", "ReplayProgress", "SinkObserver", "run_replay"]
@@ -33,18 +33,38 @@ class EmbeddedRuntime:
         config: EngineConfig,
         markets: Mapping[str, Market] | None = None,
         known_markets: Sequence[str] | None = None,
+        venue: Venue | None = None,
     ) -> None:
         self.config = config
         self.markets = dict(markets or {})
         self.known_markets = set(known_markets) if known_markets is not None else None
         self.bus = EventBus()
-        self.stages = build_stages(config, self.markets)
+        self.stages = build_stages(config, self.markets, venue)
         for stage in self.stages:
             self.bus.add_stage(stage)
 
     @property
+    def execution(self) -> ExecutionStage:
+        return next(s for s in self.stages if isinstance(s, ExecutionStage))
+
+    @property
     def portfolio(self) -> Portfolio:
-        return next(s for s in self.stages if isinstance(s, ExecutionStage)).portfolio
+        return self.execution.portfolio
+
+    def report(self, events: Sequence[Order | Fill], ts_init: int | None = None) -> None:
+        """Publish what an exchange venue reported (fills, order states) through the execution stage;
+        one it cannot book goes to its dead-letter topic with the reason, like a stage's input."""
+        stamp = time.time_ns() if ts_init is None else ts_init
+        for ev in events:
+            try:
+                outs = self.execution.on_reports([ev], stamp)
+            except Exception as exc:  # a bad report must not stop the pipeline
+                self.bus.dead_letter(
+                    FILLS.name if isinstance(ev, Fill) else ORDERS.name, ev, f"execution: {exc!r}"
+                )
+                continue
+            for topic, event in outs:
+                self.bus.publish(topic, event)
 
     def observe(self, observer: Observer) -> None:
         self.bus.observe(observer)

@@ -112,6 +112,18 @@ def test_inexact_average_keeps_identities_exact() -> None:
     assert pf.snapshot(0, 0).realized_pnl == pf.cash - pf.initial_cash  # no fees: all PnL is realized
 
 
+def test_an_inexact_average_is_shown_to_1e18() -> None:
+    """An exchange can fill one order at several prices: the position event's average must still fit
+    the history's Decimal(38, 18), while the cost basis behind it stays exact."""
+    pf = Portfolio(D(1_000_000))
+    pf.apply(fill("buy", "0.3", "61660.17"))
+    _, pos = pf.apply(fill("buy", "0.4", "61660.19"))
+    assert pos.avg_price == D("61660.181428571428571429")  # 43162.127 / 0.7, rounded half-even
+    assert pf.positions[BTC].cost == D("43162.127")
+    _, pos = pf.apply(fill("buy", "0.3", "61660.16"))
+    assert pos.avg_price == D("61660.175") and str(pos.avg_price) == "61660.175"  # exact stays as is
+
+
 def test_marks_value_positions_and_drawdown_from_peak() -> None:
     pf = Portfolio(D(1_000))
     pf.apply(fill("buy", "1", "100"))
