@@ -9,10 +9,12 @@
   the account can change on a bar where every strategy holds and no order rests, so only the bars
   where some strategy calls buy or sell, and the bar after one that left an order at the broker
   (where it fills), go through the event path's own aggregator, intent policy, risk engine, paper
-  broker and portfolio, called in the order the bus calls the stages. Between them the portfolio is
-  marked at the skipped bars' extreme close and at the last one, which leaves its peak equity, marks
-  and cash exactly where bar-by-bar marking would. Per-bar work is numpy and numba; the exact
-  Decimal work happens per signal and per fill.
+  broker and portfolio, called in the order the bus calls the stages. The portfolio is marked at the
+  close of each bar that decides something while a position is held, as bar-by-bar marking leaves
+  it there; the other marks move nothing a later decision reads (sizing and exposure limits read the
+  deciding bar's mark, cash and positions change only at fills), only the peak equity behind the
+  drawdown kill switch, which this path refuses. Per-bar work is numpy and numba; the exact Decimal
+  work happens per signal and per fill.
 
 What cannot be skipped that way is refused (:func:`vector_refusal`) and :func:`run_backtest` falls
 back to the event path: a strategy without ``decide_batch``, and the risk features that look at every
@@ -45,14 +47,13 @@ from mambo.core.risk import RiskEngine
 from mambo.core.stages import EngineConfig
 from mambo.core.strategies import (
     SIDE_CODES,
-    Bar,
     BatchDecisions,
     Decision,
     Strategy,
+    candle_signal,
     load_strategy,
-    make_signal,
 )
-from mambo.schemas.events import AggregatedSignal, Candle, Fill, RiskRejection
+from mambo.schemas.events import AggregatedSignal, Fill, RiskRejection
 from mambo.schemas.topics import FILLS, REJECTIONS, SIGNALS
 from mambo.streams.embedded import EmbeddedRuntime
 
@@ -246,19 +247,22 @@ class _SparseRun:
     :mod:`mambo.core.stages`), on the bars handed to :meth:`bar`.
 
     On a candle the stages run execution (fills at the open; order updates reach risk), portfolio
-    (mark at the close while a position is held), risk (stops: refused on this path, so nothing)
-    and signals. A signal's ``values`` stay empty here: the arrays hold them, and no order depends on
-    them. The events nobody reads in a backtest (order acks, positions, equity snapshots) are not
-    built; the :class:`Ledger` gives the account at every bar.
+    (mark at the close while a position is held: made here only on bars that decide, see the module
+    docstring), risk (stops: refused on this path, so nothing) and signals. A signal's ``values``
+    stay empty here: the arrays hold them, and no order depends on them. The events nobody reads in
+    a backtest (candles of the bars that only fill, positions, equity snapshots) are not built; the
+    :class:`Ledger` gives the account at every bar.
     """
 
     def __init__(
         self,
+        frame: CandleFrame,
         config: EngineConfig,
         markets: dict[str, Market],
         strategies: list[Strategy],
         decisions: list[tuple[npt.NDArray[np.int8], npt.NDArray[np.float64]]],
     ) -> None:
+        self.frame, self.key = frame, frame.key
         self.portfolio = Portfolio(config.initial_cash)
         self.broker = PaperBroker(
             fee_maker=config.fee_maker,
@@ -275,35 +279,45 @@ class _SparseRun:
         self.policy = IntentPolicy(qty=config.order_qty, allow_short=config.allow_short)
         self.rec = _Recorder()
 
-    def bar(self, i: int, candle: Candle, active: bool) -> None:
-        for ev in self.broker.on_candle(candle):
-            if isinstance(ev, Fill):
-                self.rec.fills.append(self.portfolio.book(ev))
-            else:
-                self.risk.on_order(ev)
-        if self.portfolio.position(candle.key):
-            self.portfolio.mark(candle.key, candle.close)
+    def bar(self, i: int, active: bool) -> None:
+        """Candle ``i`` through the stages; ``active``: some strategy calls buy or sell on it."""
+        f, key = self.frame, self.key
+        if self.broker.has_pending(key):
+            t = int(f.open_time[i])
+            fills = self.broker.on_bar(
+                key, t, t + f.step, float(f.open[i]), float(f.low[i]), float(f.high[i]), float(f.volume[i])
+            )
+            for ev in fills:
+                if isinstance(ev, Fill):
+                    self.rec.fills.append(self.portfolio.book(ev))
+                else:
+                    self.risk.on_order(ev)
         if active:
-            self._signals(i, candle)
+            close = float(f.close[i])
+            if self.portfolio.position(key):
+                self.portfolio.mark(key, close)
+            self._signals(i, close)
 
-    def _signals(self, i: int, candle: Candle) -> None:
-        bar, ts_init = Bar(candle, {}), candle.ts_init
+    def _signals(self, i: int, close: float) -> None:
+        f, key = self.frame, self.key
+        ts = int(f.open_time[i]) + f.step  # the candle's close: its ts_event and ts_init
         agg: AggregatedSignal | None = None
         for strategy, (sides, conf) in zip(self.strategies, self.decisions, strict=True):
             side = int(sides[i])
             decision = Decision(SIDE_CODES[side], float(conf[i]) if side else 0.0)
-            agg = self.aggregator.on_signal(make_signal(strategy, bar, decision, ts_init), ts_init) or agg
+            sig = candle_signal(strategy, decision, f.exchange, f.symbol, f.timeframe, ts, close, ts)
+            agg = self.aggregator.on_signal(sig, ts) or agg
         if agg is None:
             return
         self.rec(SIGNALS.name, agg)
-        intent = self.policy.on_signal(agg, self.portfolio.position(candle.key), ts_init)
+        intent = self.policy.on_signal(agg, self.portfolio.position(key), ts)
         if intent is None:
             return
-        decided = self.risk.check(intent, self.portfolio, ts_init)
+        decided = self.risk.check(intent, self.portfolio, ts)
         if isinstance(decided, RiskRejection):
             self.rec.rejections.append(decided)
             return
-        for update in self.broker.submit(decided, ts_init):
+        for update in self.broker.submit(decided, ts):
             if update.status != "new":  # a rejection: execution publishes it, risk releases the order
                 self.risk.on_order(update)
         self.risk.on_order(decided)
@@ -367,8 +381,8 @@ def run_vectorized(
     for sides, _ in decisions:
         active |= sides != 0
     wanted = np.flatnonzero(active).tolist()
-    run = _SparseRun(config, _markets(frame, market), strategies, decisions)
-    portfolio, broker, key, close = run.portfolio, run.broker, frame.key, frame.close
+    run = _SparseRun(frame, config, _markets(frame, market), strategies, decisions)
+    broker, key = run.broker, frame.key
     every = _progress_every(n)
 
     last = -1  # the last bar handed to the operators
@@ -380,14 +394,7 @@ def run_vectorized(
         j = last + 1 if follow else (wanted[k] if k < len(wanted) else n)
         if j >= n:
             break
-        held = portfolio.position(key)
-        if held and j - 1 > last:
-            # the marks of the skipped bars: the extreme close sets the peak, the last one the mark
-            skipped = close[last + 1 : j - 1]
-            if len(skipped):
-                portfolio.mark(key, float(skipped.max() if held > 0 else skipped.min()))
-            portfolio.mark(key, float(close[j - 1]))
-        run.bar(j, frame.candle(j), bool(active[j]))
+        run.bar(j, bool(active[j]))
         follow = broker.has_pending(key)
         if progress is not None and j // every != last // every:
             progress(j + 1, n)

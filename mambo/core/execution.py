@@ -230,19 +230,20 @@ class PaperBroker:
 
     def on_candle(self, candle: Candle) -> list[Order | Fill]:
         """Match a closed candle: market orders at its open, limits its range reaches (see module)."""
-        book = self._books.get(candle.key)
-        if book is None or not candle.closed:
+        if not candle.closed:
             return []
-        return self._match(
-            candle.key,
-            book,
-            candle.open_time,
-            candle.ts_init,
-            candle.open,
-            candle.low,
-            candle.high,
-            candle.volume,
-        )
+        c = candle
+        return self.on_bar(c.key, c.open_time, c.ts_init, c.open, c.low, c.high, c.volume)
+
+    def on_bar(
+        self, key: str, open_time: int, ts_init: int, open: float, low: float, high: float, volume: float
+    ) -> list[Order | Fill]:
+        """:meth:`on_candle` for a closed candle of market ``key`` given as its numbers (a backtest
+        holds candles as columns and builds no event for the bars that only fill)."""
+        book = self._books.get(key)
+        if book is None:
+            return []
+        return self._match(key, book, open_time, ts_init, open, low, high, volume)
 
     def _match(
         self,
