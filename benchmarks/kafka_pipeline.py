@@ -15,8 +15,16 @@ benchmarks/embedded_pipeline.py until it holds --trades trades.
    read_committed consumer on the orders topic records (arrival time - ts_init) of every order, so
    it covers produce, broker, the worker's batch and transaction, and the consumer. Strategies
    trade 1-second candles here, for a few hundred orders; 1-second candles are measured too.
+   Where the time goes: the worker writes a trace of every batch (``mambo worker --trace``: when
+   it polled, got the messages, finished the stages, wrote the state, sent the offsets, committed),
+   and each order is matched to its batch by ts_init, which splits its latency into
+   queued (the worker was busy with the previous batch), publish + fetch (producer linger, broker,
+   the worker's fetch), stages, state, offsets (send_offsets_to_transaction; at least once: the
+   outputs' flush), commit (commit_transaction; at least once: the state's flush) and visible
+   (transaction markers, the reader's fetch). Each guarantee (--guarantee) is measured in turn.
 
 Run: python benchmarks/kafka_pipeline.py [--trades 300000] [--rate 5000] [--bootstrap host:port]
+[--guarantee exactly_once,at_least_once] [--runtime native|faust] [--latency-only]
 (without --bootstrap it starts its own broker in a temporary folder).
 """
 
@@ -60,11 +68,15 @@ def committed(bootstrap: str, group: str, topic: str) -> int:
         c.close()
 
 
+RUNTIME: list[str] = []  # --runtime, passed through to `mambo worker` when given
+PHASES = ("queued", "publish+fetch", "stages", "state", "offsets", "commit", "visible")
+
+
 def worker(
     bootstrap: str, prefix: str, env: dict[str, str], log: Path, *extra: str
 ) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "mambo.cli", "worker", "--prefix", prefix, *extra],
+        [sys.executable, "-m", "mambo.cli", "worker", *RUNTIME, "--prefix", prefix, *extra],
         env={**os.environ, "MAMBO_KAFKA_BOOTSTRAP": bootstrap, "MAMBO_LOG_FORMAT": "json", **ENGINE, **env},
         stdout=log.open("wb"),
         stderr=subprocess.STDOUT,
@@ -114,13 +126,21 @@ def throughput(bootstrap: str, n: int, batch_size: int, logs: Path) -> None:
     print(f"  worker start-up to its first commit:            {first[0] - start:12.1f} s")
 
 
-def latency(bootstrap: str, rate: int, logs: Path) -> None:
+def latency(bootstrap: str, rate: int, logs: Path, guarantee: str) -> None:
     trades, _ = load_trades()
     prefix = f"lat{uuid.uuid4().hex[:6]}."
     topology.apply(AdminClient({"bootstrap.servers": bootstrap}), 6, prefix)
-    env = {"MAMBO_ENGINE__TIMEFRAMES": '["1s", "1m"]', "MAMBO_ENGINE__TRADING_TIMEFRAME": "1s"}
-    proc = worker(bootstrap, prefix, env, logs / "latency.log", "--batch-size", "5000", "--idle-exit", "3")
-    samples: dict[str, list[float]] = {ORDERS.name: [], candle_topic("1s"): []}
+    env = {
+        "MAMBO_ENGINE__TIMEFRAMES": '["1s", "1m"]',
+        "MAMBO_ENGINE__TRADING_TIMEFRAME": "1s",
+        "MAMBO_KAFKA__PROCESSING_GUARANTEE": guarantee,
+    }
+    trace = logs / f"trace-{guarantee}.jsonl"
+    traced = () if RUNTIME and RUNTIME[1] != "native" else ("--trace", str(trace))
+    proc = worker(
+        bootstrap, prefix, env, logs / "latency.log", "--batch-size", "5000", "--idle-exit", "3", *traced
+    )
+    samples: dict[str, list[tuple[int, int]]] = {ORDERS.name: [], candle_topic("1s"): []}
     stop = threading.Event()
 
     def consume() -> None:
@@ -138,13 +158,14 @@ def latency(bootstrap: str, rate: int, logs: Path) -> None:
         )
         c.subscribe([prefix + t for t in samples])
         while not stop.is_set():
-            for m in c.consume(1000, 0.05):
+            first = c.poll(0.05)  # at once when a message is there (consume(n, t) waits for n or t)
+            for m in [first, *c.consume(1000, 0)] if first is not None else []:
                 if m.error() is None:
                     now = time.time_ns()
                     ev = orjson.loads(m.value() or b"{}")
                     if ev.get("status", "new") != "new":
                         continue  # fills' order updates carry the trade's exchange time as ts_init
-                    samples[(m.topic() or "").removeprefix(prefix)].append((now - ev["ts_init"]) / 1e6)
+                    samples[(m.topic() or "").removeprefix(prefix)].append((ev["ts_init"], now))
         c.close()
 
     reader = threading.Thread(target=consume, daemon=True)
@@ -171,15 +192,52 @@ def latency(bootstrap: str, rate: int, logs: Path) -> None:
     stop.set()
     reader.join()
     proc.wait()
-    print(f"\nlatency at {rate:,} trades/s ({len(trades):,} trades in {sent_seconds:.1f} s), ms from ts_init")
+    print(
+        f"\nlatency, {guarantee}, at {rate:,} trades/s ({len(trades):,} trades in {sent_seconds:.1f} s),"
+        " ms from ts_init"
+    )
     for topic_name, xs in samples.items():
-        a = np.array(xs)
+        a = np.array([(now - ts) / 1e6 for ts, now in xs])
         if not len(a):
             print(f"  {topic_name:14} no events")
             continue
         p50, p99, p999 = np.percentile(a, [50, 99, 99.9])
         print(f"  {topic_name:14} n={len(a):6,}  p50 {p50:7.1f}  p99 {p99:7.1f}  p99.9 {p999:7.1f}", end="")
         print(f"  max {a.max():7.1f}")
+    if trace.exists():
+        breakdown(trace, samples[ORDERS.name])
+
+
+def breakdown(trace: Path, orders: list[tuple[int, int]]) -> None:
+    """Each order's latency split by where it went, from the worker's trace of its batch."""
+    import orjson
+
+    batches = [orjson.loads(line) for line in trace.read_bytes().splitlines()]
+    of_ts = {ts: b for b in batches for ts in b["ts_init"]}
+    rows = []
+    for ts, arrived in orders:
+        b = of_ts.get(ts)
+        if b is None:
+            continue
+        start = max(b["poll"], ts)
+        marks = [ts, b["poll"] if b["poll"] > ts else ts, b["got"], b["done"], b["state"], b["offsets"]]
+        marks += [b["commit"], arrived]
+        rows.append([max(0, marks[1] - marks[0]), b["got"] - start, *np.diff(marks[2:])])
+    if not rows:
+        print("  (no order matched a traced batch)")
+        return
+    a = np.array(rows) / 1e6
+    txn = np.array([b["commit"] - b["done"] for b in batches]) / 1e6
+    print(f"  where an order's time goes ({len(rows)} of {len(orders)} orders matched to their batch), ms:")
+    print("    " + " ".join(f"{p:>13}" for p in PHASES))
+    for q in (50, 99):
+        print(f"p{q:<3}" + " ".join(f"{v:13.1f}" for v in np.percentile(a, q, axis=0)))
+    print("mean" + " ".join(f"{v:13.1f}" for v in a.mean(axis=0)))
+    print(
+        f"  every batch ({len(batches):,}): state+offsets+commit p50 {np.percentile(txn, 50):.1f}"
+        f"  p99 {np.percentile(txn, 99):.1f}  messages/batch p50 "
+        f"{np.percentile([b['messages'] for b in batches], 50):.0f}"
+    )
 
 
 def main() -> None:
@@ -188,7 +246,12 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=10_000)
     ap.add_argument("--rate", type=int, default=5_000)
     ap.add_argument("--bootstrap", default="")
+    ap.add_argument("--guarantee", default="exactly_once,at_least_once", help="comma-separated")
+    ap.add_argument("--runtime", default="", help="passed to `mambo worker --runtime` (default: native)")
+    ap.add_argument("--latency-only", action="store_true")
     args = ap.parse_args()
+    if args.runtime:
+        RUNTIME[:] = ["--runtime", args.runtime]
     configure_logging("console")
     with tempfile.TemporaryDirectory() as tmp:
         logs = Path(tmp)
@@ -200,8 +263,10 @@ def main() -> None:
             bootstrap = broker.bootstrap
         try:
             print(f"Kafka pipeline benchmark, broker {bootstrap}, {os.cpu_count()} cores (shared, noisy)")
-            throughput(bootstrap, args.trades, args.batch_size, logs)
-            latency(bootstrap, args.rate, logs)
+            if not args.latency_only:
+                throughput(bootstrap, args.trades, args.batch_size, logs)
+            for guarantee in args.guarantee.split(","):
+                latency(bootstrap, args.rate, logs, guarantee)
         finally:
             if broker is not None:
                 broker.stop()

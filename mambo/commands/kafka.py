@@ -174,15 +174,36 @@ def register(app: typer.Typer) -> None:
         batch_size: Annotated[int, typer.Option(help="Trades per transaction, at most.")] = 10_000,
         idle_exit: IdleOpt = None,
         prefix: PrefixOpt = "",
+        trace: Annotated[
+            Path | None, typer.Option(help="Write each batch's timings here (JSON lines) at exit.")
+        ] = None,
+        runtime: Annotated[
+            str, typer.Option(help="native (confluent-kafka transactions) or faust (mambo.agents).")
+        ] = "native",
         config: ConfigOpt = None,
         data_dir: DataDirOpt = None,
     ) -> None:
-        """Run the pipeline's stages on this worker's share of md.trades' partitions, exactly once."""
+        """Run the pipeline's stages on this worker's share of md.trades' and md.candles' partitions,
+        exactly once (or at least once: kafka.processing_guarantee)."""
         from mambo.streams.kafka.worker import Worker
 
         settings = _settings(config, data_dir)
+        if runtime not in ("native", "faust"):
+            typer.echo(f"error: --runtime must be native or faust, not {runtime!r}", err=True)
+            raise typer.Exit(2)
+        if runtime == "faust":
+            from mambo.agents.app import faust_worker
+
+            faust_worker(settings, name=name, batch_size=batch_size, prefix=prefix, idle_exit=idle_exit)
+            return
         Worker(
-            _bootstrap(settings), settings.engine.to_config(), name=name, batch_size=batch_size, prefix=prefix
+            _bootstrap(settings),
+            settings.engine.to_config(),
+            name=name,
+            batch_size=batch_size,
+            prefix=prefix,
+            guarantee=settings.kafka.processing_guarantee,
+            trace=trace,
         ).run(_until_signal(), idle_exit)
 
     @app.command()

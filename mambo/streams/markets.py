@@ -24,13 +24,14 @@ risk engine, broker, portfolio), which pickle: :meth:`MarketPipelines.state` and
 from __future__ import annotations
 
 import pickle
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 from mambo.core.market import Market
 from mambo.core.stages import EngineConfig, ExecutionStage, Stage, build_stages
 from mambo.schemas.batches import TradeBatch, validate_trades
-from mambo.schemas.topics import TRADES, dlq_topic
+from mambo.schemas.events import Candle, DeadLetter, make_id
+from mambo.schemas.topics import EXCHANGE_CANDLES, TRADES, dlq_topic
 from mambo.streams.bus import EventBus
 
 __all__ = ["MarketPipelines"]
@@ -69,7 +70,7 @@ class MarketPipelines:
         return bus
 
     def _forward(self, topic: str, payload: Any) -> None:
-        if topic != TRADES.name:  # the input itself is already on its topic
+        if topic not in (TRADES.name, EXCHANGE_CANDLES.name):  # the inputs are already on their topics
             self.emit(topic, payload)
 
     def _bus(self, key: str) -> EventBus:
@@ -104,6 +105,31 @@ class MarketPipelines:
             self._bus(key).publish(TRADES.name, sub)
             touched.append(key)
         return touched
+
+    def ingest_candles(self, candles: Sequence[Candle]) -> list[str]:
+        """Exchange candles (already closed, md.candles) through their markets' pipelines, in order;
+        the keys touched. A candle of an unknown market becomes a dead letter, as in the embedded
+        runtime."""
+        touched: dict[str, None] = {}
+        for c in candles:
+            key = c.key
+            if self.known_markets is not None and key not in self.known_markets:
+                self.emit(
+                    dlq_topic(EXCHANGE_CANDLES.name),
+                    DeadLetter(
+                        event_id=make_id("dlq", EXCHANGE_CANDLES.name, c.event_id),
+                        ts_event=c.ts_event,
+                        ts_init=c.ts_init,
+                        topic=EXCHANGE_CANDLES.name,
+                        key=key,
+                        reason=f"unknown market {key}",
+                        payload=c.model_dump_json(),
+                    ),
+                )
+                continue
+            self._bus(key).publish(EXCHANGE_CANDLES.name, c)
+            touched[key] = None
+        return list(touched)
 
     def state(self, key: str) -> bytes:
         """The market's whole operator state, serialized (for the changelog)."""

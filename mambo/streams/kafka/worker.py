@@ -1,26 +1,54 @@
 """The Kafka worker: every stage, per market, on the partitions of md.trades this process owns.
 
 Shape (see :mod:`mambo.streams.markets` for why each market is its own pipeline and account):
-a consumer in group ``mambo-workers`` reads md.trades in batches; for each partition's slice it
-decodes the trades (undecodable messages go to ``md.trades.dlq`` with topic, partition, offset and
-the reason), runs them through :class:`~mambo.streams.markets.MarketPipelines` (the same stages as
-the embedded runtime, whose bus dead-letters a failing stage's message and goes on), produces every
-event the stages publish to its topic, keyed as the registry says, and writes each touched market's
-state to the compacted changelog ``mambo.worker.state`` in the partition of its input.
+a consumer in group ``mambo-workers`` reads md.trades and md.candles (exchange candles, which the
+candle stage passes through) in batches; for each partition's slice it decodes the messages
+(undecodable ones go to ``<topic>.dlq`` with topic, partition, offset and the reason), runs them
+through :class:`~mambo.streams.markets.MarketPipelines` (the same stages as the embedded runtime,
+whose bus dead-letters a failing stage's message and goes on), produces every event the stages
+publish to its topic, keyed as the registry says, and writes each touched market's state to the
+compacted changelog ``mambo.worker.state`` in the partition of its input. A market's trades and
+candles share a partition number (same key, same partitioner) and the range assignor gives both to
+the same worker; each topic keeps its own order, and within one poll a partition's messages are
+handled topic run by topic run, in the order they were fetched.
 
-Exactly once: all of that, and the consumer offsets, go in ONE Kafka transaction per batch
-(``send_offsets_to_transaction`` with the group's metadata, KIP-447 fencing). A worker killed at any
-point leaves either the whole batch (outputs, state, offsets) or none of it; readers use
-``isolation.level=read_committed``. The transactional id is stable per worker name
-(``mambo-worker-<name>``), so a restarted worker aborts its predecessor's open transaction at once
-instead of waiting for the transaction timeout. On assignment the worker restores its partitions'
-markets from the changelog (read_committed, to the end), then consumes from the committed offsets.
+The processing guarantee (``kafka.processing_guarantee``):
 
-Why not Faust (the issue asked for Faust agents): Faust's exactly-once mode, its recovery after a
-kill (faust-streaming issues 21, 47, 74, 216: recovery hangs) and its one-message-at-a-time agents
-were the risks DESIGN.md names; a transaction per batch on confluent-kafka gives the same guarantees
-(state in a changelog topic, offsets committed atomically with outputs) in a few lines we can test,
-at batch speed. The stages are reused unchanged either way.
+- ``exactly_once`` (default): a batch's outputs, its markets' state and the input offsets go in ONE
+  Kafka transaction (``send_offsets_to_transaction`` with the group's metadata, KIP-447 fencing). A
+  worker killed at any point leaves either the whole batch or none of it; readers use
+  ``isolation.level=read_committed``. The transactional id is stable per worker name
+  (``mambo-worker-<name>``), so a restarted worker aborts its predecessor's open transaction at once.
+- ``at_least_once``: no transactions. Outputs are produced (idempotent producer) and flushed; then
+  the state, each record carrying the input offsets it includes, is produced and flushed; then the
+  offsets are committed (asynchronously: the state already says how far each market got). A crash
+  after the outputs were flushed and before the state was can repeat that one batch's outputs on
+  restart. Each repeat is an exact duplicate (same deterministic ``event_id``, same content, as
+  long as a partition's ``ts_init`` never goes backwards, which holds for a source stamping the
+  wall clock): ClickHouse's ReplacingMergeTree keeps one row, and an exchange order's client id
+  derives from ``client_order_id``, so ExchangeBroker never sends it twice. A crash after the state
+  was flushed loses nothing and repeats nothing: on restart, a market skips the input its state
+  already holds (the offsets in its state record), whatever the group committed.
+
+On assignment the worker restores its partitions' markets from the changelog (read_committed, to the
+end), then consumes from the committed offsets.
+
+Latency (what ``benchmarks/kafka_pipeline.py`` measures, with a trace of every transaction:
+``trace=``): a back-to-back transaction's ``AddOffsetsToTxn`` (in ``send_offsets_to_transaction``)
+and ``AddPartitionsToTxn`` meet ``CONCURRENT_TRANSACTIONS`` until the broker has written the previous
+transaction's markers (a few ms on one node), and librdkafka retries after ``retry.backoff.ms``
+(default 100 ms; 20 ms fixed for AddPartitions). So the worker's producer retries after 1 ms,
+growing exponentially (``retry.backoff.max.ms``) when a real outage makes retries fail, and
+alternates between two transactional producers: transaction k+1 begins on the other id while the
+broker finishes k's markers, so it never waits for them. One transaction runs at a time and k+1
+begins only after k's commit returned, so outputs keep their order and the group's committed offsets
+only move forward (the later offset commit wins). Both ids are fenced at start (``init_transactions``
+aborts whatever a predecessor left open).
+
+Why not Faust for this runtime: Faust's exactly-once mode, its recovery after a kill (faust-streaming
+issues 21, 47, 74, 216: recovery hangs) and its one-message-at-a-time agents were the risks
+DESIGN.md names; a transaction per batch on confluent-kafka gives the same guarantees in a few lines
+we can test, at batch speed. The stages are reused unchanged either way.
 """
 
 from __future__ import annotations
@@ -30,24 +58,44 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
+import orjson
 import structlog
-from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from mambo.core.market import Market
 from mambo.core.stages import EngineConfig
 from mambo.schemas.batches import TradeBatch
-from mambo.schemas.events import Event
-from mambo.schemas.topics import TRADES, by_name, dlq_topic
-from mambo.streams.kafka.codec import check_trades, dead_letter, decode_trades, encode, headers_for
+from mambo.schemas.events import Candle, Event
+from mambo.schemas.topics import EXCHANGE_CANDLES, TRADES, by_name, dlq_topic
+from mambo.streams.kafka.codec import (
+    DecodeError,
+    check_trades,
+    dead_letter,
+    decode,
+    decode_trades,
+    encode,
+    headers_for,
+)
 from mambo.streams.kafka.producer import PRODUCER_DEFAULTS
 from mambo.streams.kafka.topology import STATE_TOPIC
 from mambo.streams.markets import MarketPipelines
 
-__all__ = ["Worker"]
+__all__ = ["INPUTS", "Guarantee", "Worker", "WorkerError"]
 
 log = structlog.get_logger("mambo.kafka.worker")
+
+Guarantee = Literal["exactly_once", "at_least_once"]
+#: The topics a worker reads, all keyed by market: trades, and exchange candles (passed through).
+INPUTS: tuple[str, ...] = (TRADES.name, EXCHANGE_CANDLES.name)
+_OFFSETS_HEADER = "mambo-offsets"  # on a state record: {input topic: next offset} it includes
+_PARTITION_EOF = KafkaError._PARTITION_EOF
+
+
+class WorkerError(RuntimeError):
+    """The broker refused outputs (after librdkafka's retries): the batch is not committed."""
 
 
 class Worker:
@@ -64,17 +112,28 @@ class Worker:
         batch_size: int = 10_000,
         poll_seconds: float = 0.01,
         prefix: str = "",
+        guarantee: Guarantee = "exactly_once",
+        trace: Path | None = None,
     ) -> None:
+        if guarantee not in ("exactly_once", "at_least_once"):
+            raise ValueError(f"processing guarantee {guarantee!r}: exactly_once or at_least_once")
         self.bootstrap = bootstrap
         self.name = name
         self.prefix = prefix  # namespaces topics, group and transactional id
         self.group = prefix + group
         self.batch_size = batch_size
         self.poll_seconds = poll_seconds
+        self.guarantee = guarantee
+        self.trace_file = trace
+        self._trace: list[dict[str, Any]] = []
         self._out: list[tuple[str, Any]] = []
         self.pipelines = MarketPipelines(config, self._collect, markets, known_markets)
         self._partition_of: dict[str, int] = {}  # market key -> input partition (and its state's)
+        self._offsets: dict[str, dict[str, int]] = {}  # market key -> {input topic: next offset}
+        self._skip: dict[tuple[str, str], int] = {}  # (topic, key) -> offset its restored state reached
+        self._delivery_errors: list[str] = []
         self.processed = 0  # trades
+        self.candles = 0  # exchange candles
         self.batches = 0
         self.assigned: list[int] = []
         self._headers = {t.name: headers_for(t.model) for t in (TRADES,)}
@@ -100,7 +159,7 @@ class Worker:
         )
         try:
             c.assign([TopicPartition(self.prefix + STATE_TOPIC, p, 0) for p in partitions])  # 0 -> beginning
-            latest: dict[str, tuple[int, bytes]] = {}
+            latest: dict[str, tuple[int, bytes, Any]] = {}
             open_parts = set(partitions)
             deadline = time.monotonic() + 120
             while open_parts:
@@ -109,24 +168,30 @@ class Worker:
                 for m in c.consume(10_000, 0.5):
                     err = m.error()
                     if err is not None:
-                        if err.code() == -191:  # _PARTITION_EOF: caught up with the committed end
+                        if err.code() == _PARTITION_EOF:  # caught up with the committed end
                             open_parts.discard(m.partition())
                             continue
                         raise KafkaException(err)
                     key = (m.key() or b"").decode()
-                    latest[key] = (m.partition() or 0, m.value() or b"")
+                    latest[key] = (m.partition() or 0, m.value() or b"", m.headers())
         finally:
             c.close()
-        for key, (p, blob) in latest.items():
+        for key, (p, blob, headers) in latest.items():
             if blob:
                 self.pipelines.restore(key, blob)
                 self._partition_of[key] = p
+                offsets: dict[str, int] = next(
+                    (orjson.loads(v) for h, v in headers or () if h == _OFFSETS_HEADER), {}
+                )
+                self._offsets[key] = offsets
+                for topic, offset in offsets.items():
+                    self._skip[(topic, key)] = offset
         log.info("worker.restored", worker=self.name, partitions=partitions, markets=len(latest))
 
     # --- rebalance -----------------------------------------------------------------------------
 
     def _on_assign(self, consumer: Consumer, parts: list[TopicPartition]) -> None:
-        new = [p.partition for p in parts]
+        new = sorted({p.partition for p in parts} - set(self.assigned))
         self.assigned = sorted(set(self.assigned) | set(new))
         self._restore(new)
         log.info("worker.assigned", worker=self.name, partitions=self.assigned)
@@ -138,22 +203,41 @@ class Worker:
         self.pipelines.drop(keys)
         for k in keys:
             del self._partition_of[k]
+            self._offsets.pop(k, None)
+        self._skip = {tk: o for tk, o in self._skip.items() if tk[1] not in keys}
         log.info("worker.revoked", worker=self.name, partitions=sorted(gone))
 
     # --- the loop ------------------------------------------------------------------------------
 
+    def _producer(self, transactional_id: str | None) -> Producer:
+        config: dict[str, Any] = {
+            "bootstrap.servers": self.bootstrap,
+            **PRODUCER_DEFAULTS,
+            "linger.ms": 1,  # a batch's outputs are flushed by its commit anyway
+            # CONCURRENT_TRANSACTIONS (the previous transaction's markers being written) is retried
+            # after this; exponential up to retry.backoff.max.ms if retries keep failing
+            "retry.backoff.ms": 1,
+        }
+        if transactional_id is not None:
+            config |= {"transactional.id": transactional_id, "transaction.timeout.ms": 10_000}
+        else:
+            config["on_delivery"] = self._on_delivery
+        producer = Producer(config)
+        if transactional_id is not None:
+            producer.init_transactions(30)
+        return producer
+
+    def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
+        if err is not None:
+            self._delivery_errors.append(f"{msg.topic()}: {err.str()}")
+
     def run(self, stop: threading.Event | None = None, idle_exit: float | None = None) -> None:
         stop = stop or threading.Event()
-        producer = Producer(
-            {
-                "bootstrap.servers": self.bootstrap,
-                **PRODUCER_DEFAULTS,
-                "transactional.id": f"{self.prefix}mambo-worker-{self.name}",
-                "transaction.timeout.ms": 10_000,
-                "linger.ms": 1,  # a batch's outputs are flushed by its commit anyway
-            }
-        )
-        producer.init_transactions(30)
+        base = f"{self.prefix}mambo-worker-{self.name}"
+        if self.guarantee == "exactly_once":  # two ids, alternating (see the module's docstring)
+            producers = [self._producer(base), self._producer(f"{base}-b")]
+        else:
+            producers = [self._producer(None)]
         consumer = Consumer(
             {
                 "bootstrap.servers": self.bootstrap,
@@ -161,19 +245,28 @@ class Worker:
                 "enable.auto.commit": False,
                 "auto.offset.reset": "earliest",
                 "isolation.level": "read_committed",
-                "partition.assignment.strategy": "range",
+                "partition.assignment.strategy": "range",  # a market's trades and candles together
                 "session.timeout.ms": 10_000,
                 "heartbeat.interval.ms": 1_000,
                 "fetch.wait.max.ms": 10,  # latency: do not let the broker hold a fetch for 500 ms
                 "log_level": 3,
             }
         )
-        consumer.subscribe([self.prefix + TRADES.name], on_assign=self._on_assign, on_revoke=self._on_revoke)
-        log.info("worker.started", worker=self.name, pid=os.getpid(), bootstrap=self.bootstrap)
+        consumer.subscribe(
+            [self.prefix + t for t in INPUTS], on_assign=self._on_assign, on_revoke=self._on_revoke
+        )
+        log.info(
+            "worker.started",
+            worker=self.name,
+            pid=os.getpid(),
+            bootstrap=self.bootstrap,
+            guarantee=self.guarantee,
+        )
         last = time.monotonic()
         try:
             while not stop.is_set():
-                msgs = consumer.consume(self.batch_size, self.poll_seconds)
+                t_poll = time.time_ns()
+                msgs = _consume(consumer, self.batch_size, self.poll_seconds)
                 msgs = [m for m in msgs if m.error() is None or not self._log_error(m)]
                 if not msgs:
                     if not self.assigned:  # idle time counts from the group's assignment
@@ -182,36 +275,135 @@ class Worker:
                         break
                     continue
                 last = time.monotonic()
-                self._process(consumer, producer, msgs)
+                producer = producers[self.batches % len(producers)]
+                self._process(consumer, producer, msgs, t_poll)
         finally:
             consumer.close()
-            producer.flush(10)
-            log.info("worker.stopped", worker=self.name, trades=self.processed, batches=self.batches)
+            for p in producers:
+                p.flush(10)
+            self._write_trace()
+            log.info(
+                "worker.stopped",
+                worker=self.name,
+                trades=self.processed,
+                candles=self.candles,
+                batches=self.batches,
+            )
 
     @staticmethod
     def _log_error(m: Message) -> bool:
         log.warning("worker.consume_error", error=str(m.error()))
         return True
 
-    def _process(self, consumer: Consumer, producer: Producer, msgs: list[Message]) -> None:
+    def _process(self, consumer: Consumer, producer: Producer, msgs: list[Message], t_poll: int) -> None:
+        t_got = time.time_ns()
         by_part: dict[int, list[Message]] = defaultdict(list)
         for m in msgs:
             by_part[m.partition()].append(m)  # type: ignore[index]
-        producer.begin_transaction()
+        exactly_once = self.guarantee == "exactly_once"
+        if exactly_once:
+            producer.begin_transaction()
         try:
-            offsets = []
+            touched: dict[str, int] = {}
+            next_offsets: dict[tuple[str, int], int] = {}
+            ts_inits: list[int] = []
             for p, part in by_part.items():
-                self._process_partition(producer, p, part)
-                offsets.append(TopicPartition(self.prefix + TRADES.name, p, part[-1].offset() + 1))  # type: ignore[operator]
-            producer.send_offsets_to_transaction(offsets, consumer.consumer_group_metadata(), 30)
-            producer.commit_transaction(30)
+                for key in self._process_partition(producer, p, part, ts_inits):
+                    touched[key] = p
+                for m in part:
+                    next_offsets[(m.topic(), p)] = _offset(m) + 1  # type: ignore[index]
+            t_done = time.time_ns()
+            if not exactly_once:
+                self._flush(producer)  # the outputs are in before the state that includes them
+            for key, p in touched.items():
+                self._partition_of[key] = p
+                producer.produce(
+                    self.prefix + STATE_TOPIC,
+                    self.pipelines.state(key),
+                    key.encode(),
+                    partition=p,
+                    headers=[(_OFFSETS_HEADER, orjson.dumps(self._offsets.get(key, {})))],
+                )
+            t_state = time.time_ns()
+            commit = [TopicPartition(t, p, o) for (t, p), o in next_offsets.items()]
+            if exactly_once:
+                producer.send_offsets_to_transaction(commit, consumer.consumer_group_metadata(), 30)
+                t_offsets = time.time_ns()
+                producer.commit_transaction(30)
+            else:
+                self._flush(producer)
+                t_offsets = time.time_ns()
+                consumer.commit(offsets=commit, asynchronous=True)
         except Exception:
             log.exception("worker.batch_failed", worker=self.name)
-            producer.abort_transaction(30)
+            if exactly_once:
+                producer.abort_transaction(30)
             raise
         self.batches += 1
+        if self.trace_file is not None:
+            self._trace.append(
+                {
+                    "poll": t_poll,
+                    "got": t_got,
+                    "done": t_done,
+                    "state": t_state,
+                    "offsets": t_offsets,
+                    "commit": time.time_ns(),
+                    "ts_init": ts_inits,
+                    "messages": len(msgs),
+                }
+            )
 
-    def _process_partition(self, producer: Producer, partition: int, msgs: list[Message]) -> None:
+    def _flush(self, producer: Producer) -> None:
+        left = producer.flush(30)
+        errors, self._delivery_errors = self._delivery_errors, []
+        if left or errors:
+            first = errors[0] if errors else f"{left} messages still queued after 30 s"
+            raise WorkerError(f"{len(errors) + bool(left)} outputs not delivered, first: {first}")
+
+    def _process_partition(
+        self, producer: Producer, partition: int, msgs: list[Message], ts_inits: list[int]
+    ) -> list[str]:
+        """Handle one partition's messages, run by run of one topic; the market keys touched."""
+        touched: list[str] = []
+        start = 0
+        for i in range(1, len(msgs) + 1):
+            if i == len(msgs) or msgs[i].topic() != msgs[start].topic():
+                run = msgs[start:i]
+                topic = (run[0].topic() or "").removeprefix(self.prefix)
+                if self._skip:
+                    run = self._unseen(topic, partition, run)
+                if run:
+                    if topic == TRADES.name:
+                        touched += self._trades(producer, partition, run, ts_inits)
+                    else:
+                        touched += self._candles(producer, partition, run)
+                    self._note_offsets(topic, run)
+                start = i
+        return list(dict.fromkeys(touched))
+
+    def _unseen(self, topic: str, partition: int, msgs: list[Message]) -> list[Message]:
+        """The messages a restored market's state does not hold yet (at-least-once: its state may be
+        ahead of the group's committed offsets; exactly once it never is)."""
+        first = _offset(msgs[0])
+        for tk in [tk for tk, o in self._skip.items() if tk[0] == topic and o <= first]:
+            del self._skip[tk]  # caught up: nothing of this market's to skip any more
+        if not any(tk[0] == topic for tk in self._skip):
+            return msgs
+        keep = [m for m in msgs if _offset(m) >= self._skip.get((topic, (m.key() or b"").decode()), 0)]
+        log.info("worker.skipped", topic=topic, partition=partition, messages=len(msgs) - len(keep))
+        return keep
+
+    def _note_offsets(self, topic: str, msgs: list[Message]) -> None:
+        last: dict[bytes, int] = {}
+        for m in msgs:
+            last[m.key() or b""] = _offset(m)
+        for key, offset in last.items():
+            self._offsets.setdefault(key.decode("utf-8", "replace"), {})[topic] = offset + 1
+
+    def _trades(
+        self, producer: Producer, partition: int, msgs: list[Message], ts_inits: list[int]
+    ) -> list[str]:
         batch, _, undecodable = decode_trades([m.value() for m in msgs])
         decoded = (
             [m for i, m in enumerate(msgs) if i not in {j for j, _ in undecodable}] if undecodable else msgs
@@ -221,22 +413,46 @@ class Worker:
         if invalid:
             batch = batch.take(rows)
         for m, reason in bad:
-            offset, ts = _offset(m), m.timestamp()[1] * 10**6
-            letter = dead_letter(TRADES.name, partition, offset, m.key(), m.value(), reason, ts)
-            self._send(producer, dlq_topic(TRADES.name), letter)
-            log.warning("dead letter", topic=TRADES.name, partition=partition, offset=offset, reason=reason)
+            self._dead_letter(producer, TRADES.name, partition, m, reason)
+        if len(batch):
+            ts_inits.append(int(batch.ts_init))
+        touched = self._run(producer, lambda: self.pipelines.ingest_trades(batch))
+        self.processed += len(batch)
+        return touched
+
+    def _candles(self, producer: Producer, partition: int, msgs: list[Message]) -> list[str]:
+        candles: list[Candle] = []
+        known = self.pipelines.known_markets
+        for m in msgs:
+            try:
+                candle: Candle = decode(EXCHANGE_CANDLES, m.value(), m.headers())  # type: ignore[assignment]
+            except DecodeError as ex:
+                self._dead_letter(producer, EXCHANGE_CANDLES.name, partition, m, str(ex))
+                continue
+            if known is not None and candle.key not in known:
+                self._dead_letter(
+                    producer, EXCHANGE_CANDLES.name, partition, m, f"unknown market {candle.key}"
+                )
+                continue
+            candles.append(candle)
+        self.candles += len(candles)
+        return self._run(producer, lambda: self.pipelines.ingest_candles(candles))
+
+    def _run(self, producer: Producer, ingest: Any) -> list[str]:
+        """Run the pipelines and produce what they publish; the market keys they touched."""
         self._out.clear()
-        touched = self.pipelines.ingest_trades(batch)
+        touched: list[str] = ingest()
         for topic, event in self._out:
             if not isinstance(event, TradeBatch):
                 self._send(producer, topic, event)
         self._out.clear()
-        for key in touched:
-            self._partition_of[key] = partition
-            producer.produce(
-                self.prefix + STATE_TOPIC, self.pipelines.state(key), key.encode(), partition=partition
-            )
-        self.processed += len(batch)
+        return touched
+
+    def _dead_letter(self, producer: Producer, topic: str, partition: int, m: Message, reason: str) -> None:
+        offset, ts = _offset(m), m.timestamp()[1] * 10**6
+        letter = dead_letter(topic, partition, offset, m.key(), m.value(), reason, ts)
+        self._send(producer, dlq_topic(topic), letter)
+        log.warning("dead letter", topic=topic, partition=partition, offset=offset, reason=reason)
 
     def _send(self, producer: Producer, topic: str, event: Event) -> None:
         t = by_name(topic)
@@ -250,6 +466,22 @@ class Worker:
                 return
             except BufferError:
                 producer.poll(0.05)
+
+    def _write_trace(self) -> None:
+        if self.trace_file is None:
+            return
+        with self.trace_file.open("wb") as f:
+            for row in self._trace:
+                f.write(orjson.dumps(row) + b"\n")
+
+
+def _consume(consumer: Consumer, n: int, timeout: float) -> list[Message]:
+    """Up to ``n`` messages, returning as soon as there is one (``consume(n, timeout)`` would wait
+    the whole timeout for ``n``): the first by ``poll``, then whatever is already fetched."""
+    first = consumer.poll(timeout)
+    if first is None:
+        return []
+    return [first, *consumer.consume(n - 1, 0)] if n > 1 else [first]
 
 
 def _offset(m: Message) -> int:
