@@ -12,6 +12,8 @@ from typing import Annotated, Any
 
 import typer
 
+from mambo.commands.kafka import PrefixOpt
+
 __all__ = ["register"]
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="TOML settings file (see README).")]
@@ -105,6 +107,7 @@ def register(app: typer.Typer) -> None:
         stall_seconds: Annotated[float, typer.Option(help="Reconnect a stream silent this long.")] = 30.0,
         duration: Annotated[float | None, typer.Option(help="Stop after this many seconds.")] = None,
         base_url: BaseUrlOpt = None,
+        prefix: PrefixOpt = "",
         config: ConfigOpt = None,
         data_dir: DataDirOpt = None,
     ) -> None:
@@ -113,7 +116,9 @@ def register(app: typer.Typer) -> None:
 
         settings = _settings(config, data_dir, trading_timeframe=timeframe)
         asyncio.run(
-            _run_source(settings, exchange, symbols, top, quote, timeframe, stall_seconds, duration, base_url)
+            _run_source(
+                settings, exchange, symbols, top, quote, timeframe, stall_seconds, duration, base_url, prefix
+            )
         )
 
     @app.command("backfill")
@@ -149,6 +154,7 @@ async def _run_source(
     stall_seconds: float,
     duration: float | None,
     base_url: str | None,
+    prefix: str = "",
 ) -> None:
     from mambo.connectors.clickhouse import ClickHouseSink, connect, ensure_schema
     from mambo.connectors.exchange_source import (
@@ -174,7 +180,7 @@ async def _run_source(
         kafka = settings.kafka.bootstrap
         sink = None
         if kafka:
-            publisher: Any = KafkaSourcePublisher(kafka)
+            publisher: Any = KafkaSourcePublisher(kafka, prefix=prefix)
         else:
             db = settings.clickhouse.database
             ch = connect(settings.clickhouse_dsn, db)

@@ -53,6 +53,11 @@ def kafka_prefix(bootstrap: str) -> str:
 
 def read_topic(bootstrap: str, topic: str, prefix: str = "") -> list[Event]:
     """Every committed event on a topic, partition by partition (read_committed, to the end)."""
+    return [event for _, event in read_keyed(bootstrap, topic, prefix)]
+
+
+def read_keyed(bootstrap: str, topic: str, prefix: str = "") -> list[tuple[str, Event]]:
+    """:func:`read_topic` with each message's key."""
     model = by_name(topic)
     c = Consumer(
         {
@@ -67,7 +72,7 @@ def read_topic(bootstrap: str, topic: str, prefix: str = "") -> list[Event]:
     md = c.list_topics(prefix + topic, timeout=10)
     parts = list(md.topics[prefix + topic].partitions)
     c.assign([TopicPartition(prefix + topic, p, 0) for p in parts])
-    events: list[Event] = []
+    events: list[tuple[str, Event]] = []
     done: set[int] = set()
     while len(done) < len(parts):
         for m in c.consume(10_000, 1.0):
@@ -76,7 +81,7 @@ def read_topic(bootstrap: str, topic: str, prefix: str = "") -> list[Event]:
                     done.add(m.partition() or 0)
                     continue
                 raise RuntimeError(str(m.error()))
-            events.append(decode(model, m.value(), m.headers()))
+            events.append(((m.key() or b"").decode(), decode(model, m.value(), m.headers())))
     c.close()
     return events
 
