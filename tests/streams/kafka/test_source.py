@@ -16,7 +16,6 @@ import numpy as np
 from typer.testing import CliRunner
 
 from mambo.cli import app
-
 from mambo.connectors.exchange_source import fetch_candles_between
 from mambo.schemas.events import Candle, FeedHealth, Quote, Trade
 from mambo.schemas.topics import EXCHANGE_CANDLES, FEED_HEALTH, QUOTES, TRADES
@@ -26,7 +25,9 @@ from tests.streams.kafka.conftest import read_keyed
 SYMBOLS = ("BTC/USDT", "ETH/USDT")
 
 
-def test_mambo_source_publishes_the_recording_to_kafka(bootstrap: str, kafka_prefix: str, tmp_path: Path) -> None:
+def test_mambo_source_publishes_the_recording_to_kafka(
+    bootstrap: str, kafka_prefix: str, tmp_path: Path
+) -> None:
     async def main() -> None:
         async with running_exchange(speed=20, history_seconds=5) as (ex, client):
             args = ["source", "--base-url", client.base_url, "--symbols", ",".join(SYMBOLS),
@@ -70,6 +71,9 @@ def test_mambo_source_publishes_the_recording_to_kafka(bootstrap: str, kafka_pre
             health = read_keyed(bootstrap, FEED_HEALTH.name, kafka_prefix)
             assert {k for k, _ in health} == {"binance"}
             connected = {h.stream for _, h in health if isinstance(h, FeedHealth) and h.status == "connected"}
-            assert connected == {"quotes", *(f"{kind}:{s}" for s in SYMBOLS for kind in ("trades", "candles"))}
+            assert connected == {
+                "quotes",
+                *(f"{kind}:{s}" for s in SYMBOLS for kind in ("trades", "candles")),
+            }
 
     asyncio.run(main())
