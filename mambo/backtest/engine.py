@@ -117,6 +117,12 @@ class Ledger:
         qty = np.array([0.0, *map(float, self.qty)])
         return qty[self.segment(n) + 1]
 
+    def held_bars(self, n: int) -> int:
+        """How many of ``n`` bars close with a position held (``count_nonzero(position(n))``, from
+        the fills alone: each one's position holds from its bar up to the next fill's)."""
+        ends = [*self.bar[1:].tolist(), n]
+        return sum(end - bar for bar, end, qty in zip(self.bar.tolist(), ends, self.qty, strict=True) if qty)
+
     def equity(self, close: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
         """Equity at each bar's close, float64: ``cash + qty × close``."""
         seg = self.segment(len(close)) + 1

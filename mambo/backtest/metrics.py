@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from numba import njit
 
 from mambo.backtest.engine import BacktestResult
 from mambo.schemas.events import Fill, timeframe_ns
@@ -80,9 +81,7 @@ def curve_metrics(
     std = float(returns.std(ddof=1)) if len(returns) > 1 else 0.0
     mean = float(returns.mean())
     downside = math.sqrt(float(np.mean(np.minimum(returns, 0.0) ** 2)))
-    peak = np.maximum.accumulate(equity)
-    drawdown = 1.0 - equity / peak
-    max_dd = float(drawdown.max())
+    max_dd, underwater = _drawdowns(equity, ts)
     return {
         "total_return": total,
         "annualized_return": annualized,
@@ -91,17 +90,23 @@ def curve_metrics(
         "sortino": mean / downside * math.sqrt(bars_per_year) if downside > 0 else 0.0,
         "calmar": annualized / max_dd if max_dd > 0 else 0.0,
         "max_drawdown": max_dd,
-        "max_drawdown_days": _longest_underwater(drawdown, ts) / 86400e9,
+        "max_drawdown_days": underwater / 86400e9,
     }
 
 
-def _longest_underwater(drawdown: npt.NDArray[np.float64], ts: npt.NDArray[np.int64]) -> float:
-    """The longest time (ns) from a peak until equity is back at it (or the end of the data)."""
-    at_peak = np.flatnonzero(drawdown == 0.0)
-    # each stretch under water starts at a peak bar and ends at the next peak bar (or the last bar)
-    ends = np.append(at_peak[1:], len(ts) - 1)
-    spans = ts[ends] - ts[at_peak]
-    return float(spans.max()) if len(spans) else 0.0
+@njit(cache=True)
+def _drawdowns(equity: npt.NDArray[np.float64], ts: npt.NDArray[np.int64]) -> tuple[float, int]:
+    """The maximum drawdown ``1 - equity / peak`` and the longest time (ns) from a peak until equity
+    is back at it (or the end of the data), in one pass (equity[0] > 0)."""
+    peak, max_dd, at_peak, longest = equity[0], 0.0, 0, 0
+    for i in range(len(equity)):
+        peak = max(peak, equity[i])
+        drawdown = 1.0 - equity[i] / peak
+        max_dd = max(max_dd, drawdown)
+        if drawdown == 0.0:  # at a peak: the stretch under water since the previous one ends here
+            longest = max(longest, ts[i] - ts[at_peak])
+            at_peak = i
+    return max_dd, max(longest, ts[len(ts) - 1] - ts[at_peak])
 
 
 def compute_metrics(result: BacktestResult) -> dict[str, Any]:
@@ -114,7 +119,7 @@ def compute_metrics(result: BacktestResult) -> dict[str, Any]:
     losses = [t.pnl for t in trips if t.pnl <= 0]
     gross_win, gross_loss = sum(wins, Decimal(0)), -sum(losses, Decimal(0))
     fees = sum((f.fee for f in result.fills), Decimal(0))
-    position = result.position
+    bars = len(frame)
     strategy.update(
         {
             "trades": len(result.fills),
@@ -122,7 +127,7 @@ def compute_metrics(result: BacktestResult) -> dict[str, Any]:
             "win_rate": len(wins) / len(trips) if trips else 0.0,
             "profit_factor": float(gross_win / gross_loss) if gross_loss else (math.inf if wins else 0.0),
             "expectancy": float(sum((t.pnl for t in trips), Decimal(0)) / len(trips)) if trips else 0.0,
-            "exposure": float(np.count_nonzero(position) / len(position)) if len(position) else 0.0,
+            "exposure": result.ledger.held_bars(bars) / bars if bars else 0.0,
             "fees": str(fees),
             "initial_equity": str(result.ledger.initial_cash),
             "final_equity": str(result.final_equity),

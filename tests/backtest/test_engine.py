@@ -48,6 +48,8 @@ def assert_same(events: BacktestResult, vector: BacktestResult) -> None:
     assert exact == events.portfolio_equity
     expected = np.array([float(e) for e in events.portfolio_equity])
     np.testing.assert_allclose(vector.equity, expected, rtol=1e-13, atol=0)
+    n = len(vector.frame)
+    assert vector.ledger.held_bars(n) == np.count_nonzero(vector.position) > 0
 
 
 def test_sma_crossover_on_both_paths_gives_the_reference_trades(frame: CandleFrame) -> None:

@@ -9,10 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from mambo.backtest.data import load_candles
 from mambo.backtest.engine import run_vectorized
-from mambo.backtest.metrics import compute_metrics, curve_metrics, round_trips
+from mambo.backtest.metrics import _drawdowns, compute_metrics, curve_metrics, round_trips
 from mambo.core.stages import EngineConfig
 from mambo.schemas.events import Fill
 
@@ -35,6 +37,22 @@ def test_curve_metrics_of_a_hand_worked_curve() -> None:
     assert m["calmar"] == pytest.approx(m["annualized_return"] / 0.1, rel=1e-12)
     # under water from day 1 (peak 110) to day 3 (121, a new peak), and again from day 3 to the end
     assert m["max_drawdown_days"] == pytest.approx(2.0)
+
+
+@given(st.lists(st.floats(0.5, 2.0), min_size=1, max_size=60), st.booleans())
+def test_drawdown_figures_are_numpys_whole_array_formulas(steps: list[float], flat: bool) -> None:
+    """The one-pass kernel gives what the whole-array formulas give, bit for bit (plateaus included)."""
+    equity = np.cumprod(np.round(steps, 1) if flat else steps) * 100.0
+    ts = np.cumsum(np.arange(1, len(equity) + 1, dtype=np.int64)) * DAY  # uneven gaps
+    peak = np.maximum.accumulate(equity)
+    drawdown = 1.0 - equity / peak
+    at_peak = np.flatnonzero(drawdown == 0.0)
+    spans = ts[np.append(at_peak[1:], len(ts) - 1)] - ts[at_peak]
+    m = curve_metrics(equity, ts, "1d") if len(equity) > 1 else None
+    max_dd, underwater = _drawdowns(equity, ts)
+    assert (max_dd, underwater) == (float(drawdown.max()), int(spans.max()))
+    if m is not None:
+        assert (m["max_drawdown"], m["max_drawdown_days"]) == (max_dd, underwater / 86400e9)
 
 
 def fill(side: str, ts: int, price: str, qty: str, fee: str, realized: str) -> Fill:
