@@ -130,7 +130,8 @@ class Worker:
         self.pipelines = MarketPipelines(config, self._collect, markets, known_markets)
         self._partition_of: dict[str, int] = {}  # market key -> input partition (and its state's)
         self._offsets: dict[str, dict[str, int]] = {}  # market key -> {input topic: next offset}
-        self._skip: dict[tuple[str, str], int] = {}  # (topic, key) -> offset its restored state reached
+        # (input topic, partition) -> {market key: the offset its restored state reached}
+        self._skip: dict[tuple[str, int], dict[str, int]] = {}
         self._delivery_errors: list[str] = []
         self.processed = 0  # trades
         self.candles = 0  # exchange candles
@@ -185,7 +186,7 @@ class Worker:
                 )
                 self._offsets[key] = offsets
                 for topic, offset in offsets.items():
-                    self._skip[(topic, key)] = offset
+                    self._skip.setdefault((topic, p), {})[key] = offset
         log.info("worker.restored", worker=self.name, partitions=partitions, markets=len(latest))
 
     # --- rebalance -----------------------------------------------------------------------------
@@ -204,7 +205,7 @@ class Worker:
         for k in keys:
             del self._partition_of[k]
             self._offsets.pop(k, None)
-        self._skip = {tk: o for tk, o in self._skip.items() if tk[1] not in keys}
+        self._skip = {tp: skip for tp, skip in self._skip.items() if tp[1] not in gone}
         log.info("worker.revoked", worker=self.name, partitions=sorted(gone))
 
     # --- the loop ------------------------------------------------------------------------------
@@ -371,7 +372,7 @@ class Worker:
             if i == len(msgs) or msgs[i].topic() != msgs[start].topic():
                 run = msgs[start:i]
                 topic = (run[0].topic() or "").removeprefix(self.prefix)
-                if self._skip:
+                if (topic, partition) in self._skip:
                     run = self._unseen(topic, partition, run)
                 if run:
                     if topic == TRADES.name:
@@ -386,11 +387,12 @@ class Worker:
         """The messages a restored market's state does not hold yet (at-least-once: its state may be
         ahead of the group's committed offsets; exactly once it never is)."""
         first = _offset(msgs[0])
-        for tk in [tk for tk, o in self._skip.items() if tk[0] == topic and o <= first]:
-            del self._skip[tk]  # caught up: nothing of this market's to skip any more
-        if not any(tk[0] == topic for tk in self._skip):
+        skip = {k: o for k, o in self._skip[(topic, partition)].items() if o > first}
+        if not skip:  # caught up: nothing to skip in this partition any more
+            del self._skip[(topic, partition)]
             return msgs
-        keep = [m for m in msgs if _offset(m) >= self._skip.get((topic, (m.key() or b"").decode()), 0)]
+        self._skip[(topic, partition)] = skip
+        keep = [m for m in msgs if _offset(m) >= skip.get((m.key() or b"").decode(), 0)]
         log.info("worker.skipped", topic=topic, partition=partition, messages=len(msgs) - len(keep))
         return keep
 
