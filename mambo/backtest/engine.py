@@ -28,7 +28,9 @@ per-bar equity is ``cash + qty × close`` from the :class:`Ledger` of fills: exa
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import gc
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from decimal import Decimal, localcontext
 from typing import Any, Literal
@@ -367,6 +369,23 @@ def _decide(
     return sides, confidence
 
 
+@contextmanager
+def _cyclic_gc_paused() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector (reference counting goes on) while the operators run.
+
+    They make a few short-lived events per signal and fill, and no reference cycles, so the
+    collector's passes over the whole heap, triggered by those allocations, find nothing: they cost
+    ~6% of a backtest of a million bars. It runs again (if it was on) when the block ends.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def run_vectorized(
     frame: CandleFrame,
     config: EngineConfig,
@@ -391,20 +410,21 @@ def run_vectorized(
     broker, key = run.broker, frame.key
     every = _progress_every(n)
 
-    last = -1  # the last bar handed to the operators
-    k = 0  # next entry of `wanted`
-    follow = False  # hand over the bar after `last` too: an order rests at the broker
-    while True:
-        while k < len(wanted) and wanted[k] <= last:
-            k += 1
-        j = last + 1 if follow else (wanted[k] if k < len(wanted) else n)
-        if j >= n:
-            break
-        run.bar(j, bool(active[j]))
-        follow = broker.has_pending(key)
-        if progress is not None and j // every != last // every:
-            progress(j + 1, n)
-        last = j
+    with _cyclic_gc_paused():
+        last = -1  # the last bar handed to the operators
+        k = 0  # next entry of `wanted`
+        follow = False  # hand over the bar after `last` too: an order rests at the broker
+        while True:
+            while k < len(wanted) and wanted[k] <= last:
+                k += 1
+            j = last + 1 if follow else (wanted[k] if k < len(wanted) else n)
+            if j >= n:
+                break
+            run.bar(j, bool(active[j]))
+            follow = broker.has_pending(key)
+            if progress is not None and j // every != last // every:
+                progress(j + 1, n)
+            last = j
     if progress is not None:
         progress(n, n)
     rec = run.rec
