@@ -258,8 +258,8 @@ class _SparseRun:
     (mark at the close while a position is held: made here only on bars that decide, see the module
     docstring), risk (stops: refused on this path, so nothing) and signals. A signal's ``values``
     stay empty here: the arrays hold them, and no order depends on them. The events nobody reads in
-    a backtest (candles of the bars that only fill, positions, equity snapshots) are not built; the
-    :class:`Ledger` gives the account at every bar.
+    a backtest (candles of the bars that only fill, order acknowledgements and ``filled`` updates,
+    positions, equity snapshots) are not built; the :class:`Ledger` gives the account at every bar.
     """
 
     def __init__(
@@ -277,6 +277,7 @@ class _SparseRun:
             fee_taker=config.fee_taker,
             slippage_bps=config.slippage_bps,
             markets=markets,
+            order_updates=False,  # nobody reads acks here; risk sees an order done when its fill lands
         )
         self.risk = RiskEngine(config.risk, markets)
         self.strategies = strategies
@@ -325,9 +326,8 @@ class _SparseRun:
         if isinstance(decided, RiskRejection):
             self.rec.rejections.append(decided)
             return
-        for update in self.broker.submit(decided, ts):
-            if update.status != "new":  # a rejection: execution publishes it, risk releases the order
-                self.risk.on_order(update)
+        for rejected in self.broker.submit(decided, ts):  # no acks: only a rejection comes back
+            self.risk.on_order(rejected)
         self.risk.on_order(decided)
 
 

@@ -5,7 +5,8 @@
 comes in as trades (:meth:`~PaperBroker.on_trade`, or a numpy batch with
 :meth:`~PaperBroker.on_trades`, which returns exactly what the rows one by one would) or as candles
 (:meth:`~PaperBroker.on_candle`). Each returns the fills and the order updates (``Order`` copies with
-the new status) it caused.
+the new status) it caused (a broker made with ``order_updates=False`` leaves out the acknowledgements
+and ``filled`` updates).
 
 Fill model:
 
@@ -102,6 +103,11 @@ class PaperBroker:
     fee_taker: Decimal = Decimal("0.001")
     slippage_bps: Decimal = _ZERO
     markets: InitVar[Mapping[str, Market] | None] = None
+    #: False: no ``new`` acknowledgement of an accepted order (it rests as submitted) and no
+    #: ``filled`` update after its last fill, for a caller that learns both from what it sent and
+    #: from the fills (the backtest: risk releases an order once the position moves). Rejections,
+    #: partial fills and cancels are reported either way.
+    order_updates: bool = True
     _markets: dict[str, Market] = field(init=False)
     _books: dict[str, OrderBook] = field(init=False, default_factory=dict)
     _open: dict[str, str] = field(init=False, default_factory=dict)  # client_order_id -> market key
@@ -144,12 +150,12 @@ class PaperBroker:
         problem = self._invalid(order, self.market(order.key))
         if problem:
             return [_update(order, "rejected", order.ts_event, ts_init, reason=f"rejected: {problem}")]
-        ack = _update(order, "new", order.ts_event, ts_init)
+        ack = _update(order, "new", order.ts_event, ts_init) if self.order_updates else order
         limit = float(ack.limit_price) if ack.limit_price is not None else math.nan
         self._books.setdefault(order.key, OrderBook()).add(RestingOrder(ack, self._seq, limit))
         self._seq += 1
         self._open[order.client_order_id] = order.key
-        return [ack]
+        return [ack] if self.order_updates else []
 
     @staticmethod
     def _invalid(order: Order, market: Market) -> str:
@@ -323,12 +329,14 @@ class PaperBroker:
             fee_currency=market.quote,
             liquidity=liquidity,
         )
-        status: OrderStatus = "filled" if filled >= order.qty else "partially_filled"
-        entry.order = _update(order, status, ts, ts_init, filled_qty=filled)
-        if status == "filled":
-            book.remove(order.client_order_id)
-            del self._open[order.client_order_id]
-        return [fill, entry.order]
+        if filled < order.qty:
+            entry.order = _update(order, "partially_filled", ts, ts_init, filled_qty=filled)
+            return [fill, entry.order]
+        book.remove(order.client_order_id)
+        del self._open[order.client_order_id]
+        if not self.order_updates:
+            return [fill]
+        return [fill, _update(order, "filled", ts, ts_init, filled_qty=filled)]
 
 
 def _update(order: Order, status: OrderStatus, ts_event: int, ts_init: int, **changes: object) -> Order:

@@ -235,6 +235,28 @@ def test_limit_fills_when_the_candle_range_reaches_it_up_to_its_volume() -> None
     assert statuses(events) == [("bid", "partially_filled", D(2)), ("ask", "filled", D(1))]
 
 
+def test_without_order_updates_the_fills_rejections_and_partial_fills_are_the_same() -> None:
+    """``order_updates=False`` (the backtest's broker) leaves out the acknowledgements and the
+    ``filled`` updates, and nothing else."""
+    runs = []
+    for updates in (True, False):
+        b = broker(order_updates=updates)
+        acks = b.submit(order("bid", qty="3", limit="99", ts=0), 0)
+        acks += b.submit(order("mkt", side="sell", qty="1", ts=0), 0)
+        rejected = b.submit(order("bad", qty="0.0001"), 0)  # not a multiple of the step
+        events = b.on_candle(candle(60, 100.0, 103.0, 98.0, 99.0, 2.0))
+        events += b.on_candle(candle(120, 99.0, 100.0, 98.5, 99.0, 5.0))
+        runs.append((acks, rejected, events, b.open_orders()))
+    (acks, rejected, events, left), (quiet_acks, quiet_rejected, quiet_events, quiet_left) = runs
+    assert [a.status for a in acks] == ["new", "new"] and quiet_acks == []
+    assert quiet_rejected == rejected and [r.status for r in rejected] == ["rejected"]
+    assert [(f.client_order_id, f.qty) for f in fills(events)] == [("mkt", 1), ("bid", 2), ("bid", 1)]
+    assert fills(quiet_events) == fills(events)
+    assert statuses(events) == [("mkt", "filled", 1), ("bid", "partially_filled", 2), ("bid", "filled", 3)]
+    assert statuses(quiet_events) == [("bid", "partially_filled", 2)]
+    assert left == quiet_left == []
+
+
 # --- state --------------------------------------------------------------------------------
 
 
