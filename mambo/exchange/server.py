@@ -57,6 +57,7 @@ log = structlog.get_logger(__name__)
 #: The faults :meth:`LocalExchange.inject` knows.
 FAULTS = ("disconnect", "stall", "gap", "duplicate", "malformed", "429", "418")
 _MS = 1_000_000
+_COMMISSION = Decimal("1e-8")  # commissions are charged in the asset's 8 decimal places
 _INTERVAL_MS = {"s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -792,7 +793,7 @@ class LocalExchange:
     def _execute(self, order: _ExOrder, price: Decimal, qty: Decimal, maker: bool) -> None:
         m = order.symbol.market
         notional = price * qty
-        fee = notional * self.fee_rate
+        fee = (notional * self.fee_rate).quantize(_COMMISSION)  # charged as reported: 8 places, like Binance
         if order.side == "BUY":
             held = (order.price if order.type == "LIMIT" else price) * qty * (1 + self.fee_rate)
             self.locked[m.quote] -= held
