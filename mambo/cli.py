@@ -116,6 +116,7 @@ _AREAS: tuple[str, ...] = (
     "mambo.commands.kafka",
     "mambo.commands.backtest",
     "mambo.commands.exchange",
+    "mambo.commands.up",
 )
 
 for _area in _AREAS:

@@ -1,0 +1,110 @@
+"""``mambo up`` as a user runs it, on the session broker: topology, sink, two workers and the replay
+come up; a worker killed mid-stream is reported and restarted; SIGTERM stops every child; the orders
+and fills in ClickHouse are the reference's. Cost: ~60-80 s on the loaded machine (the replay alone takes 11 s)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from mambo.connectors.replay import load_trades
+from mambo.schemas.topics import FILLS, ORDERS, TRADES
+
+from .conftest import engine_config, mambo
+from .test_crash import committed
+from .test_pipeline import of, reference
+
+pytestmark = pytest.mark.kafka
+
+
+def wait(
+    condition: Callable[[], bool], what: str, proc: subprocess.Popen[bytes], seconds: float = 120
+) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert proc.poll() is None, f"mambo up exited ({proc.returncode}) waiting for {what}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+
+
+def test_up_runs_supervises_and_stops_the_pipeline(bootstrap: str, tmp_path: Path) -> None:
+    prefix = "up."  # up applies the topology itself
+    data = tmp_path / "data"
+    out = tmp_path / "up.out"
+    args = (
+        "up",
+        "--workers",
+        "2",
+        "--source",
+        "replay",
+        "--speed",
+        "60",
+        "--prefix",
+        prefix,
+        "--data-dir",
+        str(data),
+    )
+    proc = mambo(
+        *args, env={"MAMBO_KAFKA_BOOTSTRAP": bootstrap}, stdout=out.open("wb"), stderr=subprocess.STDOUT
+    )
+    text = lambda: out.read_text()  # noqa: E731
+    pids = lambda name: [int(p) for p in re.findall(rf"^{name}: started \(pid (\d+)\)", text(), re.M)]  # noqa: E731
+    try:
+        wait(lambda: "processes running" in text(), "the children", proc)
+        assert "kafka: answering" in text()  # the broker that runs is used, not a second one
+        workers, trades = prefix + "mambo-workers", prefix + TRADES.name
+        wait(lambda: committed(bootstrap, workers, trades) > 5_000, "a worker's first commits", proc)
+        os.kill(pids("worker-1")[0], signal.SIGKILL)  # mid-stream: the recording takes ~11 s at speed 60
+        wait(lambda: len(pids("worker-1")) == 2, "worker-1's restart", proc)
+        assert re.search(r"^worker-1: DIED \(exit -9\), restarting in 1 s", text(), re.M)
+
+        batch, _ = load_trades()
+        wait(lambda: "source: done" in text(), "the replay", proc)
+        wait(lambda: committed(bootstrap, workers, trades) == len(batch), "the workers", proc)
+        sink, last, since = prefix + "mambo-sink", -1, time.monotonic()
+        while time.monotonic() - since < 3:  # the sink has taken everything: its offsets stay put
+            now = sum(committed(bootstrap, sink, prefix + t) for t in (TRADES.name, ORDERS.name, FILLS.name))
+            last, since = (now, time.monotonic()) if now != last else (last, since)
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=90) == 0, text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    children = [p for name in ("topology", "sink", "worker-1", "worker-2", "source") for p in pids(name)]
+    assert len(children) == 6
+    assert not [p for p in children if alive(p)], "a child outlived mambo up"
+    assert re.search(r"worker-2: stopped.*worker-1: stopped.*sink: stopped.*up: stopped", text(), re.S), (
+        text()
+    )
+
+    ref = reference(engine_config(), batch)
+    sql = " UNION ALL ".join(
+        f"SELECT '{t}' AS topic, event_id FROM {t} FINAL" for t in (ORDERS.name, FILLS.name)
+    )
+    res = subprocess.run(
+        [sys.executable, "-m", "mambo.cli", "sql", sql, "--format", "csv", "--data-dir", str(data)],
+        capture_output=True,
+        check=True,
+    )
+    rows = [r for r in csv.reader(io.StringIO(res.stdout.decode())) if r and r[0] != "topic"]
+    for topic in (ORDERS.name, FILLS.name):
+        assert sorted(i for t, i in rows if t == topic) == [e.event_id for e in of(ref, topic)], topic
