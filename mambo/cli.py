@@ -61,15 +61,31 @@ def demo(
     ] = "sma_cross,rsi_reversion,macd_cross,bollinger_breakout",
     timeframe: Annotated[str, typer.Option(help="The timeframe strategies trade on.")] = "1s",
     speed: Annotated[
-        float, typer.Option(help="Replay speed as a multiple of real time; 0 = as fast as it goes.")
+        float,
+        typer.Option(help="Replay speed × real time; 0 = as fast as it goes on paper, 40 on the exchange."),
     ] = 0.0,
-    batch_size: Annotated[int, typer.Option(help="Trades per batch.")] = 2_000,
+    batch_size: Annotated[int, typer.Option(help="Trades per batch (paper).")] = 2_000,
+    venue: Annotated[
+        str,
+        typer.Option(
+            help="exchange: a local Binance-speaking exchange in this process replays the recording; market "
+            "data comes in through ccxt.pro and orders go out through ccxt, as in a live run (spot markets). "
+            "paper: the recording straight into the pipeline, filled by the paper broker on the next trade; "
+            "deterministic, every market."
+        ),
+    ] = "exchange",
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
 ) -> None:
-    """Run the whole pipeline in one process on recorded market data, with live progress."""
+    """Run the whole pipeline in one process on recorded market data, with live progress.
+
+    By default it trades on a local exchange through ccxt, the code of a live run (--venue paper: the
+    fast deterministic replay)."""
     from mambo.runner import run_demo
 
+    if venue not in ("exchange", "paper"):
+        typer.echo("error: --venue must be exchange or paper", err=True)
+        raise typer.Exit(2)
     settings = _settings(
         config,
         data_dir,
@@ -78,7 +94,15 @@ def demo(
         timeframes=("1s", "1m", timeframe),
     )
     code = asyncio.run(
-        run_demo(settings, data=data, quotes=quotes, symbols=symbols, speed=speed, batch_size=batch_size)
+        run_demo(
+            settings,
+            data=data,
+            quotes=quotes,
+            symbols=symbols,
+            speed=speed,
+            batch_size=batch_size,
+            venue="paper" if venue == "paper" else "exchange",
+        )
     )
     raise typer.Exit(code)
 
@@ -116,6 +140,7 @@ _AREAS: tuple[str, ...] = (
     "mambo.commands.kafka",
     "mambo.commands.backtest",
     "mambo.commands.exchange",
+    "mambo.commands.trade",
     "mambo.commands.up",
 )
 

@@ -1,17 +1,30 @@
 """The demo: the bundled recording through the whole embedded pipeline into ClickHouse.
 
-Loads the recording, builds the runtime and the sink, replays with a live progress panel, and ends
-with a summary table. Returns the process exit code.
+Two venues, one pipeline:
+
+* ``exchange`` (``mambo demo``'s default): the code of a live run. A local exchange starts in this
+  process and replays the recording at ``speed`` × real time; market data comes in through the
+  ccxt.pro source, orders go out through ccxt (:class:`~mambo.live.LiveSession`), fills come back
+  from the exchange. Binance spot markets only (what the local exchange speaks); results depend on
+  timing, like a live run's.
+* ``paper``: the recording fed straight into the runtime, orders filled by the paper broker on the
+  next trade: deterministic (the same orders and fills every run), and any market of the recording.
+
+Both show a live progress panel and end with a summary table; :func:`run_demo` returns the process
+exit code.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from rich.console import Console, Group
 from rich.live import Live
@@ -26,7 +39,11 @@ from mambo.settings import MamboSettings
 from mambo.streams.bus import Observer
 from mambo.streams.embedded import EmbeddedRuntime, ReplayProgress, SinkObserver, run_replay
 
-__all__ = ["PipelineStats", "run_demo"]
+__all__ = ["EXCHANGE_DEMO_SPEED", "PipelineStats", "run_demo", "summary_table"]
+
+#: Replay speed of the exchange demo when none is given: the 11-minute recording in about 17 seconds.
+EXCHANGE_DEMO_SPEED = 40.0
+_DEMO_SECRET = "mambo-demo-secret"  # the in-process exchange's signing secret (it lives as long as the demo)
 
 
 @dataclass
@@ -77,7 +94,7 @@ def _progress_table(p: ReplayProgress, s: PipelineStats, total: int) -> Table:
     return t
 
 
-def _summary(rt: EmbeddedRuntime, s: PipelineStats, markets: list[str]) -> Table:
+def summary_table(rt: EmbeddedRuntime, s: PipelineStats, markets: list[str]) -> Table:
     pf = rt.portfolio
     t = Table(title="mambo demo: summary")
     for col in (
@@ -115,7 +132,10 @@ async def run_demo(
     speed: float = 0.0,
     batch_size: int = 2_000,
     observers: Sequence[Observer] = (),
+    venue: Literal["paper", "exchange"] = "paper",
 ) -> int:
+    """The demo on ``venue`` (see the module docstring); ``speed`` 0 is as fast as it goes on paper,
+    :data:`EXCHANGE_DEMO_SPEED` on the exchange."""
     console = Console()
     if not console.is_terminal:  # a pipe or CI: wide enough for the summary table
         console = Console(width=140)
@@ -126,6 +146,8 @@ async def run_demo(
     if not len(trades):
         console.print(f"[red]no trades for {symbols!r} in {data or DEMO_TRADES}[/red]")
         return 2
+    if venue == "exchange":
+        return await _exchange_demo(console, settings, recording, speed or EXCHANGE_DEMO_SPEED, observers)
     markets = {k: Market.default(*split_key(k)) for k in recording.markets}
     runtime = EmbeddedRuntime(settings.engine.to_config(), markets, known_markets=recording.markets)
     db = settings.clickhouse.database
@@ -155,10 +177,98 @@ async def run_demo(
         )
         live.update(_progress_table(progress, stats, len(trades)))
     sink.flush()
-    console.print(Group(_summary(runtime, stats, recording.markets)))
+    console.print(Group(summary_table(runtime, stats, recording.markets)))
     cash = settings.engine.initial_cash
     equity = stats.equity.equity if stats.equity else cash
     console.print(
+        f"equity {equity:,.2f} (start {cash:,.2f}); "
+        f"history in ClickHouse at {settings.data_dir / 'clickhouse'}: try\n"
+        f'  mambo sql "SELECT strategy, count() AS fills, sum(realized_pnl) AS pnl, sum(fee) AS fees '
+        f'FROM fills GROUP BY strategy"'
+    )
+    return 0
+
+
+async def _exchange_demo(
+    console: Console,
+    settings: MamboSettings,
+    recording: Recording,
+    speed: float,
+    observers: Sequence[Observer],
+) -> int:
+    """The recording on a local exchange in this process, traded through ccxt like a live run."""
+    from pydantic import SecretStr
+
+    from mambo.connectors.ccxt_client import make_exchange
+    from mambo.exchange import LocalExchange, serve
+    from mambo.live import LiveSession
+    from mambo.logs import configure_logging
+
+    other = [k for k in recording.markets if not k.startswith("binance:") or k.count(":") > 1]
+    if other:
+        console.print(
+            f"[red]the local exchange speaks Binance spot; {', '.join(other)} can only be traded on "
+            f"paper: give --symbols BTC/USDT,ETH/USDT or --venue paper[/red]"
+        )
+        return 2
+    configure_logging(settings.log_format, logging.WARNING)  # the panel tells the story; warnings still show
+    cash = settings.engine.initial_cash
+    local = LocalExchange(recording.trades, recording.quotes, speed=0, api_secret=_DEMO_SECRET,
+                          balances={"USDT": str(cash)})  # fmt: skip
+    server, url = await serve(local)  # paused until the pipeline listens
+    client = make_exchange(
+        "binance", base_url=url, api_key=SecretStr("mambo-demo"), secret=SecretStr(_DEMO_SECRET)
+    )
+    stats = PipelineStats()
+    try:
+        await client.load_markets()
+        session = LiveSession(
+            settings,
+            client,
+            "binance",
+            [s.market.symbol for s in local.symbols.values()],
+            since_ms=local.now_ms,
+            poll_seconds=0.2,
+            stall_seconds=3.0,  # after the replay ends, a quiet stream reconnects and fetches the rest
+            observers=[stats, *observers],
+        )
+        session.runtime.dead_letters(recording.dead_letters)
+        total = sum(len(s.ts) for s in local.symbols.values())
+        console.print(
+            f"local exchange on {url} replaying {total:,} trades of {', '.join(session.keys)} at {speed:g}x; "
+            f"market data in through ccxt.pro, orders out through ccxt; strategies "
+            f"{', '.join(settings.engine.strategies)} on {settings.engine.trading_timeframe} candles"
+        )
+        session.start()
+        local.speed = speed
+        local.start()
+        with Live(console=console, refresh_per_second=4, transient=False) as live:
+            last_flush = quiet_since = time.monotonic()
+            seen = 0
+            while session.source.counts["trades"] < total:
+                session.check()
+                live.update(_progress_table(session.progress, stats, total))
+                await asyncio.sleep(0.1)
+                now, count = time.monotonic(), session.source.counts["trades"]
+                if now - last_flush >= settings.clickhouse.flush_seconds:
+                    session.sink.flush()
+                    last_flush = now
+                if count != seen:
+                    seen, quiet_since = count, now
+                elif local.finished.is_set() and now - quiet_since > 10:
+                    console.print(f"[yellow]the source stopped at {count:,} of {total:,} trades[/yellow]")
+                    break
+            settled = await session.stop()
+            live.update(_progress_table(session.progress, stats, total))
+    finally:
+        await client.close()
+        await server.cleanup()
+    console.print(Group(summary_table(session.runtime, stats, session.keys)))
+    equity = stats.equity.equity if stats.equity else cash
+    exchange_orders = len(local.orders)
+    console.print(
+        f"{exchange_orders} orders reached the exchange, {session.venue.counts['fills']} fills came back"
+        f"{'' if settled else ' (some orders still open at the end)'}; "
         f"equity {equity:,.2f} (start {cash:,.2f}); "
         f"history in ClickHouse at {settings.data_dir / 'clickhouse'}: try\n"
         f'  mambo sql "SELECT strategy, count() AS fills, sum(realized_pnl) AS pnl, sum(fee) AS fees '
