@@ -36,7 +36,8 @@ from mambo.schemas.events import (
     Order,
     Position,
 )
-from mambo.schemas.topics import SIGNALS
+from mambo.schemas.events import FeedHealth as StreamHealth
+from mambo.schemas.topics import FEED_HEALTH, SIGNALS
 from mambo.settings import ApiSettings
 
 __all__ = [
@@ -401,6 +402,19 @@ class SignalService:
             StrategyPnl(strategy=s, fills=n, realized_pnl=r, fees=f, net_pnl=r - f) for s, n, r, f in rows
         ]
         return PnlReport(equity=equity.items, by_strategy=by_strategy, next_cursor=equity.next_cursor)
+
+    def stream_health(self) -> list[StreamHealth]:
+        """The latest health report of every stream of every source (``feed_health``), by exchange
+        and stream: its status and the age of its last message when reported."""
+        table = f"`{self.database}`.`{FEED_HEALTH.table}`"
+        where = _Where()
+        where.add(
+            f"(exchange, stream, ts_event) IN (SELECT exchange, stream, "
+            f"toUnixTimestamp64Nano(max(ts_event)) FROM {table} GROUP BY exchange, stream)"
+        )
+        rows: list[StreamHealth] = self._events(FEED_HEALTH.table, where)
+        latest = {(r.exchange, r.stream): r for r in sorted(rows, key=lambda r: (r.ts_event, r.event_id))}
+        return [latest[k] for k in sorted(latest)]
 
     def symbols(self) -> list[SymbolInfo]:
         rows = self._query(

@@ -14,7 +14,8 @@ from fastapi.testclient import TestClient
 from mambo.api.auth import Authorizer
 from mambo.api.main import create_app
 from mambo.api.service import SignalService, iso, market_filter
-from mambo.schemas.events import AggregatedSignal, Fill
+from mambo.connectors.clickhouse import ClickHouseSink
+from mambo.schemas.events import AggregatedSignal, FeedHealth, Fill
 
 from .conftest import MARKETS, Pipeline, api_settings
 
@@ -207,6 +208,7 @@ def test_openapi_and_docs(api: TestClient) -> None:
     paths = set(spec["paths"])
     expected = {"/signal", "/signals", "/signals/latest", "/candles", "/indicators", "/orders", "/fills"}
     expected |= {"/positions", "/pnl", "/symbols", "/strategies", "/health", "/ready", "/analytics/query"}
+    expected |= {"/feeds/health"}
     assert expected <= paths
     assert '"op": "subscribe"' in spec["info"]["description"]  # the WebSocket frames are documented
     assert api.get("/docs").status_code == 200
@@ -234,3 +236,23 @@ def test_iso_is_exact() -> None:
     assert iso(1_723_161_905_012_345_678) == "2024-08-09T00:05:05.012345Z"
     assert iso(1_723_161_905_999_999_999) == "2024-08-09T00:05:05.999999Z"  # truncated, never rounded up
     assert iso(0) == "1970-01-01T00:00:00Z"
+
+
+def test_feeds_health_gives_each_streams_latest_report(clickhouse_client: Client, clickhouse_db: str) -> None:
+    def report(n: int, stream: str, status: str, age: float) -> FeedHealth:
+        return FeedHealth(event_id=f"h{n}", ts_event=1_700_000_000_000_000_000 + n * 10**9,
+                          ts_init=1_700_000_000_000_000_000 + n * 10**9, exchange="binance", stream=stream,
+                          status=status, age_seconds=age)  # type: ignore[arg-type]  # fmt: skip
+
+    btc = "trades:BTC/USDT"
+    reports = [report(1, btc, "alive", 0.1), report(2, "quotes", "alive", 0.4),
+               report(3, btc, "stalled", 30.5), report(4, btc, "reconnected", 0.2),
+               report(5, "quotes", "stalled", 31.0)]  # fmt: skip
+    sink = ClickHouseSink(clickhouse_client, clickhouse_db)
+    sink.write("feed_health", reports)
+    sink.flush()
+    app = create_app(SignalService(clickhouse_client, clickhouse_db, api_settings()), Authorizer(None))
+    with TestClient(app) as api:
+        r = api.get("/feeds/health")
+    assert r.status_code == 200, r.text
+    assert [FeedHealth.model_validate(h) for h in r.json()] == [reports[4], reports[3]]  # quotes, trades

@@ -1,4 +1,4 @@
-"""Market data: candles, indicator values, the markets seen."""
+"""Market data: candles, indicator values, the markets seen, the feeds' health."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from fastapi import APIRouter
 
 from mambo.api.deps import REFUSALS, PageQ, Service, SignalsReader, SymbolQ, TimeframeQ, TimeRangeQ
 from mambo.api.service import Page, SymbolInfo
-from mambo.schemas.events import Candle, IndicatorValues
+from mambo.schemas.events import Candle, FeedHealth, IndicatorValues
 
 router = APIRouter(tags=["market data"], responses=REFUSALS)
 
@@ -41,3 +41,11 @@ def indicators(
 def symbols(service: Service, _: SignalsReader) -> list[SymbolInfo]:
     """Every market with candles: its key, candle count, last close and time."""
     return service.symbols()
+
+
+@router.get("/feeds/health", response_model=list[FeedHealth])
+def feeds_health(service: Service, _: SignalsReader) -> list[FeedHealth]:
+    """The latest report of each stream of each market data source (``mambo source``): ``status``
+    (``alive`` every few seconds, or the last change: ``stalled``, ``reconnected``, ...) and
+    ``age_seconds``, the time since the stream's last message when reported at ``ts_event``."""
+    return service.stream_health()
