@@ -227,7 +227,7 @@ async def _run_backfill(
         ClickHousePublisher,
         candles_from_ccxt,
         fetch_candles_between,
-        fetch_trades_between,
+        trade_pages,
         trades_from_ccxt,
     )
     from mambo.schemas.events import timeframe_ns
@@ -246,10 +246,10 @@ async def _run_backfill(
             rows = await fetch_candles_between(client, symbol, timeframe, since, until - step + 1)
             publisher.candles(candles_from_ccxt(exchange, symbol, timeframe, rows, time.time_ns()))
             n_trades = 0
-            if with_trades:
-                found = await fetch_trades_between(client, symbol, since, until)
-                publisher.trades(trades_from_ccxt(exchange, found, time.time_ns()))
-                n_trades = len(found)
+            if with_trades:  # a page at a time: a long range never sits in memory whole
+                async for page in trade_pages(client, symbol, since, until):
+                    publisher.trades(trades_from_ccxt(exchange, page, time.time_ns()))
+                    n_trades += len(page)
             sink.flush()
             typer.echo(f"{exchange} {symbol}: {len(rows)} {timeframe} candles, {n_trades} trades")
     finally:

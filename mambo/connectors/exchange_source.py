@@ -34,9 +34,10 @@ as we know it), or the local time before any trade.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -61,6 +62,7 @@ __all__ = [
     "fetch_trades_between",
     "quote_from_ccxt",
     "select_symbols",
+    "trade_pages",
     "trades_from_ccxt",
 ]
 
@@ -230,7 +232,7 @@ def quote_from_ccxt(exchange: str, ticker: dict[str, Any], ts_event_ms: int, ts_
 # --- REST history, paginated ---------------------------------------------------------------------
 
 
-async def fetch_trades_between(
+async def trade_pages(
     client: Any,
     symbol: str,
     since_ms: int,
@@ -238,14 +240,15 @@ async def fetch_trades_between(
     *,
     limit: int = 1000,
     backoff: Backoff | None = None,
-) -> list[dict[str, Any]]:
-    """Every trade of ``symbol`` with ``since_ms <= time < until_ms``, oldest first, ids unique.
+) -> AsyncIterator[list[dict[str, Any]]]:
+    """Every trade of ``symbol`` with ``since_ms <= time < until_ms``, a page at a time, oldest first,
+    ids unique: memory holds one page however long the range (a gap of hours, a day's backfill).
 
     Pages through windows of at most an hour (Binance's ``aggTrades`` limit), advancing to the last
-    trade's time when a page is full; trades sharing that millisecond come again and are dropped by id.
+    trade's time when a page is full; trades sharing that millisecond come again and are dropped by id
+    (only that millisecond's ids are remembered).
     """
-    out: list[dict[str, Any]] = []
-    seen: set[str] = set()
+    seen: set[str] = set()  # ids at the cursor's millisecond, which the next page starts with
     cursor = since_ms
     while cursor < until_ms:
         window_end = min(cursor + _HOUR_MS, until_ms) - 1
@@ -259,12 +262,33 @@ async def fetch_trades_between(
 
         trades = await with_retry(page, what=f"fetch_trades {symbol}", backoff=backoff, client=client)
         fresh = [t for t in trades if str(t["id"]) not in seen and since_ms <= t["timestamp"] < until_ms]
-        for t in fresh:
-            seen.add(str(t["id"]))
-        out += fresh
-        # a full page: more in this window, from its last trade's time on; else the next window
-        cursor = int(trades[-1]["timestamp"]) if len(trades) >= limit and fresh else window_end + 1
-    out.sort(key=lambda t: (t["timestamp"], _id_order(t["id"])))
+        fresh.sort(key=_trade_order)
+        if len(trades) >= limit and fresh:  # a full page: more in this window, from its last trade's time
+            last = int(trades[-1]["timestamp"])
+            seen = (seen if last == cursor else set()) | {
+                str(t["id"]) for t in trades if t["timestamp"] == last
+            }
+            cursor = last
+        else:  # the next window
+            cursor = window_end + 1
+        if fresh:
+            yield fresh
+
+
+async def fetch_trades_between(
+    client: Any,
+    symbol: str,
+    since_ms: int,
+    until_ms: int,
+    *,
+    limit: int = 1000,
+    backoff: Backoff | None = None,
+) -> list[dict[str, Any]]:
+    """Every trade of ``symbol`` with ``since_ms <= time < until_ms``, oldest first, ids unique, in one
+    list (:func:`trade_pages` holds one page at a time)."""
+    out: list[dict[str, Any]] = []
+    async for page in trade_pages(client, symbol, since_ms, until_ms, limit=limit, backoff=backoff):
+        out += page
     return out
 
 
@@ -276,6 +300,11 @@ def _discard(task: asyncio.Future[Any]) -> None:
 def _id_order(trade_id: Any) -> tuple[int, str]:
     s = str(trade_id)
     return (int(s), "") if s.isdigit() else (0, s)
+
+
+def _trade_order(trade: dict[str, Any]) -> tuple[int, tuple[int, str]]:
+    """Time, then id: the order trades are published in."""
+    return int(trade["timestamp"]), _id_order(trade["id"])
 
 
 async def fetch_candles_between(
@@ -517,42 +546,50 @@ class ExchangeSource:
 
         recent = await with_retry(latest, what=f"fetch_trades {symbol}", backoff=self.config.backoff,
                                   client=self.client)  # fmt: skip
-        recent = [t for t in recent if t["timestamp"] >= since]
+        recent = sorted((t for t in recent if t["timestamp"] >= since), key=_trade_order)
         if not recent:
             return  # nothing since: the gap is empty
-        middle: list[dict[str, Any]] = []
+        n = 0
         if recent[0]["timestamp"] > since:  # more than a page was missed: page from ``since``
-            # through recent[0]'s millisecond: the page may have cut a millisecond's trades in two
-            middle = await fetch_trades_between(
-                self.client, symbol, since, recent[0]["timestamp"] + 1, backoff=self.config.backoff
-            )
-        merged = sorted(middle + recent, key=lambda t: (t["timestamp"], _id_order(t["id"])))
-        n = self._publish_trades(symbol, merged)
+            # through recent[0]'s millisecond (the page may have cut a millisecond's trades in two),
+            # publishing each page as it comes
+            pages = trade_pages(self.client, symbol, since, recent[0]["timestamp"] + 1,
+                                backoff=self.config.backoff)  # fmt: skip
+            async for page in pages:
+                n += self._publish_trades(symbol, page)
+        n += self._publish_trades(symbol, recent)
         self.counts["recovered"] += n
         self._report(stream, "gap_filled", f"{n} trades from REST since {since}")
 
     async def _fill_trades(
         self, symbol: str, batch: list[dict[str, Any]], stream: str
     ) -> list[dict[str, Any]]:
-        """The batch with the history before it: REST from the last published trade through the
-        batch's last trade (the batch may hold trades from before the break, so its first trade does
-        not mark where the new subscription began), merged in time order."""
+        """Publish the history before and within the batch: REST from the last published trade
+        through the batch's last trade (the batch may hold trades from before the break, so its
+        first trade does not mark where the new subscription began), merged with the batch in time
+        order, a page at a time (memory holds a page however far behind the stream was). Returns the
+        batch's trades still to publish (from the last page's last millisecond on), in order."""
         state = self._trades[symbol]
         since = state.last_ts if state.last_ts is not None else self.config.since_ms
         if since is None or not batch:
             return batch
-        until = max(int(t["timestamp"]) for t in batch)
-        history = await fetch_trades_between(
-            self.client, symbol, since, until + 1, backoff=self.config.backoff
-        )
+        pending = sorted(batch, key=_trade_order)
         known = {str(t["id"]) for t in batch}
-        missing = [t for t in history if str(t["id"]) not in known and str(t["id"]) not in state.seen]
-        self.counts["recovered"] += len(missing)
-        self._report(stream, "gap_filled", f"{len(missing)} trades from REST since {since}")
-        fetched = {str(h["id"]) for h in history}
-        merged = history + [t for t in batch if str(t["id"]) not in fetched]
-        merged.sort(key=lambda t: (t["timestamp"], _id_order(t["id"])))
-        return merged
+        recovered = 0
+        pages = trade_pages(self.client, symbol, since, int(pending[-1]["timestamp"]) + 1,
+                            backoff=self.config.backoff)  # fmt: skip
+        async for page in pages:
+            # the batch's trades before the page's last millisecond belong with it (those at that
+            # millisecond may share it with the next page's first trades)
+            split = bisect.bisect_left(pending, page[-1]["timestamp"], key=lambda t: t["timestamp"])
+            before, pending = pending[:split], pending[split:]
+            fetched = {str(t["id"]) for t in page}
+            recovered += sum(1 for i in fetched if i not in known and i not in state.seen)
+            extra = [t for t in before if str(t["id"]) not in fetched]  # streamed, not in REST's answer
+            self._publish_trades(symbol, sorted(page + extra, key=_trade_order) if extra else page)
+        self.counts["recovered"] += recovered
+        self._report(stream, "gap_filled", f"{recovered} trades from REST since {since}")
+        return pending
 
     def _has_id_gap(self, symbol: str, batch: list[dict[str, Any]]) -> bool:
         """Whether the ids jump (last published, then the batch's), where ids are consecutive."""
