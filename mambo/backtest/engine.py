@@ -47,14 +47,7 @@ from mambo.core.market import Market, to_decimal
 from mambo.core.portfolio import MONEY, Portfolio
 from mambo.core.risk import RiskEngine
 from mambo.core.stages import EngineConfig
-from mambo.core.strategies import (
-    SIDE_CODES,
-    BatchDecisions,
-    Decision,
-    Strategy,
-    candle_signal,
-    load_strategy,
-)
+from mambo.core.strategies import SIDE_CODES, BatchDecisions, Strategy, load_strategy
 from mambo.schemas.events import AggregatedSignal, Fill, RiskRejection
 from mambo.schemas.topics import FILLS, REJECTIONS, SIGNALS
 from mambo.streams.embedded import EmbeddedRuntime
@@ -310,14 +303,10 @@ class _SparseRun:
     def _signals(self, i: int, close: float) -> None:
         f, key = self.frame, self.key
         ts = int(f.open_time[i]) + f.step  # the candle's close: its ts_event and ts_init
-        agg: AggregatedSignal | None = None
-        for strategy, (sides, conf) in zip(self.strategies, self.decisions, strict=True):
-            side = int(sides[i])
-            decision = Decision(SIDE_CODES[side], float(conf[i]) if side else 0.0)
-            sig = candle_signal(strategy, decision, f.exchange, f.symbol, f.timeframe, ts, close, ts)
-            agg = self.aggregator.on_signal(sig, ts) or agg
-        if agg is None:
-            return
+        # each strategy's call as its Signal would carry it (a hold has no confidence), straight to
+        # the aggregator: the raw signals are never built (checked calls: see _decide)
+        calls = [(SIDE_CODES[int(s[i])], float(c[i]) if s[i] else 0.0) for s, c in self.decisions]
+        agg = self.aggregator.on_calls(f.exchange, f.symbol, f.timeframe, ts, close, calls, ts)
         self.rec(SIGNALS.name, agg)
         intent = self.policy.on_signal(agg, self.portfolio.position(key), ts)
         if intent is None:
@@ -352,6 +341,15 @@ def _decide(
     if sides.shape != close.shape or confidence.shape != close.shape:
         raise ValueError(f"strategy {strategy.name}: decide_batch must give one side and confidence per bar")
     calls = np.flatnonzero(sides)
+    # what Decision refuses on the event path: a side code other than -1, 0, +1; a call without a
+    # confidence in (0, 1]
+    wrong = calls[~np.isin(sides[calls], (-1, 1)) | ~((confidence[calls] > 0) & (confidence[calls] <= 1))]
+    if len(wrong):
+        i = int(wrong[0])
+        raise ValueError(
+            f"strategy {strategy.name}: decide_batch gives bar {i} side code {int(sides[i])} with confidence"
+            f" {float(confidence[i])!r}; a call is -1 (sell) or +1 (buy) with a confidence in (0, 1]"
+        )
     ends = {len(close) // 2, *(int(i) + 1 for i in calls[:3])}
     if len(calls):
         ends |= {int(calls[len(calls) // 2]) + 1, int(calls[-1]) + 1}

@@ -81,11 +81,13 @@ class SignalAggregator:
     def on_signal(self, sig: Signal, ts_init: int) -> AggregatedSignal | None:
         """Take one strategy's signal; the aggregated signal once all strategies reported on its bar,
         else None."""
-        self._check(sig)
+        if sig.strategy not in self._hits:
+            raise ValueError(f"signal from strategy {sig.strategy!r}, not one of {self.strategies!r}")
+        self._check_market(sig.exchange, sig.symbol, sig.timeframe)
         if sig.ts_event <= self._last_ts.get(sig.strategy, -1):
             return None
         self._last_ts[sig.strategy] = sig.ts_event
-        self._score_round_trip(sig)
+        self._score_round_trip(sig.strategy, sig.side, sig.price)
         if sig.ts_event > self._bar_ts:
             self._bar_ts, self._bar = sig.ts_event, {}
         elif sig.ts_event < self._bar_ts:
@@ -94,53 +96,89 @@ class SignalAggregator:
         if len(self._bar) < len(self.strategies):
             return None
         bar, self._bar = self._bar, {}
-        return self._combine(bar, ts_init)
+        values: dict[str, float] = {}
+        for s in reversed(self.strategies):
+            values.update(bar[s].values)
+        calls = [(bar[s].side, bar[s].confidence) for s in self.strategies]
+        return self._combine(calls, bar[self.strategies[0]].price, values, ts_init)
 
-    def _check(self, sig: Signal) -> None:
-        if sig.strategy not in self._hits:
-            raise ValueError(f"signal from strategy {sig.strategy!r}, not one of {self.strategies!r}")
-        market = (sig.exchange, sig.symbol, sig.timeframe)
+    def on_calls(
+        self,
+        exchange: str,
+        symbol: str,
+        timeframe: str,
+        ts_event: int,
+        price: float,
+        calls: Sequence[tuple[SignalSide, float]],
+        ts_init: int,
+    ) -> AggregatedSignal:
+        """What :meth:`on_signal` returns for a bar on which every strategy reports at once: one call
+        (side, confidence) per strategy, in the order of ``strategies``, priced at ``price`` and
+        with no values (a backtest's batch decisions), without building their Signal events.
+
+        The bar must come after every bar seen so far (on_signal would drop a redelivered one);
+        a bar still waiting for some strategy is overtaken, as on_signal does.
+        """
+        self._check_market(exchange, symbol, timeframe)
+        if len(calls) != len(self.strategies):
+            raise ValueError(
+                f"{len(calls)} calls for the {len(self.strategies)} strategies {self.strategies!r}"
+            )
+        if ts_event <= max(self._last_ts.values(), default=-1):
+            raise ValueError(f"bar {ts_event} is not after the last one seen")
+        for strategy, (side, _) in zip(self.strategies, calls, strict=True):
+            self._last_ts[strategy] = ts_event
+            self._score_round_trip(strategy, side, price)
+        self._bar_ts, self._bar = ts_event, {}
+        return self._combine(calls, price, {}, ts_init)
+
+    def _check_market(self, exchange: str, symbol: str, timeframe: str) -> None:
+        market = (exchange, symbol, timeframe)
         if self._market is None:
             self._market = market
         elif market != self._market:
             raise ValueError(f"signal for {market!r} reached the aggregator of {self._market!r}")
 
-    def _score_round_trip(self, sig: Signal) -> None:
-        if sig.side == "hold":
+    def _score_round_trip(self, strategy: str, side: SignalSide, price: float) -> None:
+        if side == "hold":
             return
-        entry = self._entries.get(sig.strategy)
+        entry = self._entries.get(strategy)
         if entry is not None:
-            side, price = entry
-            if side == sig.side:
+            entry_side, entry_price = entry
+            if entry_side == side:
                 return
-            made_money = sig.price > price if side == "buy" else sig.price < price
+            made_money = price > entry_price if entry_side == "buy" else price < entry_price
             tally = self._hits if made_money else self._misses
-            tally[sig.strategy] += 1
-        self._entries[sig.strategy] = (sig.side, sig.price)
+            tally[strategy] += 1
+        self._entries[strategy] = (side, price)
 
-    def _combine(self, bar: dict[str, Signal], ts_init: int) -> AggregatedSignal:
+    def _combine(
+        self, calls: Sequence[tuple[SignalSide, float]], price: float, values: dict[str, float], ts_init: int
+    ) -> AggregatedSignal:
+        """The aggregate of the current bar (``self._bar_ts``) from each strategy's (side, confidence)."""
+        assert self._market is not None
+        exchange, symbol, timeframe = self._market
         weights = self.weights()
         total = math.fsum(weights.values())
-        pulls = {s: weights[s] * DIRECTION[bar[s].side] * bar[s].confidence for s in self.strategies}
+        pulls = {
+            s: weights[s] * DIRECTION[side] * confidence
+            for s, (side, confidence) in zip(self.strategies, calls, strict=True)
+        }
         score = min(1.0, max(-1.0, math.fsum(pulls.values()) / total)) + 0.0  # + 0.0: no -0.0
-        side: SignalSide = "buy" if score > self.threshold else "sell" if score < -self.threshold else "hold"
-        values: dict[str, float] = {}
-        for s in reversed(self.strategies):
-            values.update(bar[s].values)
-        first = bar[self.strategies[0]]
+        agg_side: SignalSide = (
+            "buy" if score > self.threshold else "sell" if score < -self.threshold else "hold"
+        )
         return AggregatedSignal(
-            event_id=make_id(
-                "aggregated_signal", first.exchange, first.symbol, first.timeframe, self._bar_ts
-            ),
+            event_id=make_id("aggregated_signal", exchange, symbol, timeframe, self._bar_ts),
             ts_event=self._bar_ts,
             ts_init=ts_init,
-            exchange=first.exchange,
-            symbol=first.symbol,
-            timeframe=first.timeframe,
-            side=side,
+            exchange=exchange,
+            symbol=symbol,
+            timeframe=timeframe,
+            side=agg_side,
             score=score,
             confidence=abs(score),
-            price=first.price,
+            price=price,
             weights=weights,
             contributions={s: pull / total + 0.0 for s, pull in pulls.items()},
             lead_strategy=max(self.strategies, key=lambda s: abs(pulls[s])),

@@ -177,3 +177,22 @@ def test_a_batch_decision_that_reads_later_bars_is_refused(frame: CandleFrame) -
     config = EngineConfig(strategies=("tests.backtest.test_engine:PeekingCross",))
     with pytest.raises(LookAheadError, match="peeking_cross: decide_batch reads the future"):
         run_backtest(frame.slice(0, 1000), config)
+
+
+@dataclass(kw_only=True)
+class WeightlessCross(SmaCross):
+    """An SMA cross whose batch form calls without confidence, which a Decision refuses."""
+
+    name: ClassVar[str] = "weightless_cross"
+
+    def decide_batch(
+        self, close: npt.NDArray[np.float64], values: Mapping[str, npt.NDArray[np.float64]]
+    ) -> BatchDecisions:
+        sides, _ = super().decide_batch(close, values)
+        return sides, np.zeros(len(close))
+
+
+def test_batch_calls_without_a_confidence_are_refused(frame: CandleFrame) -> None:
+    config = EngineConfig(strategies=("tests.backtest.test_engine:WeightlessCross",))
+    with pytest.raises(ValueError, match=r"weightless_cross: decide_batch gives bar \d+ side code -?1 with"):
+        run_backtest(frame.slice(0, 1000), config)

@@ -304,3 +304,31 @@ def test_a_lone_strategy_is_passed_through(path: list[tuple[SignalSide, float, f
         assert combined.side == sig.side
         assert combined.confidence == pytest.approx(sig.confidence)
         assert combined.lead_strategy == SMA
+
+
+@given(st.lists(st.tuples(calls, calls, calls), max_size=40), st.floats(0.0, 0.9))
+def test_calls_of_a_whole_bar_give_what_the_signals_give(
+    bars: list[tuple[tuple[SignalSide, float, float], ...]], threshold: float
+) -> None:
+    """on_calls (the backtest's batch decisions) against on_signal: the same aggregates, bit for bit,
+    and the same state after every bar."""
+    by_signal, by_calls = (SignalAggregator(NAMES, threshold=threshold) for _ in range(2))
+    for i, bar in enumerate(bars):
+        price = bar[0][2]
+        made = [(side, confidence if side != "hold" else 0.0) for side, confidence, _ in bar]
+        sigs = [signal(name, i, side, conf, price) for name, (side, conf) in zip(NAMES, made, strict=True)]
+        [expected] = feed(by_signal, sigs)
+        ts = sigs[0].ts_event
+        assert by_calls.on_calls("binance", "BTC/USDT", "1m", ts, price, made, ts + 1) == expected
+        assert by_calls == by_signal
+
+
+def test_calls_refuse_what_signals_would_drop_or_refuse() -> None:
+    agg = SignalAggregator([SMA, RSI])
+    agg.on_calls("binance", "BTC/USDT", "1m", 2 * MINUTE_NS, 100.0, [("buy", 0.5), ("hold", 0.0)], 0)
+    with pytest.raises(ValueError, match="not after the last one seen"):  # a redelivery
+        agg.on_calls("binance", "BTC/USDT", "1m", 2 * MINUTE_NS, 100.0, [("hold", 0.0)] * 2, 0)
+    with pytest.raises(ValueError, match="1 calls for the 2 strategies"):
+        agg.on_calls("binance", "BTC/USDT", "1m", 3 * MINUTE_NS, 100.0, [("hold", 0.0)], 0)
+    with pytest.raises(ValueError, match="ETH/USDT"):
+        agg.on_calls("binance", "ETH/USDT", "1m", 3 * MINUTE_NS, 100.0, [("hold", 0.0)] * 2, 0)

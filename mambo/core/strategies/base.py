@@ -28,7 +28,6 @@ __all__ = [
     "BatchDecisions",
     "Decision",
     "Strategy",
-    "candle_signal",
     "check_periods",
     "check_positive",
     "make_signal",
@@ -145,31 +144,16 @@ def make_signal(strategy: Strategy, bar: Bar, decision: Decision, ts_init: int) 
     """The :class:`~mambo.schemas.events.Signal` event of ``strategy``'s decision on ``bar``, priced
     at the candle's close; its id is the same on every replay of that candle."""
     c = bar.candle
-    return candle_signal(strategy, decision, c.exchange, c.symbol, c.timeframe, c.ts_event, c.close, ts_init)
-
-
-def candle_signal(
-    strategy: Strategy,
-    decision: Decision,
-    exchange: str,
-    symbol: str,
-    timeframe: str,
-    ts_event: int,
-    close: float,
-    ts_init: int,
-) -> Signal:
-    """:func:`make_signal` for a closed candle given by its market, timeframe, close time and close
-    (a backtest holds candles as columns)."""
     return Signal(
-        event_id=make_id("signal", strategy.name, exchange, symbol, timeframe, ts_event),
-        ts_event=ts_event,
+        event_id=make_id("signal", strategy.name, c.exchange, c.symbol, c.timeframe, c.ts_event),
+        ts_event=c.ts_event,
         ts_init=ts_init,
-        exchange=exchange,
-        symbol=symbol,
+        exchange=c.exchange,
+        symbol=c.symbol,
         strategy=strategy.name,
-        timeframe=timeframe,
+        timeframe=c.timeframe,
         side=decision.side,
         confidence=decision.confidence,
-        price=close,
+        price=c.close,
         values=dict(decision.values),
     )
