@@ -1,9 +1,13 @@
-"""`mambo demo` then `mambo sql`, run as a user runs them: separate processes, a fresh data folder."""
+"""`mambo demo` then `mambo sql`, run as a user runs them: separate processes, a fresh data folder.
+
+The demo runs on its default venue: the local exchange in process, market data through ccxt.pro and
+orders through ccxt (about 35 s on the loaded machine; `mambo api --demo`'s tests run the paper one)."""
 
 from __future__ import annotations
 
 import csv
 import io
+import re
 import subprocess
 import sys
 from decimal import Decimal
@@ -34,6 +38,9 @@ def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert done.returncode == 0, done.stderr + done.stdout
     assert "mambo demo: summary" in done.stdout
     assert "binance:BTC/USDT" in done.stdout
+    # the default venue: every order went to the local exchange through ccxt, and each filled there
+    sent = re.search(r"(\d+) orders reached the exchange, (\d+) fills came back;", done.stdout)
+    assert sent is not None and int(sent[1]) == int(sent[2]) > 0, done.stdout[-2000:]
     return data_dir
 
 
