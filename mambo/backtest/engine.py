@@ -14,7 +14,11 @@
   it there; the other marks move nothing a later decision reads (sizing and exposure limits read the
   deciding bar's mark, cash and positions change only at fills), only the peak equity behind the
   drawdown kill switch, which this path refuses. Per-bar work is numpy and numba; the exact Decimal
-  work happens per signal and per fill.
+  work happens per signal and per fill, and only the events a backtest reports or decides with are
+  built there: the aggregator takes each bar's batch calls without Signal events
+  (:meth:`~mambo.core.aggregation.SignalAggregator.on_calls`), the broker matches bars given as
+  numbers and sends no acknowledgements (``PaperBroker(order_updates=False)``). Its speed:
+  ``benchmarks/backtest.py``.
 
 What cannot be skipped that way is refused (:func:`vector_refusal`) and :func:`run_backtest` falls
 back to the event path: a strategy without ``decide_batch``, and the risk features that look at every
