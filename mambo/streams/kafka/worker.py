@@ -42,8 +42,11 @@ growing exponentially (``retry.backoff.max.ms``) when a real outage makes retrie
 alternates between two transactional producers: transaction k+1 begins on the other id while the
 broker finishes k's markers, so it never waits for them. One transaction runs at a time and k+1
 begins only after k's commit returned, so outputs keep their order and the group's committed offsets
-only move forward (the later offset commit wins). Both ids are fenced at start (``init_transactions``
-aborts whatever a predecessor left open).
+only move forward (the broker materializes, of two transactional offset commits, the one appended
+later to ``__consumer_offsets``, whichever marker lands first). Both ids are fenced at start
+(``init_transactions`` aborts whatever a predecessor left open). And a poll returns at the first
+message (``consume(n, timeout)`` waits for n messages or the whole timeout), then takes what is
+already fetched: a batch is whatever arrived while the previous one was being committed.
 
 Why not Faust for this runtime: Faust's exactly-once mode, its recovery after a kill (faust-streaming
 issues 21, 47, 74, 216: recovery hangs) and its one-message-at-a-time agents were the risks
