@@ -147,7 +147,9 @@ async def run_demo(
         console.print(f"[red]no trades for {symbols!r} in {data or DEMO_TRADES}[/red]")
         return 2
     if venue == "exchange":
-        return await _exchange_demo(console, settings, recording, speed or EXCHANGE_DEMO_SPEED, observers)
+        return await _exchange_demo(
+            console, settings, recording, speed or EXCHANGE_DEMO_SPEED, observers, chosen=wanted is not None
+        )
     markets = {k: Market.default(*split_key(k)) for k in recording.markets}
     runtime = EmbeddedRuntime(settings.engine.to_config(), markets, known_markets=recording.markets)
     db = settings.clickhouse.database
@@ -195,8 +197,10 @@ async def _exchange_demo(
     recording: Recording,
     speed: float,
     observers: Sequence[Observer],
+    chosen: bool,
 ) -> int:
-    """The recording on a local exchange in this process, traded through ccxt like a live run."""
+    """The recording on a local exchange in this process, traded through ccxt like a live run: its
+    Binance spot markets (the others need ``--venue paper``; left out unless chosen by name)."""
     from pydantic import SecretStr
 
     from mambo.connectors.ccxt_client import make_exchange
@@ -205,12 +209,14 @@ async def _exchange_demo(
     from mambo.logs import configure_logging
 
     other = [k for k in recording.markets if not k.startswith("binance:") or k.count(":") > 1]
-    if other:
+    if other and (chosen or len(other) == len(recording.markets)):
         console.print(
             f"[red]the local exchange speaks Binance spot; {', '.join(other)} can only be traded on "
-            f"paper: give --symbols BTC/USDT,ETH/USDT or --venue paper[/red]"
+            f"paper (--venue paper)[/red]"
         )
         return 2
+    if other:
+        console.print(f"(the local exchange speaks Binance spot: {', '.join(other)} only with --venue paper)")
     configure_logging(settings.log_format, logging.WARNING)  # the panel tells the story; warnings still show
     cash = settings.engine.initial_cash
     local = LocalExchange(recording.trades, recording.quotes, speed=0, api_secret=_DEMO_SECRET,
