@@ -1,0 +1,351 @@
+"""The pipeline as a Faust app (faust-streaming): one agent running each market's fused stages.
+
+Start here: :class:`FaustPipeline` (``await FaustPipeline(...).run()``; ``mambo worker --runtime
+faust`` runs one). Why one agent and not one per stage: :mod:`mambo.agents`.
+
+The agent takes md.trades in batches (``Stream.take_events``), per input partition: decodes them
+with the Kafka codec (undecodable or invalid messages become dead letters on ``md.trades.dlq`` with
+topic, partition, offset and reason), runs them through
+:class:`~mambo.streams.markets.MarketPipelines` (the same per-market stages as the native worker and
+the in-process reference) and sends every event the stages publish to its registry topic. Each
+touched market's state (its pickled stages) goes to the Faust table ``state`` keyed by
+``exchange:symbol`` and to its changelog ``<app id>-state-changelog``, in the partition of the input;
+Faust replays that changelog into the table when a partition is assigned (recovery), and a market not
+held in memory is restored from the table before its trades run.
+
+The processing guarantee is Faust's ``processing_guarantee`` (``kafka.processing_guarantee``):
+
+- ``exactly_once``: Faust keeps one transactional producer per input partition (transactional id
+  ``<app id>-<topic group>-<partition>``) and commits each one's consumed offsets in its transaction.
+  A batch's outputs, dead letters and changelog records go through the transactional producer *of the
+  batch's input partition*, holding that producer's lock for the whole batch: so the batch is in one
+  transaction with its offsets, and Faust's periodic commit cannot fall between its first and last
+  message. The agent sends those messages itself (``_publish``) because Faust's own ``Topic.send``
+  routes a message to the transaction of its *destination* partition (right only for co-partitioned
+  topics of equal partition counts; our single-partition topics such as equity and the dead-letter
+  topics would land on partition 0's producer, which may be another worker's) and attaches it to the
+  stream's current event; ``Table.__setitem__`` buffers the changelog write (``send_soon``), which a
+  commit does not wait for. Faust only runs transactions when ``app.in_worker`` is set (its
+  ``faust.Worker`` sets it); :meth:`FaustPipeline.run` sets it, as that Worker does.
+- ``at_least_once``: the same messages through Faust's plain producer; Faust flushes it before each
+  offset commit, so a crash can repeat a batch's outputs (the same deterministic event ids, which the
+  ClickHouse sink collapses), never lose them.
+
+Faust's consumer needs ``cramjam`` to read our producers' lz4 batches (without it its consumer thread
+crashes and the app idles: :meth:`FaustPipeline.run` raises instead).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import faust
+import structlog
+
+from mambo.core.market import Market
+from mambo.core.stages import EngineConfig
+from mambo.schemas.batches import TradeBatch
+from mambo.schemas.topics import TRADES, by_name, dlq_topic
+from mambo.streams.kafka.codec import check_trades, dead_letter, decode_trades, encode, headers_for
+from mambo.streams.markets import MarketPipelines
+
+if TYPE_CHECKING:
+    from mambo.settings import MamboSettings
+
+__all__ = ["GUARANTEES", "FaustPipeline", "faust_worker"]
+
+log = structlog.get_logger("mambo.agents")
+
+GUARANTEES = ("exactly_once", "at_least_once")
+APP_ID = "mambo-faust"
+#: One outgoing message: topic (unprefixed), key, value, headers, partition (None: by key).
+Outgoing = tuple[str, bytes, bytes, list[tuple[str, bytes]], int | None]
+
+
+class FaustPipeline:
+    """A Faust app running every stage per market on the md.trades partitions it is assigned.
+
+    ``await run(stop, idle_exit=...)`` starts the app, processes until ``stop`` is set or the input is
+    drained and idle for ``idle_exit`` s, and stops it. ``processed``, ``dead`` and ``batches`` count
+    what this process did.
+    """
+
+    def __init__(
+        self,
+        bootstrap: str,
+        config: EngineConfig,
+        datadir: Path,
+        *,
+        guarantee: str = "exactly_once",
+        prefix: str = "",
+        partitions: int = 6,
+        markets: Mapping[str, Market] | None = None,
+        known_markets: Sequence[str] | None = None,
+        batch_size: int = 5_000,
+        within: float = 0.05,
+        name: str = "1",
+        commit_interval: float = 0.5,
+    ) -> None:
+        if guarantee not in GUARANTEES:
+            raise ValueError(f"processing guarantee must be one of {', '.join(GUARANTEES)}: {guarantee!r}")
+        self.prefix = prefix
+        self.bootstrap = bootstrap
+        self.batch_size = batch_size
+        self.within = within
+        self.processed = 0  # trades
+        self.dead = 0
+        self.batches = 0
+        self.last_activity = time.monotonic()
+        self._out: list[tuple[str, Any]] = []
+        self._partition_of: dict[str, int] = {}  # market key -> its input (and changelog) partition
+        self._headers: dict[str, list[tuple[str, bytes]]] = {}
+        self.pipelines = MarketPipelines(config, self._collect, markets, known_markets)
+        self.app = faust.App(
+            prefix + APP_ID,
+            broker=f"kafka://{bootstrap}",
+            store="memory://",
+            processing_guarantee=guarantee,
+            topic_partitions=partitions,
+            topic_replication_factor=1,
+            table_standby_replicas=0,
+            datadir=str(datadir),
+            web_enabled=False,
+            consumer_auto_offset_reset="earliest",
+            # static membership (KIP-345): a worker restarted under its name takes its place in the
+            # group at once, without a rebalance; one that stays away leaves it after the session
+            consumer_group_instance_id=f"{prefix}{APP_ID}-{name}",
+            broker_session_timeout=10.0,
+            # a transaction per input partition is committed this often: under exactly_once, what
+            # read_committed consumers see lags by up to this (Faust's default is 2.8 s)
+            broker_commit_interval=commit_interval,
+            broker_heartbeat_interval=1.0,
+        )
+        # what faust.Worker.on_start does, and before anything reads the cached ``app.in_transaction``:
+        # Faust runs transactions only inside a worker (an app merely started has none, whatever its
+        # processing_guarantee: the cause of the first attempt's lost and doubled orders)
+        self.app.in_worker = True
+        self.source = self.app.topic(
+            prefix + TRADES.name, partitions=partitions, key_serializer="raw", value_serializer="raw"
+        )
+        self.table = self.app.Table("state", partitions=partitions, key_type=bytes, value_type=bytes)
+        self.app.agent(self.source, name=prefix + "mambo-markets")(self._agent)
+        self.app.on_partitions_revoked.connect(self._on_revoked)
+        self.app.on_partitions_assigned.connect(self._on_assigned)
+
+    def _collect(self, topic: str, event: Any) -> None:
+        self._out.append((topic, event))
+
+    @property
+    def transactional(self) -> bool:
+        return bool(self.app.in_transaction)
+
+    # --- rebalance -----------------------------------------------------------------------------
+
+    async def _on_revoked(self, sender: Any, /, *args: Any, signal: Any, **_: Any) -> None:
+        """Forget the in-memory stages of revoked partitions' markets; the table keeps their last
+        state, which is restored if the partition stays here (Faust revokes everything at a
+        rebalance and does not replay a partition it gives back to the same worker)."""
+        revoked = args[0]  # the revoked set of TP
+        gone = {tp.partition for tp in revoked if tp.topic == self.source.get_topic_name()}
+        keys = [k for k, p in self._partition_of.items() if p in gone]
+        self.pipelines.drop(keys)
+        log.info("faust.revoked", partitions=sorted(gone), markets=len(keys))
+
+    async def _on_assigned(self, sender: Any, /, *args: Any, signal: Any, **_: Any) -> None:
+        """Drop the table's state of markets whose partition went elsewhere (if it comes back, Faust
+        replays its changelog, which then holds the other worker's later state)."""
+        assigned = args[0]  # the whole new assignment (set of TP)
+        topic = self.source.get_topic_name()
+        mine = {tp.partition for tp in assigned if tp.topic == topic}
+        for k in [k for k, p in self._partition_of.items() if p not in mine]:
+            del self._partition_of[k]
+            self.table.data.pop(k.encode(), None)
+        log.info("faust.assigned", partitions=sorted(mine))
+
+    # --- the agent -----------------------------------------------------------------------------
+
+    async def _agent(self, stream: faust.types.StreamT[Any]) -> None:
+        assert isinstance(stream, faust.Stream)  # take_events is on the class, not the protocol
+        async for events in stream.take_events(self.batch_size, within=self.within):
+            by_part: dict[int, list[faust.types.EventT]] = defaultdict(list)
+            for ev in events:
+                by_part[ev.message.partition].append(ev)
+            for partition, part in by_part.items():
+                await self._publish(partition, self._process(partition, part))
+            self.batches += 1
+            self.last_activity = time.monotonic()
+            # nothing may await between the last _publish and the end of this body: take_events acks
+            # the batch right after it without yielding, so a commit sees outputs and acks together
+
+    def _process(self, partition: int, part: list[faust.types.EventT]) -> list[Outgoing]:
+        """The messages one partition's slice of a batch produces (outputs, dead letters, state)."""
+        self._out.clear()
+        try:
+            touched = self._run_stages(partition, part)
+        except Exception as ex:  # a Faust agent that raises still acks: dead-letter the slice instead
+            log.exception("faust.batch_failed", topic=TRADES.name, partition=partition)
+            self._out.clear()
+            # the slice's markets go back to their last good state (the table's) before the next batch
+            self.pipelines.drop([k for k, p in self._partition_of.items() if p == partition])
+            for ev in part:
+                self._dead(partition, ev, f"processing failed: {type(ex).__name__}: {ex}")
+            touched = []
+        out = [self._encode(topic, event) for topic, event in self._out if not isinstance(event, TradeBatch)]
+        self._out.clear()
+        changelog = self.table.changelog_topic.get_topic_name()
+        for key in touched:
+            blob = self.pipelines.state(key)
+            self.table.data[key.encode()] = blob
+            self._partition_of[key] = partition
+            out.append((changelog, key.encode(), blob, [], partition))
+        return out
+
+    def _run_stages(self, partition: int, part: list[faust.types.EventT]) -> list[str]:
+        batch, _, undecodable = decode_trades([ev.message.value for ev in part])
+        skip = {j for j, _ in undecodable}
+        decoded = [ev for i, ev in enumerate(part) if i not in skip] if undecodable else part
+        rows, invalid = check_trades(batch, self.pipelines.known_markets)
+        for i, reason in undecodable:
+            self._dead(partition, part[i], reason)
+        for i, reason in invalid:
+            self._dead(partition, decoded[i], reason)
+        if invalid:
+            batch = batch.take(rows)
+        held = set(self.pipelines.keys)
+        for key in batch.keys:  # a market not in memory: from the table (recovered from the changelog)
+            if key not in held:
+                blob = self.table.data.get(key.encode())
+                if blob is not None:
+                    self.pipelines.restore(key, blob)
+                    log.info("faust.restored", market=key, partition=partition)
+        touched = self.pipelines.ingest_trades(batch)
+        self.processed += len(batch)
+        return touched
+
+    def _dead(self, partition: int, ev: faust.types.EventT, reason: str) -> None:
+        m = ev.message
+        ts = int(m.timestamp * 1e9)
+        letter = dead_letter(TRADES.name, partition, m.offset, m.key, m.value, reason, ts)
+        self._out.append((dlq_topic(TRADES.name), letter))
+        self.dead += 1
+        log.warning("dead letter", topic=TRADES.name, partition=partition, offset=m.offset, reason=reason)
+
+    def _encode(self, topic: str, event: Any) -> Outgoing:
+        t = by_name(topic)
+        key, value = encode(t, event)
+        headers = self._headers.get(topic)
+        if headers is None:
+            headers = self._headers[topic] = [(k, v) for k, v in headers_for(t.model) if isinstance(v, bytes)]
+        return self.prefix + topic, key.encode(), value, headers, None
+
+    async def _publish(self, partition: int, out: list[Outgoing]) -> None:
+        """Send a partition's batch: in its input partition's transaction (exactly_once, holding that
+        transaction's lock throughout) or through the plain producer (at_least_once)."""
+        driver = self.app.producer
+        if self.transactional:
+            group = self.app.assignor.group_for_topic(self.source.get_topic_name())
+            tid = f"{self.app.conf.id}-{group}-{partition}"
+            producer = driver._transaction_producers.get(tid)  # type: ignore[attr-defined]
+            if producer is None:
+                raise RuntimeError(f"no transactional producer {tid} for an assigned partition")
+            async with driver._trn_locks[tid]:  # type: ignore[attr-defined]
+                for topic, key, value, headers, part in out:
+                    await producer.send(topic, value, key=key, partition=part, headers=headers)
+        else:
+            producer = driver._ensure_producer()  # type: ignore[attr-defined]
+            for topic, key, value, headers, part in out:
+                await producer.send(topic, value, key=key, partition=part, headers=headers)
+
+    # --- running -------------------------------------------------------------------------------
+
+    def _raise_if_crashed(self) -> None:
+        """Faust's consumer thread can crash (an undecodable batch codec, a lost broker) while the
+        app object stays up and simply stops consuming: turn that into an error, not an idle exit."""
+        consumer = self.app.consumer
+        for svc in (self.app, consumer, getattr(consumer, "_thread", None)):
+            if svc is not None and svc.crashed:
+                raise RuntimeError(f"faust {type(svc).__name__} crashed: {svc.crash_reason!r}")
+
+    def _drained(self) -> bool:
+        """Whether the app's group has committed md.trades to its end on every partition (an idle
+        exit must not leave input behind: a rebalance or a table recovery also looks idle)."""
+        from confluent_kafka import Consumer, TopicPartition
+
+        topic = self.source.get_topic_name()
+        c = Consumer({"bootstrap.servers": self.bootstrap, "group.id": self.app.conf.id, "log_level": 3})
+        try:
+            parts = c.list_topics(topic, timeout=10).topics[topic].partitions
+            for tp in c.committed([TopicPartition(topic, p) for p in parts], timeout=10):
+                _, high = c.get_watermark_offsets(tp, timeout=10)
+                if high > 0 and tp.offset < high:
+                    return False
+            return True
+        finally:
+            c.close()
+
+    async def run(self, stop: asyncio.Event | None = None, idle_exit: float | None = None) -> None:
+        """Start the app, process until ``stop`` is set or the input is drained and nothing arrived
+        for ``idle_exit`` s, then stop it (committing what was processed)."""
+        stop = stop or asyncio.Event()
+        if self.app.in_transaction != (self.app.conf.processing_guarantee.value == "exactly_once"):
+            raise RuntimeError("Faust's transactions are not on as the processing guarantee says")
+        await self.app.start()
+        log.info("faust.started", app=self.app.conf.id, guarantee=self.app.conf.processing_guarantee.value)
+        try:
+            self.last_activity = time.monotonic()
+            while not stop.is_set():
+                await asyncio.sleep(0.2)
+                self._raise_if_crashed()
+                if not self.app.consumer.assignment():
+                    self.last_activity = time.monotonic()  # idle time counts from assignment
+                elif (
+                    idle_exit is not None
+                    and time.monotonic() - self.last_activity > idle_exit
+                    and await asyncio.to_thread(self._drained)
+                ):
+                    break
+        finally:
+            await self.app.stop()
+            log.info("faust.stopped", trades=self.processed, batches=self.batches, dead=self.dead)
+
+
+def faust_worker(
+    settings: MamboSettings,
+    *,
+    name: str = "1",
+    batch_size: int = 5_000,
+    prefix: str = "",
+    idle_exit: float | None = None,
+) -> FaustPipeline:
+    """``mambo worker --runtime faust``: run a :class:`FaustPipeline` with ``settings`` (bootstrap,
+    partitions, ``kafka.processing_guarantee``, the engine) until SIGINT/SIGTERM, or drained and idle
+    for ``idle_exit`` s. Its Faust data folder is ``<data_dir>/faust/<name>``."""
+    import signal
+
+    folder = (settings.data_dir / "faust" / name).resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    pipeline = FaustPipeline(
+        settings.kafka.bootstrap or "127.0.0.1:9092",
+        settings.engine.to_config(),
+        folder,
+        guarantee=settings.kafka.processing_guarantee,
+        prefix=prefix,
+        partitions=settings.kafka.partitions,
+        batch_size=batch_size,
+        name=name,
+    )
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await pipeline.run(stop, idle_exit)
+
+    asyncio.run(main())
+    return pipeline
