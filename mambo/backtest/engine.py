@@ -277,7 +277,6 @@ class _SparseRun:
             order_updates=False,  # nobody reads acks here; risk sees an order done when its fill lands
         )
         self.risk = RiskEngine(config.risk, markets)
-        self.strategies = strategies
         self.decisions = decisions
         self.aggregator = SignalAggregator(
             [s.name for s in strategies], threshold=config.aggregation_threshold
