@@ -94,9 +94,11 @@ def _progress_table(p: ReplayProgress, s: PipelineStats, total: int) -> Table:
     return t
 
 
-def summary_table(rt: EmbeddedRuntime, s: PipelineStats, markets: list[str]) -> Table:
+def summary_table(
+    rt: EmbeddedRuntime, s: PipelineStats, markets: list[str], title: str = "mambo demo: summary"
+) -> Table:
     pf = rt.portfolio
-    t = Table(title="mambo demo: summary")
+    t = Table(title=title)
     for col in (
         "market",
         "candles",

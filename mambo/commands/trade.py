@@ -145,7 +145,7 @@ async def _trade(
                                f"equity {equity}")  # fmt: skip
         finally:
             await session.stop()
-        console.print(summary_table(session.runtime, stats, session.keys))
+        console.print(summary_table(session.runtime, stats, session.keys, title="mambo trade: summary"))
         return 0
     finally:
         await client.close()

@@ -71,6 +71,13 @@ def test_pipeline_orders_fill_on_the_exchange_and_come_back(
             # the account is the exchange's, exactly: cash against the exchange's free quote balance
             assert portfolio.position("binance:BTC/USDT") == 0 and ex.free["BTC"] == 0
             assert portfolio.cash == ex.free["USDT"]
+            # a restart on this history gets the account back from the fills, before any trading
+            again = LiveSession(settings, client, "binance", ["BTC/USDT"])
+            assert await again.recover() == 2
+            assert again.runtime.portfolio.cash == portfolio.cash and again.venue.counts["recovered"] == 0
+            assert (
+                again.runtime.portfolio.snapshot(0, 0).realized_pnl == portfolio.snapshot(0, 0).realized_pnl
+            )
             return ex
 
     ex = asyncio.run(main())
