@@ -41,6 +41,7 @@ from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
+from numba import njit
 
 from mambo.backtest.data import CandleFrame
 from mambo.core.aggregation import SignalAggregator
@@ -124,10 +125,12 @@ class Ledger:
 
     def equity(self, close: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
         """Equity at each bar's close, float64: ``cash + qty × close``."""
-        seg = self.segment(len(close)) + 1
-        cash = np.array([float(self.initial_cash), *map(float, self.cash)])
-        qty = np.array([0.0, *map(float, self.qty)])
-        return cash[seg] + qty[seg] * close
+        cash = np.array([float(c) for c in self.cash])
+        qty = np.array([float(q) for q in self.qty])
+        curve: npt.NDArray[np.float64] = _equity_curve(
+            self.bar, cash, qty, float(self.initial_cash), np.ascontiguousarray(close, dtype=np.float64)
+        )
+        return curve
 
     def equity_at(self, i: int, close: float) -> Decimal:
         """Exact equity at bar ``i``'s close."""
@@ -135,6 +138,25 @@ class Ledger:
         if k < 0:
             return self.initial_cash
         return MONEY.add(self.cash[k], MONEY.multiply(self.qty[k], to_decimal(close)))
+
+
+@njit(cache=True)
+def _equity_curve(
+    fill_bar: npt.NDArray[np.int64],
+    cash: npt.NDArray[np.float64],
+    qty: npt.NDArray[np.float64],
+    initial_cash: float,
+    close: npt.NDArray[np.float64],
+) -> npt.NDArray[np.float64]:
+    # one pass, the same float operations per bar as cash[seg] + qty[seg] * close over the arrays
+    out = np.empty(len(close))
+    k, c, q = 0, initial_cash, 0.0
+    for i in range(len(close)):
+        while k < len(fill_bar) and fill_bar[k] <= i:  # the account after the bar's last fill
+            c, q = cash[k], qty[k]
+            k += 1
+        out[i] = c + q * close[i]
+    return out
 
 
 @dataclass

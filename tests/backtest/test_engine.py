@@ -51,6 +51,11 @@ def assert_same(events: BacktestResult, vector: BacktestResult) -> None:
     np.testing.assert_allclose(vector.equity, expected, rtol=1e-13, atol=0)
     n = len(vector.frame)
     assert vector.ledger.held_bars(n) == np.count_nonzero(vector.position) > 0
+    # the one-pass curve is the whole-array formula, bit for bit
+    ledger, seg = vector.ledger, vector.ledger.segment(n) + 1
+    cash = np.array([float(ledger.initial_cash), *map(float, ledger.cash)])
+    qty = np.array([0.0, *map(float, ledger.qty)])
+    assert np.array_equal(vector.equity, cash[seg] + qty[seg] * vector.frame.close)
 
 
 def test_sma_crossover_on_both_paths_gives_the_reference_trades(frame: CandleFrame) -> None:
