@@ -62,6 +62,12 @@ def register(app: typer.Typer) -> None:
         quotes: Annotated[
             Path | None, typer.Option(help="Book-top CSV (default: the bundled recording).")
         ] = None,
+        depth: Annotated[
+            Path | None,
+            typer.Option(
+                help="A recorded multi-level book (e.g. tests/fixtures/binance_spot_depth10.jsonl.gz)."
+            ),
+        ] = None,
         secret: Annotated[
             str,
             typer.Option(envvar="MAMBO_LOCAL_EXCHANGE_SECRET", help="Secret that signed requests must use."),
@@ -70,16 +76,17 @@ def register(app: typer.Typer) -> None:
         """Run the local exchange: Binance spot REST and WebSocket, replaying recorded data."""
         from mambo.connectors.replay import DEMO_QUOTES, DEMO_TRADES, load_quotes, load_trades
         from mambo.exchange import LocalExchange, serve
+        from mambo.exchange.depth import load_depth
         from mambo.logs import configure_logging
 
         configure_logging("console")
         batch, _ = load_trades(trades or DEMO_TRADES)
         book, _ = load_quotes(quotes or DEMO_QUOTES)
+        recorded_depth = load_depth(depth) if depth is not None else None
 
         async def main() -> None:
-            local = LocalExchange(
-                batch, book, speed=speed, history_seconds=history_seconds, api_secret=secret
-            )
+            local = LocalExchange(batch, book, speed=speed, history_seconds=history_seconds,
+                                  api_secret=secret, depth=recorded_depth)  # fmt: skip
             runner, url = await serve(local, host, port)
             names = ", ".join(s.market.symbol for s in local.symbols.values())
             typer.echo(f"local exchange on {url} (markets: {names})")

@@ -17,8 +17,10 @@ of the recording are released at start, as the exchange's past.
 
 Simplifications, stated: each recorded trade is its own aggregate trade (``aggTrades`` id = trade id,
 so REST and ``@aggTrade``/``@trade`` ids agree); the book is one level deep (the recorded best bid
-and ask); commissions are charged in the quote asset; a ``newClientOrderId`` is refused only while an
-open order holds it (as Binance does).
+and ask) unless a recorded multi-level book is given (``depth``, :mod:`mambo.exchange.depth`: REST
+``depth`` and the ``@depth`` streams then replay it, with Binance's update ids); commissions are
+charged in the quote asset; a ``newClientOrderId`` is refused only while an open order holds it (as
+Binance does).
 
 Matching: a market order, or a limit order that crosses the book top, fills at once as taker at the
 book top; a resting limit order fills as maker when a replayed trade crosses it, through
@@ -47,6 +49,7 @@ from aiohttp import WSMsgType, web
 
 from mambo.core.execution import PaperBroker
 from mambo.core.market import Market
+from mambo.exchange.depth import DepthBook, RecordedDepth
 from mambo.schemas.batches import TradeBatch
 from mambo.schemas.events import Fill, Order, Quote, make_id
 
@@ -94,6 +97,8 @@ class SymbolData:
     quotes: list[Quote]
     released: int = 0  # trades released so far
     quotes_released: int = 0
+    book: DepthBook | None = None  # a recorded multi-level book, when given (else the quotes' one level)
+    depth: list[dict[str, Any]] = field(default_factory=list)  # its recorded updates
 
     @property
     def id(self) -> str:
@@ -167,6 +172,7 @@ class LocalExchange:
         balances: dict[str, str] | None = None,
         fee_rate: str = "0.001",
         markets: dict[str, Market] | None = None,
+        depth: RecordedDepth | None = None,
     ) -> None:
         self.speed = speed
         self.api_secret = api_secret.encode()
@@ -188,6 +194,9 @@ class LocalExchange:
                 trade_id=trades.trade_id[rows].astype(np.int64),
                 quotes=[q for q in quotes if q.key == key],
             )
+            if depth and sym.id in depth:
+                snapshot, sym.depth = depth[sym.id]
+                sym.book = DepthBook(snapshot)
             self.symbols[sym.id] = sym
         if not self.symbols:
             raise ValueError("the recording has no binance spot market to replay")
@@ -227,6 +236,7 @@ class LocalExchange:
         for sid, sym in self.symbols.items():
             events += [(int(t), 1, sid, i) for i, t in enumerate(sym.ts)]
             events += [(q.ts_event // _MS, 0, sid, i) for i, q in enumerate(sym.quotes)]
+            events += [(int(u["E"]), 2, sid, i) for i, u in enumerate(sym.depth)]
         events.sort()
         return events
 
@@ -299,6 +309,13 @@ class LocalExchange:
                 self._match_trade(sym, i)
                 if emit:
                     frames += self._trade_frames(sym, i)
+            elif kind == 2:
+                assert sym.book is not None
+                update = sym.depth[i]
+                sym.book.apply(update)
+                if emit:
+                    low = sym.id.lower()
+                    frames += [(f"{low}@depth", "depth", update), (f"{low}@depth@100ms", "depth", update)]
             else:
                 sym.quotes_released = i + 1
                 if emit:
@@ -385,6 +402,8 @@ class LocalExchange:
                 bids.append([_num(prev.bid), "0.00000000"])
             if prev.ask != q.ask:
                 asks.append([_num(prev.ask), "0.00000000"])
+        if sym.book is not None:  # the recorded book has depth streams of its own
+            return [(f"{low}@bookTicker", "quote", book)]
         ts = q.ts_event // _MS
         depth = {"e": "depthUpdate", "E": ts, "s": sym.id, "U": u, "u": u, "b": bids, "a": asks}
         return [(f"{low}@bookTicker", "quote", book), (f"{low}@depth", "quote", depth),
@@ -601,6 +620,8 @@ class LocalExchange:
 
     async def _depth(self, request: web.Request) -> web.Response:
         sym = self._symbol(request)
+        if sym.book is not None:
+            return web.json_response(sym.book.top(min(int(request.query.get("limit", 100)), 5000)))
         q = sym.last_quote()
         if q is None:
             return web.json_response({"lastUpdateId": 0, "bids": [], "asks": []})
