@@ -19,7 +19,7 @@ import pytest
 from clickhouse_connect.driver.client import Client
 
 from mambo.connectors.clickhouse import read_events
-from mambo.connectors.exchange_broker import exchange_client_id
+from mambo.connectors.exchange_broker import ExchangeBroker, exchange_client_id
 from mambo.core.market import Market
 from mambo.core.stages import EngineConfig
 from mambo.live import LiveSession
@@ -28,7 +28,7 @@ from mambo.schemas.events import Candle, EquitySnapshot, Fill, Order, OrderInten
 from mambo.schemas.topics import INTENTS
 from mambo.settings import MamboSettings
 from mambo.streams.embedded import EmbeddedRuntime
-from mambo.streams.exchange_venue import open_orders_from_history
+from mambo.streams.exchange_venue import ExchangeVenue, open_orders_from_history
 from tests.exchange.helpers import running_exchange
 
 SCRIPTED = "tests.streams.scripted:Scripted"
@@ -107,6 +107,40 @@ def test_pipeline_orders_fill_on_the_exchange_and_come_back(
     equity = [e for e in read_events(clickhouse_client, "equity", db) if isinstance(e, EquitySnapshot)]
     last = max(equity, key=lambda e: (e.ts_event, e.ts_init))
     assert last.equity == last.cash == Decimal(100_000) + sell.realized_pnl - buy.fee - sell.fee
+
+
+def test_a_resting_limit_order_is_followed_until_it_fills() -> None:
+    """No pipeline: the venue alone. A buy limit below the market rests on the exchange; the venue's
+    polling delivers its fills as replayed trades reach it, then its final state."""
+
+    async def main() -> None:
+        async with running_exchange(speed=0, history_seconds=60) as (ex, client):
+            sym = ex.symbols["BTCUSDT"]
+            limit = Decimal(repr(float(sym.price[sym.released : sym.released + 3000].min()))) + Decimal(
+                "0.01"
+            )
+            got: list[Order | Fill] = []
+            venue = ExchangeVenue(ExchangeBroker(client, "binance"), got.extend, poll_seconds=0.02)
+            task = asyncio.create_task(venue.run())
+            order = Order(event_id="e", ts_event=1, ts_init=1, exchange="binance", symbol="BTC/USDT",
+                          client_order_id="resting-1", strategy="s", side="buy", order_type="limit",
+                          qty=Decimal("0.002"), limit_price=limit)  # fmt: skip
+            assert venue.submit(order, 1) == [] and venue.submit(order, 1) == []  # queued once
+            deadline = time.monotonic() + 60
+            while not venue.broker.open_orders():
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.01)
+            assert not venue.idle  # resting: the venue follows it
+            while not venue.idle:
+                assert time.monotonic() < deadline and await ex.advance(10) >= 0
+                await asyncio.sleep(0.05)
+            task.cancel()
+            fills = [e for e in got if isinstance(e, Fill)]
+            assert sum(f.qty for f in fills) == order.qty and {f.price for f in fills} == {limit}
+            assert {f.liquidity for f in fills} == {"maker"} and len(ex.orders) == 1
+            assert [e.status for e in got if isinstance(e, Order)][-1] == "filled"
+
+    asyncio.run(main())
 
 
 class SilentVenue:
