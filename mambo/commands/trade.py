@@ -82,6 +82,7 @@ def register(app: typer.Typer) -> None:
             engine["timeframes"] = (timeframe,)
         settings = _settings(config, data_dir, **engine)
         mode = "local" if base_url else "sandbox" if sandbox else "live"
+        code = 130  # Ctrl-C: stopped by the user
         with contextlib.suppress(KeyboardInterrupt):
             code = asyncio.run(
                 _trade(settings, exchange, chosen, base_url, mode, creds, since_ms, duration, recover)
