@@ -65,11 +65,13 @@ class Supervisor:
         self,
         log_dir: Path,
         echo: Callable[[str], None],
+        backoff: float = 1.0,
         max_backoff: float = 30.0,
         stable_seconds: float = 60.0,
     ) -> None:
         self.log_dir = log_dir
         self.echo = echo
+        self.backoff = backoff
         self.max_backoff = max_backoff
         self.stable_seconds = stable_seconds
         self.children: list[_Child] = []
@@ -79,7 +81,7 @@ class Supervisor:
         return self.log_dir / f"{name}.log"
 
     def start(self, spec: ChildSpec) -> subprocess.Popen[bytes]:
-        child = _Child(spec)
+        child = _Child(spec, backoff=self.backoff)
         self.children.append(child)
         self._spawn(child)
         assert child.proc is not None
@@ -127,8 +129,8 @@ class Supervisor:
                 )
                 continue
             if now - c.started >= self.stable_seconds:
-                c.backoff = 1.0
-            self.echo(f"{name}: DIED (exit {rc}), restarting in {c.backoff:.0f} s; see {self.log_file(name)}")
+                c.backoff = self.backoff
+            self.echo(f"{name}: DIED (exit {rc}), restarting in {c.backoff:g} s; see {self.log_file(name)}")
             c.restart_at = now + c.backoff
             c.backoff = min(c.backoff * 2, self.max_backoff)
 
@@ -150,6 +152,6 @@ class Supervisor:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 rc = proc.wait()
-                self.echo(f"{c.spec.name}: did not stop within {c.spec.grace_seconds:.0f} s, killed")
+                self.echo(f"{c.spec.name}: did not stop within {c.spec.grace_seconds:g} s, killed")
                 continue
             self.echo(f"{c.spec.name}: stopped" + ("" if rc in (0, -signal.SIGTERM) else f" (exit {rc})"))
