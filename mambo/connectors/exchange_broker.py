@@ -161,7 +161,11 @@ class ExchangeBroker:
 
     async def reconcile(self, orders: Iterable[Order]) -> list[Order | Fill]:
         """After a restart, before trading: the exchange's view of ``orders`` (the last known states
-        of ours, e.g. from the orders topic), with any fills that happened while we were away."""
+        of ours, e.g. from the orders topic), with any fills that happened while we were away.
+
+        An order the exchange does not know never reached it (the process stopped between recording
+        it and sending it): it comes back ``expired`` with that reason, and is not sent now, on a
+        market that has moved since."""
         out: list[Order | Fill] = []
         for order in orders:
             cid = exchange_client_id(order.client_order_id)
@@ -169,6 +173,10 @@ class ExchangeBroker:
             found = await self._lookup(order.symbol, cid)
             if found is not None:
                 out += await self._events(cid, found)
+            elif order.status in ("new", "partially_filled"):
+                reason = "expired: not on the exchange (the process stopped before sending it)"
+                self._orders[cid] = self._update(order, "expired", reason=reason)
+                out.append(self._orders[cid])
         log.info("broker.reconciled", orders=len(self._orders), events=len(out))
         return out
 

@@ -143,6 +143,27 @@ def test_a_resting_limit_order_is_followed_until_it_fills() -> None:
     asyncio.run(main())
 
 
+def test_recover_expires_an_order_that_never_reached_the_exchange() -> None:
+    """Written ahead, then the process stopped before sending: the exchange does not know it. The
+    restart reports it expired (risk and the strategy's market are released) and does not send it."""
+
+    async def main() -> None:
+        async with running_exchange(speed=0, history_seconds=10) as (ex, client):
+            got: list[Order | Fill] = []
+            venue = ExchangeVenue(ExchangeBroker(client, "binance"), got.extend)
+            unsent = Order(event_id="e", ts_event=1, ts_init=1, exchange="binance", symbol="BTC/USDT",
+                           client_order_id="written-ahead", strategy="s", side="buy", order_type="market",
+                           qty=Decimal("0.001"))  # fmt: skip
+            assert await venue.recover([unsent]) == 1
+            assert [(o.status, o.client_order_id) for o in got if isinstance(o, Order)] == [
+                ("expired", "written-ahead")
+            ]
+            assert "stopped before sending" in got[0].reason  # type: ignore[union-attr]
+            assert venue.idle and venue.submit(unsent, 1) == [] and not ex.orders
+
+    asyncio.run(main())
+
+
 class SilentVenue:
     """A venue that takes orders and answers nothing (an exchange's answer still in flight)."""
 
