@@ -22,7 +22,9 @@ benchmarks/embedded_pipeline.py until it holds --trades trades.
    queued (the worker was busy with the previous batch), publish + fetch (producer linger, broker,
    the worker's fetch), stages, state, offsets (send_offsets_to_transaction; at least once: the
    outputs' flush), commit (commit_transaction; at least once: the state's flush) and visible
-   (transaction markers, the reader's fetch). Each guarantee (--guarantee) is measured in turn.
+   (transaction markers, the reader's fetch; at least once it is negative: outputs are readable once
+   flushed, before the offsets are committed). The worker's garbage collections are traced too.
+   Each guarantee (--guarantee) is measured in turn.
 
 Run: python benchmarks/kafka_pipeline.py [--trades 300000] [--rate 5000] [--bootstrap host:port]
 [--guarantee exactly_once,at_least_once] [--runtime native|faust] [--latency-only]
@@ -143,7 +145,7 @@ def latency(bootstrap: str, rate: int, logs: Path, guarantee: str) -> None:
     trace = logs / f"trace-{guarantee}.jsonl"
     traced = () if RUNTIME and RUNTIME[1] != "native" else ("--trace", str(trace))
     proc = worker(
-        bootstrap, prefix, env, logs / "latency.log", "--batch-size", "5000", "--idle-exit", "3", *traced
+        bootstrap, prefix, env, logs / "latency.log", "--batch-size", "5000", "--idle-exit", "10", *traced
     )
     samples: dict[str, list[tuple[int, int]]] = {ORDERS.name: [], candle_topic("1s"): []}
     stop = threading.Event()
@@ -217,7 +219,10 @@ def breakdown(trace: Path, orders: list[tuple[int, int]]) -> None:
     """Each order's latency split by where it went, from the worker's trace of its batch."""
     import orjson
 
-    batches = [orjson.loads(line) for line in trace.read_bytes().splitlines()]
+    rows_ = [orjson.loads(line) for line in trace.read_bytes().splitlines()]
+    batches = [r for r in rows_ if "gc" not in r]
+    full_gc = [r["ns"] / 1e6 for r in rows_ if r.get("gc") == 2]
+    young_gc = [r["ns"] / 1e6 for r in rows_ if r.get("gc") in (0, 1)]
     of_ts = {ts: b for b in batches for ts in b["ts_init"]}
     rows = []
     for ts, arrived in orders:
@@ -242,6 +247,11 @@ def breakdown(trace: Path, orders: list[tuple[int, int]]) -> None:
         f"  every batch ({len(batches):,}): state+offsets+commit p50 {np.percentile(txn, 50):.1f}"
         f"  p99 {np.percentile(txn, 99):.1f}  messages/batch p50 "
         f"{np.percentile([b['messages'] for b in batches], 50):.0f}"
+    )
+    print(
+        f"  garbage collections in the worker: {len(young_gc):,} young"
+        f" (max {max(young_gc, default=0):.1f} ms),"
+        f" {len(full_gc)} full (max {max(full_gc, default=0):.1f} ms, total {sum(full_gc):.0f} ms)"
     )
 
 
