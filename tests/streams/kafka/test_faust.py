@@ -4,10 +4,10 @@ Parity with the in-process reference (orders and fills id for id, every topic's 
 rows through the sink) under both guarantees; 1,000 malformed messages into dead letters; ``mambo
 worker --runtime faust`` SIGKILLed twice and restarted; two Faust workers sharing 6 partitions.
 
-Cost: ~3.5 min on the shared 2-core machine, mostly Faust itself (about 3,000 trades/s through its
-per-message stream machinery, and ~12 s per restart after a SIGKILL: Faust's changelog recovery waits
-two 5 s polls before it accepts that the killed worker's last transaction was aborted). So these run
-20-30k trades of the recording, not all 69,808."""
+Cost: ~3.5 min on the shared 2-core machine (6.7 min measured at load 10 beside other test runs),
+mostly Faust itself: about 2,300 trades/s through its per-message stream machinery, and 10 s or more
+per restart or partition moved in (Faust's changelog recovery waits two 5 s polls past the last
+transaction marker). So these run 20,000 trades of the recording, not all 69,808."""
 
 from __future__ import annotations
 
@@ -38,7 +38,6 @@ from .test_pipeline import SLICE, malformed, of, reference
 
 pytestmark = pytest.mark.kafka
 N = 20_000
-N_CRASH = 30_000
 
 
 @pytest.fixture(scope="module")
@@ -72,8 +71,8 @@ def test_faust_exactly_once_gives_the_reference_orders_fills_and_clickhouse_rows
     clickhouse_client: Client,
     clickhouse_db: str,
 ) -> None:
-    """~35 s: 30,000 trades through one Faust app, then the sink into ClickHouse."""
-    batch = recording.slice(0, 30_000)
+    """~30 s: 20,000 trades through one Faust app, then the sink into ClickHouse."""
+    batch = recording.slice(0, N)
     ref_db = clickhouse_db + "_fref"
     ensure_schema(clickhouse_client, ref_db)
     ref = reference(engine_config(), batch, ClickHouseSink(clickhouse_client, ref_db))
@@ -150,7 +149,7 @@ def test_faust_worker_killed_twice_resumes_exactly_once(
     """~90 s: ``mambo worker --runtime faust`` SIGKILLed at two points mid-stream (a quarter and two
     thirds of the input committed) and restarted: it resumes from the changelog and the committed
     offsets; no order, fill or other event lost or doubled."""
-    batch = recording.slice(0, N_CRASH)
+    batch = recording.slice(0, N)
     publish(bootstrap, kafka_prefix, batch)
     ref = reference(engine_config(), batch)
     env = {"MAMBO_KAFKA_BOOTSTRAP": bootstrap, "MAMBO_DATA_DIR": str(tmp_path / "data")}
@@ -163,7 +162,7 @@ def test_faust_worker_killed_twice_resumes_exactly_once(
         return mambo(*args, env=env, stdout=out, stderr=subprocess.STDOUT)
 
     progress = lambda: committed(bootstrap, kafka_prefix + "mambo-faust", kafka_prefix + TRADES.name)  # noqa: E731
-    w = Victim(worker, progress, [N_CRASH // 4, N_CRASH * 2 // 3], "2")
+    w = Victim(worker, progress, [N // 4, N * 2 // 3], "2")
     deadline = time.monotonic() + 240
     while w.step():
         assert time.monotonic() < deadline, [p.read_text()[-3000:] for p in sorted(logs.iterdir())]
@@ -179,8 +178,8 @@ def test_two_faust_workers_share_six_partitions_with_identical_results(
 ) -> None:
     """~60 s: worker a takes the first half alone; b joins, takes partitions with their markets'
     state from the changelog, and the second half is shared."""
-    batch = recording.slice(0, 2 * N)
-    half = N
+    batch = recording.slice(0, N)
+    half = N // 2
     env = {"MAMBO_KAFKA_BOOTSTRAP": bootstrap, "MAMBO_LOG_FORMAT": "json", "MAMBO_DATA_DIR": str(tmp_path)}
     logs = {name: tmp_path / f"{name}.log" for name in ("a", "b")}
 
@@ -219,10 +218,10 @@ def test_two_faust_workers_share_six_partitions_with_identical_results(
         p.send_signal(signal.SIGTERM)  # a clean stop
     assert a.wait(timeout=60) == 0 and b.wait(timeout=60) == 0
 
+    assert_reference_output(bootstrap, kafka_prefix, reference(engine_config(), batch))
     stopped = {n: next(e for e in events(n) if e["event"] == "faust.stopped") for n in logs}
     assert stopped["a"]["trades"] > half and stopped["b"]["trades"] > 0, stopped  # the work was shared
     assert stopped["a"]["trades"] + stopped["b"]["trades"] == len(batch)  # and done once
     assigned_b = [e["partitions"] for e in events("b") if e["event"] == "faust.assigned"]
     assert 0 < len(assigned_b[-1]) < 6
     assert any(e["event"] == "faust.restored" for e in events("b")), "b took over markets mid-stream"
-    assert_reference_output(bootstrap, kafka_prefix, reference(engine_config(), batch))
