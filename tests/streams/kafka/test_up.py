@@ -1,6 +1,7 @@
 """``mambo up`` as a user runs it, on the session broker: topology, sink, two workers and the replay
 come up; a worker killed mid-stream is reported and restarted; SIGTERM stops every child; the orders
-and fills in ClickHouse are the reference's. Cost: ~60-80 s on the loaded machine (the replay alone takes 11 s)."""
+and fills in ClickHouse are the reference's. Cost: ~60-80 s on the loaded machine (the replay alone
+takes 11 s)."""
 
 from __future__ import annotations
 
