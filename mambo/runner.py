@@ -30,6 +30,7 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
+from mambo import demo_history
 from mambo.connectors.clickhouse import ClickHouseSink, connect, ensure_schema
 from mambo.connectors.replay import DEMO_QUOTES, DEMO_TRADES, Recording, load_quotes, load_trades, replay
 from mambo.core.market import Market
@@ -148,16 +149,22 @@ async def run_demo(
     if not len(trades):
         console.print(f"[red]no trades for {symbols!r} in {data or DEMO_TRADES}[/red]")
         return 2
+    db = settings.clickhouse.database
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    client = connect(settings.clickhouse_dsn, db)
+    ensure_schema(client, db)
+    try:
+        if demo_history.begin(client, db, settings.data_dir):
+            console.print(f"(a fresh history: the previous demo's tables in {settings.data_dir} are cleared)")
+    except demo_history.ForeignHistoryError as ex:
+        console.print(f"[red]{ex}[/red]")
+        return 2
     if venue == "exchange":
         return await _exchange_demo(
             console, settings, recording, speed or EXCHANGE_DEMO_SPEED, observers, chosen=wanted is not None
         )
     markets = {k: Market.default(*split_key(k)) for k in recording.markets}
     runtime = EmbeddedRuntime(settings.engine.to_config(), markets, known_markets=recording.markets)
-    db = settings.clickhouse.database
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    client = connect(settings.clickhouse_dsn, db)
-    ensure_schema(client, db)
     sink = ClickHouseSink(client, db, batch_rows=settings.clickhouse.batch_rows)
     stats = PipelineStats()
     runtime.observe(stats)
@@ -181,6 +188,7 @@ async def run_demo(
         )
         live.update(_progress_table(progress, stats, len(trades)))
     sink.flush()
+    demo_history.end(client, db, settings.data_dir)
     console.print(Group(summary_table(runtime, stats, recording.markets)))
     cash = settings.engine.initial_cash
     equity = stats.equity.equity if stats.equity else cash
@@ -267,6 +275,7 @@ async def _exchange_demo(
                     console.print(f"[yellow]the source stopped at {count:,} of {total:,} trades[/yellow]")
                     break
             settled = await session.stop()
+            demo_history.end(session.ch, session.db, settings.data_dir)
             live.update(_progress_table(session.progress, stats, total))
     finally:
         await client.close()
