@@ -126,7 +126,8 @@ class Stage:
 
 
 class CandleStage(Stage):
-    """md.trades (TradeBatch) → md.candles.<tf>; exchange candles on md.candles pass through."""
+    """md.trades (TradeBatch) → md.candles.<tf>; exchange candles on md.candles pass through for
+    markets whose candles are not built from their trades (a candle-only feed)."""
 
     name = "candles"
     splits_batches = True
@@ -159,6 +160,10 @@ class CandleStage(Stage):
 
     def handle(self, topic: str, payload: Any) -> Out:
         if topic == EXCHANGE_CANDLES.name:
+            # one source of bars per market: once a market's trades build its candles, the exchange's
+            # own bars (kept in history from md.candles) would make each bar count twice downstream
+            if payload.key in self.builders:
+                return []
             return [(candle_topic(payload.timeframe), payload)]
         return [(t, c) for _, t, c in self.split(payload)]
 

@@ -207,3 +207,24 @@ def test_a_failing_stage_dead_letters_the_message_and_the_run_goes_on(spot_trade
     assert Boom.calls == len(letters) > 0
     assert all(d.reason == "boom: RuntimeError('operator fault')" for d in letters)
     assert [e for e in rec.events if not e[0].endswith(".dlq")] == ref.events
+
+
+def test_a_market_built_from_trades_ignores_the_exchanges_bars_of_it(spot_trades: TradeBatch) -> None:
+    """One source of bars per market: exchange candles drive only markets without trades."""
+    btc = spot_trades.take((spot_trades.market == spot_trades.keys.index("binance:BTC/USDT")).nonzero()[0])
+    config = EngineConfig(timeframes=("1m",), trading_timeframe="1m", strategies=("sma_cross",))
+    markets = {k: Market.default(*split_key(k)) for k in ("binance:BTC/USDT", "binance:ETH/USDT")}
+    rt = EmbeddedRuntime(config, markets)
+    rec = Recorder()
+    rt.observe(rec)
+    rt.ingest_trades(btc)
+    built = [c for c in rec.of("md.candles.1m") if c.key == "binance:BTC/USDT"]
+    assert built
+    exchange_bars = [
+        c.model_copy(update={"event_id": "x" + c.event_id, "symbol": s})
+        for c in built[:5]
+        for s in ("BTC/USDT", "ETH/USDT")
+    ]
+    rt.ingest_candles(exchange_bars)
+    after = rec.of("md.candles.1m")
+    assert [c.key for c in after[len(built) :]] == ["binance:ETH/USDT"] * 5  # BTC's bars: from trades only
