@@ -225,3 +225,15 @@ def test_two_faust_workers_share_six_partitions_with_identical_results(
     assigned_b = [e["partitions"] for e in events("b") if e["event"] == "faust.assigned"]
     assert 0 < len(assigned_b[-1]) < 6
     assert any(e["event"] == "faust.restored" for e in events("b")), "b took over markets mid-stream"
+
+
+def test_a_wrong_runtime_or_guarantee_is_refused_with_the_choices(tmp_path: Path) -> None:
+    """In process, no broker needed (~1 s)."""
+    from typer.testing import CliRunner
+
+    from mambo.cli import app
+
+    result = CliRunner().invoke(app, ["worker", "--runtime", "flink", "--data-dir", str(tmp_path)])
+    assert result.exit_code == 2 and "--runtime must be native or faust" in result.output
+    with pytest.raises(ValueError, match="exactly_once, at_least_once"):
+        FaustPipeline("127.0.0.1:1", engine_config(), tmp_path, guarantee="twice")
