@@ -142,6 +142,7 @@ class Worker:
         self.candles = 0  # exchange candles
         self.batches = 0
         self.assigned: list[int] = []
+        self._assigned_at = 0.0
         self._headers = {t.name: headers_for(t.model) for t in (TRADES,)}
 
     def _collect(self, topic: str, event: Any) -> None:
@@ -200,6 +201,7 @@ class Worker:
         new = sorted({p.partition for p in parts} - set(self.assigned))
         self.assigned = sorted(set(self.assigned) | set(new))
         self._restore(new)
+        self._assigned_at = time.monotonic()  # idle time counts from here (a join can outlast idle_exit)
         log.info("worker.assigned", worker=self.name, partitions=self.assigned)
 
     def _on_revoke(self, consumer: Consumer, parts: list[TopicPartition]) -> None:
@@ -282,7 +284,9 @@ class Worker:
                     collector.step(idle=True)
                     if not self.assigned:  # idle time counts from the group's assignment
                         last = time.monotonic()
-                    elif idle_exit is not None and time.monotonic() - last > idle_exit:
+                    elif (
+                        idle_exit is not None and time.monotonic() - max(last, self._assigned_at) > idle_exit
+                    ):
                         break
                     continue
                 last = time.monotonic()
