@@ -59,8 +59,9 @@ class ClickHouseSettings(BaseModel):
 class KafkaSettings(BaseModel):
     """The distributed runtime. ``processing_guarantee``: ``exactly_once`` (a worker writes its outputs,
     state and input offsets in one Kafka transaction) or ``at_least_once`` (no transactions: offsets and
-    state are committed after the outputs are flushed, so a crash can repeat outputs, each an exact
-    duplicate with the same deterministic event id). Both runtimes (native worker, Faust) honour it."""
+    state are committed after the outputs are flushed, so a crash can repeat outputs, each the same
+    event with the same deterministic event id, but for its ``ts_init``). Both runtimes (native
+    worker, Faust) honour it."""
 
     bootstrap: str = ""  # empty: the embedded bus
     partitions: int = Field(6, gt=0)

@@ -23,9 +23,10 @@ The processing guarantee (``kafka.processing_guarantee``):
   the state, each record carrying the input offsets it includes, is produced and flushed; then the
   offsets are committed (asynchronously: the state already says how far each market got). A crash
   after the outputs were flushed and before the state was can repeat that one batch's outputs on
-  restart. Each repeat is an exact duplicate (same deterministic ``event_id``, same content, as
-  long as a partition's ``ts_init`` never goes backwards, which holds for a source stamping the
-  wall clock): ClickHouse's ReplacingMergeTree keeps one row, and an exchange order's client id
+  restart. Each repeat is the same event (same deterministic ``event_id``, same content) but for
+  its ``ts_init``: a batch's ``ts_init`` is the earliest of its trades', and the restarted worker may
+  cut its input into other batches (a loaded full suite caught a repeated signal whose ``ts_init``
+  differed). ClickHouse's ReplacingMergeTree keeps one row, and an exchange order's client id
   derives from ``client_order_id``, so ExchangeBroker never sends it twice. A crash after the state
   was flushed loses nothing and repeats nothing: on restart, a market skips the input its state
   already holds (the offsets in its state record), whatever the group committed.
