@@ -51,6 +51,7 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 from embedded_pipeline import STRATEGIES, tiled
 
+from mambo.agents.app import APP_ID
 from mambo.connectors.replay import load_trades
 from mambo.core.stages import EngineConfig
 from mambo.logs import configure_logging
@@ -80,6 +81,13 @@ def committed(bootstrap: str, group: str, topic: str) -> int:
 
 
 RUNTIME: list[str] = []  # --runtime, passed through to `mambo worker` when given
+
+
+def worker_group() -> str:
+    """The consumer group of the worker runtime measured (its committed offsets are the progress)."""
+    return APP_ID if RUNTIME[-1:] == ["faust"] else "mambo-workers"
+
+
 PHASES = ("queued", "publish+fetch", "stages", "state", "offsets", "commit", "visible")
 
 
@@ -125,7 +133,7 @@ def throughput(bootstrap: str, n: int, batch_size: int, logs: Path, guarantee: s
     proc = worker(
         bootstrap, prefix, env, logs / "throughput.log", "--batch-size", str(batch_size), "--idle-exit", "3"
     )
-    group, topic = prefix + "mambo-workers", prefix + TRADES.name
+    group, topic = prefix + worker_group(), prefix + TRADES.name
     first = (0.0, 0)
     while (done := committed(bootstrap, group, topic)) < len(trades):
         if done and not first[1]:
@@ -189,7 +197,7 @@ def latency(bootstrap: str, rate: int, logs: Path, guarantee: str) -> None:
     reader = threading.Thread(target=consume, daemon=True)
     reader.start()
     # wait until the worker has joined its group (a first trade goes through)
-    group, topic = prefix + "mambo-workers", prefix + TRADES.name
+    group, topic = prefix + worker_group(), prefix + TRADES.name
     with KafkaPublisher(bootstrap, prefix, **{"linger.ms": 1}) as pub:
         pub.publish_trades(replace(trades.slice(0, 1), ts_init=time.time_ns()))
         pub.flush()
