@@ -31,18 +31,17 @@ from mambo.schemas.events import (
     Candle,
     EquitySnapshot,
     Event,
+    FeedHealth,
     Fill,
     IndicatorValues,
     Order,
     Position,
 )
-from mambo.schemas.events import FeedHealth as StreamHealth
 from mambo.schemas.topics import FEED_HEALTH, SIGNALS
 from mambo.settings import ApiSettings
 
 __all__ = [
     "BadRequest",
-    "FeedHealth",
     "NotFound",
     "Page",
     "PageRequest",
@@ -52,6 +51,7 @@ __all__ = [
     "StrategyPnl",
     "SymbolInfo",
     "TimeRange",
+    "TopicActivity",
     "iso",
     "market_filter",
     "to_ns",
@@ -109,7 +109,9 @@ class PnlReport(BaseModel):
     next_cursor: str | None = None
 
 
-class FeedHealth(BaseModel):
+class TopicActivity(BaseModel):
+    """What the API has heard on one topic (GET /health's ``feed``), not a source's feed health."""
+
     messages: int
     last_event_ts: int
     last_seen_ts: int
@@ -218,7 +220,7 @@ class SignalService:
         self.lock = threading.Lock()
         self.latest: dict[str, AggregatedSignal] = {}
         self.live = False  # whether a live feed calls on_event
-        self.feed: dict[str, FeedHealth] = {}
+        self.feed: dict[str, TopicActivity] = {}
 
     # --- the live stream -----------------------------------------------------------------------------
 
@@ -236,7 +238,7 @@ class SignalService:
         else:
             return
         stat = self.feed.get(topic)
-        self.feed[topic] = FeedHealth(
+        self.feed[topic] = TopicActivity(
             messages=(stat.messages if stat else 0) + n,
             last_event_ts=max(last_ts, stat.last_event_ts if stat else 0),
             last_seen_ts=now,
@@ -256,7 +258,7 @@ class SignalService:
             raise RuntimeError("the API is not serving yet: its hub has no event loop")
         loop.call_soon_threadsafe(self.on_event, topic, payload)
 
-    def feed_health(self) -> dict[str, FeedHealth]:
+    def feed_health(self) -> dict[str, TopicActivity]:
         now = time.time_ns()
         return {
             t: s.model_copy(update={"age_seconds": (now - s.last_seen_ts) / 1e9})
@@ -403,7 +405,7 @@ class SignalService:
         ]
         return PnlReport(equity=equity.items, by_strategy=by_strategy, next_cursor=equity.next_cursor)
 
-    def stream_health(self) -> list[StreamHealth]:
+    def stream_health(self) -> list[FeedHealth]:
         """The latest health report of every stream of every source (``feed_health``), by exchange
         and stream: its status and the age of its last message when reported."""
         table = f"`{self.database}`.`{FEED_HEALTH.table}`"
@@ -412,7 +414,7 @@ class SignalService:
             f"(exchange, stream, ts_event) IN (SELECT exchange, stream, "
             f"toUnixTimestamp64Nano(max(ts_event)) FROM {table} GROUP BY exchange, stream)"
         )
-        rows: list[StreamHealth] = self._events(FEED_HEALTH.table, where)
+        rows: list[FeedHealth] = self._events(FEED_HEALTH.table, where)
         latest = {(r.exchange, r.stream): r for r in sorted(rows, key=lambda r: (r.ts_event, r.event_id))}
         return [latest[k] for k in sorted(latest)]
 
