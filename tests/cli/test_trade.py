@@ -19,8 +19,10 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
+from pydantic import SecretStr
 from typer.testing import CliRunner
 
 from mambo.cli import app
@@ -56,19 +58,29 @@ def test_trade_needs_keys_from_the_environment(where: str, no_keys: None) -> Non
     assert result.exit_code == 2 and "MAMBO_EXCHANGE__API_KEY and MAMBO_EXCHANGE__SECRET" in result.output
 
 
-def test_sandbox_is_binance_spot_testnet() -> None:
-    """ccxt's sandbox mode, checked offline: spot REST and streams go to the testnet, nothing to
-    binance.com (the futures entries point at Binance's futures testnet)."""
+def test_sandbox_mode_pointed_at_the_local_exchange_talks_to_it_alone() -> None:
+    """``--sandbox`` is ccxt's sandbox mode; checked against the local exchange, so nothing leaves
+    the machine: a sandbox client given a base URL sends every request, signed ones too, there."""
 
     async def main() -> None:
-        client = make_exchange("binance", sandbox=True)
+        trades, quotes = recording()
+        runner, url = await serve(LocalExchange(trades, quotes, api_secret="sandbox-secret"))
+        client = make_exchange(
+            "binance", base_url=url, api_key=SecretStr("k"), secret=SecretStr("sandbox-secret"), sandbox=True
+        )
         try:
-            api = client.urls["api"]
-            assert {api[k].split("/")[2] for k in ("public", "private")} == {"testnet.binance.vision"}
-            assert api["ws"]["spot"].startswith("wss://stream.testnet.binance.vision/")
-            assert "binance.com" not in str(api)
+            assert client.isSandboxModeEnabled
+            local = urlsplit(url).netloc
+            hosts = {urlsplit(u).netloc for u in client.urls["api"].values() if isinstance(u, str)}
+            hosts |= {urlsplit(u).netloc for u in client.urls["api"]["ws"].values() if isinstance(u, str)}
+            assert hosts == {local}
+            await client.load_markets()
+            assert "BTC/USDT" in client.markets
+            balance = await client.fetch_balance()  # a signed request
+            assert "USDT" in balance["total"]
         finally:
             await client.close()
+            await runner.cleanup()
 
     asyncio.run(main())
 
