@@ -33,7 +33,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mambo.connectors.errors import Backoff, InvalidRequest, TemporaryError, classify, with_retry
 from mambo.core.market import to_decimal
-from mambo.schemas.events import Fill, Order, OrderStatus, make_id
+from mambo.schemas.events import FINAL_STATUSES, OPEN_STATUSES, Fill, Order, OrderStatus, make_id
 
 __all__ = ["ExchangeBroker", "ExchangeCredentials", "exchange_client_id"]
 
@@ -43,7 +43,6 @@ _MS = 1_000_000
 _CLIENT_ID = re.compile(r"^[.A-Z:/a-z0-9_-]{1,36}$")
 _STATUS: dict[str, OrderStatus] = {"closed": "filled", "canceled": "canceled", "rejected": "rejected",
                                    "expired": "expired"}  # fmt: skip
-_FINAL = frozenset({"filled", "canceled", "rejected", "expired"})
 Mode = Literal["local", "sandbox", "live"]
 
 
@@ -107,7 +106,7 @@ class ExchangeBroker:
         """
         cid = exchange_client_id(order.client_order_id)
         known = self._orders.setdefault(cid, order)
-        if known.status in _FINAL:
+        if known.status in FINAL_STATUSES:
             return []  # a redelivered order this broker already saw through
         for attempt in range(self.backoff.attempts):
             existing = await self._lookup(order.symbol, cid)
@@ -173,7 +172,7 @@ class ExchangeBroker:
             found = await self._lookup(order.symbol, cid)
             if found is not None:
                 out += await self._events(cid, found)
-            elif order.status in ("new", "partially_filled"):
+            elif order.status in OPEN_STATUSES:
                 reason = "expired: not on the exchange (the process stopped before sending it)"
                 self._orders[cid] = self._update(order, "expired", reason=reason)
                 out.append(self._orders[cid])
@@ -182,13 +181,13 @@ class ExchangeBroker:
 
     def open_orders(self) -> list[Order]:
         """Our orders this broker last saw open on the exchange (new or partly filled)."""
-        return [o for o in self._orders.values() if o.status in ("new", "partially_filled")]
+        return [o for o in self._orders.values() if o.status in OPEN_STATUSES]
 
     async def poll(self) -> list[Order | Fill]:
         """Updates of our orders still open (fills of resting limits)."""
         out: list[Order | Fill] = []
         for cid, order in list(self._orders.items()):
-            if order.status in ("new", "partially_filled"):
+            if order.status in OPEN_STATUSES:
                 found = await self._lookup(order.symbol, cid)
                 if found is not None:
                     out += await self._events(cid, found)

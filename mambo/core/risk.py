@@ -39,13 +39,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from mambo.core.market import Market, to_decimal
 from mambo.core.portfolio import Portfolio
-from mambo.schemas.events import Candle, Order, OrderIntent, RiskRejection, make_id, split_key
+from mambo.schemas.events import FINAL_STATUSES, Candle, Order, OrderIntent, RiskRejection, make_id, split_key
 
 __all__ = ["RiskConfig", "RiskEngine"]
 
 _ZERO = Decimal(0)
 _MINUTE_NS = 60_000_000_000
-_DONE = frozenset({"filled", "canceled", "rejected", "expired"})
 
 
 class RiskConfig(BaseModel):
@@ -326,7 +325,7 @@ class RiskEngine:
         reserved = self._reserved.get(order.client_order_id)
         if reserved is None:
             return
-        if order.status in _DONE:
+        if order.status in FINAL_STATUSES:
             del self._reserved[order.client_order_id]
         else:
             remaining = order.qty - order.filled_qty

@@ -42,6 +42,7 @@ from mambo.core.risk import RiskConfig, RiskEngine
 from mambo.core.strategies import Bar, Strategy, load_strategy, make_signal
 from mambo.schemas.batches import TradeBatch
 from mambo.schemas.events import (
+    FINAL_STATUSES,
     AggregatedSignal,
     Candle,
     Fill,
@@ -339,7 +340,7 @@ class SignalStage(Stage):
 
     def handle(self, topic: str, payload: Any) -> Out:
         if topic == ORDERS.name or topic == REJECTIONS.name:
-            done = topic == REJECTIONS.name or payload.status in ("filled", "canceled", "rejected", "expired")
+            done = topic == REJECTIONS.name or payload.status in FINAL_STATUSES
             if done and self.in_flight.get(payload.key) == payload.client_order_id:
                 del self.in_flight[payload.key]
             return []

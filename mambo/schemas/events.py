@@ -24,6 +24,8 @@ from typing import Annotated, ClassVar, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 __all__ = [
+    "FINAL_STATUSES",
+    "OPEN_STATUSES",
     "TIMEFRAMES",
     "AggregatedSignal",
     "Candle",
@@ -55,6 +57,10 @@ OrderSide = Literal["buy", "sell"]
 SignalSide = Literal["buy", "sell", "hold"]
 OrderType = Literal["market", "limit"]
 OrderStatus = Literal["new", "partially_filled", "filled", "canceled", "rejected", "expired"]
+#: An order in one of these states is done: nothing more happens to it.
+FINAL_STATUSES: frozenset[OrderStatus] = frozenset({"filled", "canceled", "rejected", "expired"})
+#: An order in one of these states can still fill or be canceled.
+OPEN_STATUSES: frozenset[OrderStatus] = frozenset({"new", "partially_filled"})
 TradeSide = Literal["buy", "sell", ""]
 #: A feed stream's state: ``alive`` is the periodic report (its age says how long it has been silent);
 #: the others are changes: a stream ``stalled`` (silent too long) or ``disconnected`` is reconnected,

@@ -42,14 +42,13 @@ import structlog
 
 from mambo.connectors.errors import TemporaryError
 from mambo.connectors.exchange_broker import ExchangeBroker
-from mambo.schemas.events import Candle, Fill, Order
+from mambo.schemas.events import OPEN_STATUSES, Candle, Fill, Order
 
 __all__ = ["ExchangeVenue", "open_orders_from_history"]
 
 log = structlog.get_logger(__name__)
 
 Deliver = Callable[[Sequence[Order | Fill]], None]
-_OPEN = frozenset({"new", "partially_filled"})
 _RANK = {"new": 0, "partially_filled": 1, "filled": 2, "canceled": 2, "rejected": 2, "expired": 2}
 
 
@@ -60,7 +59,7 @@ def open_orders_from_history(orders: Iterable[Order]) -> list[Order]:
         seen = latest.get(o.client_order_id)
         if seen is None or (_RANK[o.status], o.filled_qty) > (_RANK[seen.status], seen.filled_qty):
             latest[o.client_order_id] = o
-    return [o for o in latest.values() if o.status in _OPEN]
+    return [o for o in latest.values() if o.status in OPEN_STATUSES]
 
 
 class ExchangeVenue:
