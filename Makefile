@@ -1,5 +1,7 @@
 # The two commands of the README: `make demo` and `make test`. Each installs what it needs
 # (a virtual environment in .venv with the package and its dependencies) the first time.
+# --compile-bytecode: where PYTHONDONTWRITEBYTECODE is set (these machines), nothing else writes the
+# .pyc files, and every `mambo` process compiled ccxt again: 14.5 s to import it, 3.1 s compiled.
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -12,7 +14,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check uv
-	$(UV) pip install --quiet --python $(PY) -e '.[test]'
+	$(UV) pip install --quiet --compile-bytecode --python $(PY) -e '.[test]'
 	touch $@
 
 demo: install
