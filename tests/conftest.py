@@ -1,4 +1,5 @@
-"""ClickHouse fixtures: one embedded chdb engine per test session, one database per test.
+"""ClickHouse fixtures: one embedded chdb engine per test session, one database per test; quick Kafka
+brokers.
 
 chdb opens one data folder at a time per process, so every test in the session must share the same
 folder: use ``clickhouse_client`` (or ``clickhouse_db``) rather than opening a chdb path of your own.
@@ -6,6 +7,7 @@ folder: use ``clickhouse_client`` (or ``clickhouse_db``) rather than opening a c
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 
@@ -15,6 +17,10 @@ from clickhouse_connect.driver.client import Client
 from mambo.connectors.clickhouse import connect, ensure_schema
 
 __all__ = ["clickhouse_client", "clickhouse_db", "clickhouse_dsn"]
+
+# Kafka brokers the tests start (here and in `mambo` subprocesses) use the C1 JIT only: they start in
+# about half the time; the benchmarks and users get the full JIT (see KafkaBroker.quick_start).
+os.environ.setdefault("MAMBO_KAFKA_QUICK_START", "1")
 
 
 @pytest.fixture(scope="session")

@@ -22,7 +22,7 @@ import socket
 import subprocess
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 __all__ = ["KAFKA_VERSION", "BrokerError", "KafkaBroker", "fetch_jars", "free_port", "jar_dir"]
@@ -105,6 +105,10 @@ class KafkaBroker:
     data_dir: Path
     port: int = 9092
     heap: str = "512m"
+    #: C1 JIT only: the broker starts in about half the time but serves requests slower for good
+    #: (a transaction across 48 partitions: 33 against 22 ms p50, warm). For tests, which start
+    #: brokers often and load them little; MAMBO_KAFKA_QUICK_START=1 sets it for a whole run.
+    quick_start: bool = field(default_factory=lambda: os.environ.get("MAMBO_KAFKA_QUICK_START") == "1")
 
     @property
     def bootstrap(self) -> str:
@@ -155,8 +159,12 @@ class KafkaBroker:
         return [
             "java",
             f"-Xmx{self.heap}",
+            # as Kafka's own scripts (kafka-run-class.sh) start it: short young pauses, for latency
             "-XX:+UseG1GC",
-            "-XX:TieredStopAtLevel=1",  # C1 only: the broker starts in half the time, loopback loads
+            "-XX:MaxGCPauseMillis=20",
+            "-XX:InitiatingHeapOccupancyPercent=35",
+            "-XX:+ExplicitGCInvokesConcurrent",
+            *(["-XX:TieredStopAtLevel=1"] if self.quick_start else []),
             f"-Dlog4j2.configurationFile={log4j}",
             "-cp",
             f"{lib}/*",
