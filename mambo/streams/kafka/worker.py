@@ -19,17 +19,22 @@ The processing guarantee (``kafka.processing_guarantee``):
   worker killed at any point leaves either the whole batch or none of it; readers use
   ``isolation.level=read_committed``. The transactional id is stable per worker name
   (``mambo-worker-<name>``), so a restarted worker aborts its predecessor's open transaction at once.
-- ``at_least_once``: no transactions. Outputs are produced (idempotent producer) and flushed; then
-  the state, each record carrying the input offsets it includes, is produced and flushed; then the
-  offsets are committed (asynchronously: the state already says how far each market got). A crash
-  after the outputs were flushed and before the state was can repeat that one batch's outputs on
-  restart. Each repeat is the same event (same deterministic ``event_id``, same content) but for
+- ``at_least_once``: no transactions, and the loop never waits for the broker. A batch's outputs
+  are produced (idempotent producer) as the stages publish them; once all of them, and all of every
+  earlier batch's, are acknowledged, its state is produced, each record carrying the input offsets
+  it includes; once that is acknowledged, and every earlier batch's, its offsets are committed
+  (asynchronously: the state already says how far each market got). Meanwhile the next batches are
+  polled and processed (:meth:`Worker._advance` moves the pending batches on, oldest first). A
+  crash before a batch's state was delivered can repeat its outputs on restart (and those of the
+  batches pending behind it). Each repeat is the same event (same deterministic ``event_id``, same
+  content) but for
   its ``ts_init``: a batch's ``ts_init`` is the earliest of its trades', and the restarted worker may
   cut its input into other batches (a loaded full suite caught a repeated signal whose ``ts_init``
   differed). ClickHouse's ReplacingMergeTree keeps one row, and an exchange order's client id
   derives from ``client_order_id``, so ExchangeBroker never sends it twice. A crash after the state
-  was flushed loses nothing and repeats nothing: on restart, a market skips the input its state
-  already holds (the offsets in its state record), whatever the group committed.
+  was delivered loses nothing and repeats nothing: on restart, a market skips the input its state
+  already holds (the offsets in its state record), whatever the group committed. A revoked
+  partition's pending batches are delivered before it goes.
 
 On assignment the worker restores its partitions' markets from the changelog (read_committed, to the
 end), then consumes from the committed offsets.
@@ -49,6 +54,18 @@ later to ``__consumer_offsets``, whichever marker lands first). Both ids are fen
 message (``consume(n, timeout)`` waits for n messages or the whole timeout), then takes what is
 already fetched: a batch is whatever arrived while the previous one was being committed.
 
+What a transaction costs grows with the partitions it writes, and a batch of four markets writes
+about 48 (twelve output topics each): librdkafka (2.16, no KIP-890 transactions v2) registers them
+with ``AddPartitionsToTxn`` and sends one ProduceRequest per partition, and the broker checks each
+first write against the coordinator (``transaction.partition.verification.enable``, KIP-890's
+defence against hanging transactions; 11 of a 21.5 ms transaction p50 when off, left on). Measured
+with nothing else running, 60 messages over 48 partitions: 36 ms to deliver them in a transaction
+against 12 ms without one. Splitting a batch into one transaction per input partition, each on its
+own producers and committed side by side, was tried: the latency got worse (p50 180 against 101
+ms), since every transaction pays the fixed costs again. So exactly once an order waits for about
+one transaction while its batch is committed and often for the one before it: p99 is well above at
+least once's (see ``benchmarks/kafka_pipeline.py``).
+
 Why not Faust for this runtime: Faust's exactly-once mode, its recovery after a kill (faust-streaming
 issues 21, 47, 74, 216: recovery hangs) and its one-message-at-a-time agents were the risks
 DESIGN.md names; a transaction per batch on confluent-kafka gives the same guarantees in a few lines
@@ -61,8 +78,9 @@ import gc
 import os
 import threading
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -77,6 +95,7 @@ from mambo.schemas.events import Candle, Event
 from mambo.schemas.topics import EXCHANGE_CANDLES, TRADES, by_name, dlq_topic
 from mambo.streams.kafka.codec import (
     DecodeError,
+    Headers,
     check_trades,
     dead_letter,
     decode,
@@ -139,6 +158,11 @@ class Worker:
         # (input topic, partition) -> {market key: the offset its restored state reached}
         self._skip: dict[tuple[str, int], dict[str, int]] = {}
         self._delivery_errors: list[str] = []
+        # at least once: the batches whose outputs, then state, are not all delivered yet, in order
+        self._pending: deque[_Pending] = deque()
+        self._producer_alo: Producer | None = None
+        self._consumer: Consumer | None = None
+        self._current: _Pending | None = None  # at least once: the batch being processed
         self.processed = 0  # trades
         self.candles = 0  # exchange candles
         self.batches = 0
@@ -207,6 +231,7 @@ class Worker:
 
     def _on_revoke(self, consumer: Consumer, parts: list[TopicPartition]) -> None:
         gone = {p.partition for p in parts}
+        self._drain()  # at least once: the revoked partitions' state and offsets before they go
         self.assigned = [p for p in self.assigned if p not in gone]
         keys = [k for k, p in self._partition_of.items() if p in gone]
         self.pipelines.drop(keys)
@@ -229,26 +254,21 @@ class Worker:
         }
         if transactional_id is not None:
             config |= {"transactional.id": transactional_id, "transaction.timeout.ms": 10_000}
-        else:
-            config["on_delivery"] = self._on_delivery
         producer = Producer(config)
         if transactional_id is not None:
             producer.init_transactions(30)
         return producer
-
-    def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
-        if err is not None:
-            self._delivery_errors.append(f"{msg.topic()}: {err.str()}")
 
     def run(self, stop: threading.Event | None = None, idle_exit: float | None = None) -> None:
         stop = stop or threading.Event()
         if self.trace_file is not None:
             gc.callbacks.append(self._trace_gc)
         base = f"{self.prefix}mambo-worker-{self.name}"
+        producers: list[Producer] = []
         if self.guarantee == "exactly_once":  # two ids, alternating (see the module's docstring)
             producers = [self._producer(base), self._producer(f"{base}-b")]
         else:
-            producers = [self._producer(None)]
+            self._producer_alo = self._producer(None)
         consumer = Consumer(
             {
                 "bootstrap.servers": self.bootstrap,
@@ -263,6 +283,7 @@ class Worker:
                 "log_level": 3,
             }
         )
+        self._consumer = consumer
         consumer.subscribe(
             [self.prefix + t for t in INPUTS], on_assign=self._on_assign, on_revoke=self._on_revoke
         )
@@ -278,6 +299,7 @@ class Worker:
         try:
             while not stop.is_set():
                 collector.step(idle=False)
+                self._advance()
                 t_poll = time.time_ns()
                 msgs = _consume(consumer, self.batch_size, self.poll_seconds)
                 msgs = [m for m in msgs if m.error() is None or not self._log_error(m)]
@@ -291,14 +313,19 @@ class Worker:
                         break
                     continue
                 last = time.monotonic()
-                producer = producers[self.batches % len(producers)]
-                self._process(consumer, producer, msgs, t_poll)
+                if producers:
+                    self._process_exactly_once(consumer, producers[self.batches % 2], msgs, t_poll)
+                else:
+                    self._process_at_least_once(msgs, t_poll)
         finally:
             collector.close()
-            consumer.close()
-            for p in producers:
-                p.flush(10)
-            self._write_trace()
+            try:
+                self._drain()
+            finally:
+                consumer.close()
+                for producer in [*producers, *filter(None, [self._producer_alo])]:
+                    producer.flush(10)
+                self._write_trace()
             log.info(
                 "worker.stopped",
                 worker=self.name,
@@ -312,71 +339,106 @@ class Worker:
         log.warning("worker.consume_error", error=str(m.error()))
         return True
 
-    def _process(self, consumer: Consumer, producer: Producer, msgs: list[Message], t_poll: int) -> None:
+    def _process_exactly_once(
+        self, consumer: Consumer, producer: Producer, msgs: list[Message], t_poll: int
+    ) -> None:
+        """One transaction: the batch's outputs, dead letters, markets' state and input offsets."""
         t_got = time.time_ns()
-        by_part: dict[int, list[Message]] = defaultdict(list)
-        for m in msgs:
-            by_part[m.partition()].append(m)  # type: ignore[index]
-        exactly_once = self.guarantee == "exactly_once"
-        if exactly_once:
-            producer.begin_transaction()
+        producer.begin_transaction()
         try:
-            touched: dict[str, int] = {}
-            next_offsets: dict[tuple[str, int], int] = {}
             ts_inits: list[int] = []
-            for p, part in by_part.items():
-                for key in self._process_partition(producer, p, part, ts_inits):
-                    touched[key] = p
-                for m in part:
-                    next_offsets[(m.topic(), p)] = _offset(m) + 1  # type: ignore[index]
+            offsets: list[TopicPartition] = []
+            for p, part in _by_partition(msgs).items():
+                touched = self._process_partition(producer, p, part, ts_inits)
+                for key, blob, headers in self._states(touched, p):
+                    self._produce(producer, STATE_TOPIC, blob, key.encode(), headers, None, partition=p)
+                offsets += [TopicPartition(t, p, o) for t, o in _next_offsets(part).items()]
             t_done = time.time_ns()
-            if not exactly_once:
-                self._flush(producer)  # the outputs are in before the state that includes them
-            for key, p in touched.items():
-                self._partition_of[key] = p
-                producer.produce(
-                    self.prefix + STATE_TOPIC,
-                    self.pipelines.state(key),
-                    key.encode(),
-                    partition=p,
-                    headers=[(_OFFSETS_HEADER, orjson.dumps(self._offsets.get(key, {})))],
-                )
-            t_state = time.time_ns()
-            commit = [TopicPartition(t, p, o) for (t, p), o in next_offsets.items()]
-            if exactly_once:
-                producer.send_offsets_to_transaction(commit, consumer.consumer_group_metadata(), 30)
-                t_offsets = time.time_ns()
-                producer.commit_transaction(30)
-            else:
-                self._flush(producer)
-                t_offsets = time.time_ns()
-                consumer.commit(offsets=commit, asynchronous=True)
+            producer.send_offsets_to_transaction(offsets, consumer.consumer_group_metadata(), 30)
+            producer.commit_transaction(30)
         except Exception:
             log.exception("worker.batch_failed", worker=self.name)
-            if exactly_once:
-                producer.abort_transaction(30)
+            producer.abort_transaction(30)
             raise
         self.batches += 1
         if self.trace_file is not None:
             self._trace.append(
-                {
-                    "poll": t_poll,
-                    "got": t_got,
-                    "done": t_done,
-                    "state": t_state,
-                    "offsets": t_offsets,
-                    "commit": time.time_ns(),
-                    "ts_init": ts_inits,
-                    "messages": len(msgs),
-                }
+                {"poll": t_poll, "got": t_got, "done": t_done, "commit": time.time_ns(), "ts_init": ts_inits}
+                | {"messages": len(msgs)}
             )
 
-    def _flush(self, producer: Producer) -> None:
-        left = producer.flush(30)
-        errors, self._delivery_errors = self._delivery_errors, []
-        if left or errors:
-            first = errors[0] if errors else f"{left} messages still queued after 30 s"
-            raise WorkerError(f"{len(errors) + bool(left)} outputs not delivered, first: {first}")
+    def _process_at_least_once(self, msgs: list[Message], t_poll: int) -> None:
+        """Outputs produced at once; the batch's state follows once they are all delivered, and its
+        offsets once the state is (:meth:`_advance`, in batch order); the loop never waits for them."""
+        producer = self._producer_alo
+        assert producer is not None
+        t_got = time.time_ns()
+        pending = self._current = _Pending(self._delivery_errors)
+        ts_inits: list[int] = []
+        for p, part in _by_partition(msgs).items():
+            pending.states += [
+                (key, blob, headers, p)
+                for key, blob, headers in self._states(
+                    self._process_partition(producer, p, part, ts_inits), p
+                )
+            ]
+            pending.offsets += [TopicPartition(t, p, o) for t, o in _next_offsets(part).items()]
+        pending.trace = {"poll": t_poll, "got": t_got, "done": time.time_ns(), "ts_init": ts_inits}
+        pending.trace["messages"] = len(msgs)
+        self._current = None
+        self._pending.append(pending)
+        self.batches += 1
+        while len(self._pending) > 1_000:  # the broker is slow: hold new batches until it catches up
+            producer.poll(0.05)
+            self._advance()
+        self._advance()
+
+    def _advance(self) -> None:
+        """At least once: serve delivery reports; write the state of each batch whose outputs are all
+        in, then commit the offsets of each whose state is, oldest first."""
+        producer = self._producer_alo
+        if producer is None:
+            return
+        producer.poll(0)
+        if self._delivery_errors:
+            errors = list(self._delivery_errors)  # the list the pending batches append to: kept
+            self._delivery_errors.clear()
+            raise WorkerError(f"{len(errors)} outputs not delivered, first: {errors[0]}")
+        for batch in self._pending:  # states go out in batch order, as soon as their outputs are in
+            if batch.outputs_left:
+                break
+            if not batch.state_sent:
+                batch.state_sent = True
+                for key, blob, headers, p in batch.states:
+                    batch.state_left += 1
+                    self._produce(
+                        producer, STATE_TOPIC, blob, key.encode(), headers, batch.ack_state, partition=p
+                    )
+        while self._pending and self._pending[0].state_sent and not self._pending[0].state_left:
+            head = self._pending.popleft()  # offsets in batch order, once the state is in
+            if head.offsets and self._consumer is not None:
+                self._consumer.commit(offsets=head.offsets, asynchronous=True)
+            if self.trace_file is not None:
+                self._trace.append(head.trace | {"commit": time.time_ns()})
+
+    def _drain(self, timeout: float = 30.0) -> None:
+        """At least once: until every pending batch's state and offsets are written."""
+        producer = self._producer_alo
+        deadline = time.monotonic() + timeout
+        while producer is not None and self._pending:
+            if time.monotonic() > deadline:
+                raise WorkerError(f"{len(self._pending)} batches not delivered after {timeout:.0f} s")
+            producer.poll(0.01)
+            self._advance()
+
+    def _states(self, touched: list[str], partition: int) -> list[tuple[str, bytes, Headers]]:
+        """The touched markets' state records, each carrying the input offsets it includes."""
+        out = []
+        for key in touched:
+            self._partition_of[key] = partition
+            headers: Headers = [(_OFFSETS_HEADER, orjson.dumps(self._offsets.get(key, {})))]
+            out.append((key, self.pipelines.state(key), headers))
+        return out
 
     def _process_partition(
         self, producer: Producer, partition: int, msgs: list[Message], ts_inits: list[int]
@@ -478,9 +540,34 @@ class Worker:
         headers = self._headers.get(topic)
         if headers is None:
             headers = self._headers[topic] = headers_for(t.model)
+        pending = self._current
+        if pending is not None:
+            pending.outputs_left += 1
+        self._produce(producer, topic, value, key.encode(), headers, pending and pending.ack_output)
+
+    def _produce(
+        self,
+        producer: Producer,
+        topic: str,
+        value: bytes,
+        key: bytes,
+        headers: Any,
+        on_delivery: Any,
+        partition: int = -1,
+    ) -> None:
         while True:
             try:
-                producer.produce(self.prefix + topic, value, key.encode(), headers=headers)
+                if on_delivery is None:  # exactly once: the transaction's commit reports failures
+                    producer.produce(self.prefix + topic, value, key, partition=partition, headers=headers)
+                else:
+                    producer.produce(
+                        self.prefix + topic,
+                        value,
+                        key,
+                        partition=partition,
+                        headers=headers,
+                        on_delivery=on_delivery,
+                    )
                 return
             except BufferError:
                 producer.poll(0.05)
@@ -502,6 +589,31 @@ class Worker:
         with self.trace_file.open("wb") as f:
             for row in self._trace:
                 f.write(orjson.dumps(row) + b"\n")
+
+
+@dataclass
+class _Pending:
+    """At least once: one batch on its way out. Its outputs are produced as the stages publish them;
+    its state records (key, blob, headers, partition) once every output is acknowledged; its offsets
+    once every state record is."""
+
+    errors: list[str]  # the worker's: a failed delivery stops it
+    outputs_left: int = 0
+    states: list[tuple[str, bytes, Headers, int]] = field(default_factory=list)
+    state_sent: bool = False
+    state_left: int = 0
+    offsets: list[TopicPartition] = field(default_factory=list)
+    trace: dict[str, Any] = field(default_factory=dict)
+
+    def ack_output(self, err: KafkaError | None, msg: Message) -> None:
+        self.outputs_left -= 1
+        if err is not None:
+            self.errors.append(f"{msg.topic()}: {err.str()}")
+
+    def ack_state(self, err: KafkaError | None, msg: Message) -> None:
+        self.state_left -= 1
+        if err is not None:
+            self.errors.append(f"{msg.topic()}: {err.str()}")
 
 
 class _Collector:
@@ -548,6 +660,18 @@ def _consume(consumer: Consumer, n: int, timeout: float) -> list[Message]:
     if first is None:
         return []
     return [first, *consumer.consume(n - 1, 0)] if n > 1 else [first]
+
+
+def _by_partition(msgs: list[Message]) -> dict[int, list[Message]]:
+    by_part: dict[int, list[Message]] = defaultdict(list)
+    for m in msgs:
+        by_part[m.partition()].append(m)  # type: ignore[index]
+    return by_part
+
+
+def _next_offsets(msgs: list[Message]) -> dict[str, int]:
+    """{topic: the offset after its last message} (a partition's messages come in offset order)."""
+    return {m.topic(): _offset(m) + 1 for m in msgs}  # type: ignore[misc]
 
 
 def _offset(m: Message) -> int:
