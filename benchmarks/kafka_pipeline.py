@@ -13,7 +13,8 @@ benchmarks/embedded_pipeline.py until it holds --trades trades.
    warm-up pass (until 2026-11-21 the baseline included the first pass's compilation and imports,
    which made it ~13x slower than the stages are: about 3M trades/s, since 300k trades close only
    ~1,000 candles); the ratio is what Kafka (decode, produce, transactions) costs.
-2. Latency at a stated rate (--rate trades/s, default 5,000), after --warmup passes of the recording
+2. Latency at a stated rate (--rate trades/s, default 5,000), over --passes of the recording
+   (default 2: one pass makes about 170 orders, few for a p99) after --warmup passes
    (default 1, not measured: the broker JIT-compiles its hot paths in the first seconds, which
    tripled the p50 of a 14 s run): the recording is published in 10 ms
    ticks, each stamped with ts_init = the wall clock when it is handed to the producer; a
@@ -157,9 +158,9 @@ def throughput(bootstrap: str, n: int, batch_size: int, logs: Path, guarantee: s
     print(f"  worker start-up to its first commit:            {first[0] - start:12.1f} s")
 
 
-def latency(bootstrap: str, rate: int, logs: Path, guarantee: str, warmup: int) -> None:
+def latency(bootstrap: str, rate: int, logs: Path, guarantee: str, warmup: int, passes: int) -> None:
     base, _ = load_trades()
-    trades = tiled(base, len(base) * (1 + warmup))  # the warm-up passes first, then the measured one
+    trades = tiled(base, len(base) * (warmup + passes))  # the warm-up passes first, then the measured
     warm_n = len(base) * warmup
     prefix = f"lat{uuid.uuid4().hex[:6]}."
     topology.apply(AdminClient({"bootstrap.servers": bootstrap}), 6, prefix)
@@ -299,7 +300,10 @@ def main() -> None:
         "--warmup",
         type=int,
         default=1,
-        help="passes of the recording before the measured one (the broker's JIT, the worker's caches)",
+        help="passes of the recording before the measured ones (the broker's JIT, the worker's caches)",
+    )
+    ap.add_argument(
+        "--passes", type=int, default=2, help="measured passes of the recording (about 170 orders each)"
     )
     args = ap.parse_args()
     if args.runtime:
@@ -318,7 +322,7 @@ def main() -> None:
             for guarantee in [] if args.latency_only else args.guarantee.split(","):
                 throughput(bootstrap, args.trades, args.batch_size, logs, guarantee)
             for guarantee in args.guarantee.split(","):
-                latency(bootstrap, args.rate, logs, guarantee, args.warmup)
+                latency(bootstrap, args.rate, logs, guarantee, args.warmup, args.passes)
         finally:
             if broker is not None:
                 broker.stop()
