@@ -552,22 +552,19 @@ class Worker:
         value: bytes,
         key: bytes,
         headers: Any,
-        on_delivery: Any,
+        on_delivery: Any,  # at least once: the batch's counter; exactly once None (the commit reports)
         partition: int = -1,
     ) -> None:
         while True:
             try:
-                if on_delivery is None:  # exactly once: the transaction's commit reports failures
-                    producer.produce(self.prefix + topic, value, key, partition=partition, headers=headers)
-                else:
-                    producer.produce(
-                        self.prefix + topic,
-                        value,
-                        key,
-                        partition=partition,
-                        headers=headers,
-                        on_delivery=on_delivery,
-                    )
+                producer.produce(
+                    self.prefix + topic,
+                    value,
+                    key,
+                    partition=partition,
+                    headers=headers,
+                    on_delivery=on_delivery,
+                )
                 return
             except BufferError:
                 producer.poll(0.05)
@@ -607,11 +604,13 @@ class _Pending:
 
     def ack_output(self, err: KafkaError | None, msg: Message) -> None:
         self.outputs_left -= 1
-        if err is not None:
-            self.errors.append(f"{msg.topic()}: {err.str()}")
+        self._failed(err, msg)
 
     def ack_state(self, err: KafkaError | None, msg: Message) -> None:
         self.state_left -= 1
+        self._failed(err, msg)
+
+    def _failed(self, err: KafkaError | None, msg: Message) -> None:
         if err is not None:
             self.errors.append(f"{msg.topic()}: {err.str()}")
 
