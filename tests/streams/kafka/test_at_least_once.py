@@ -2,7 +2,7 @@
 is the same event (only ``ts_init`` may differ); a market whose state is ahead of the group's
 offsets skips what it holds.
 
-Cost: ~40 s (the recording through a worker subprocess killed twice; one in-process run)."""
+Cost: ~50 s (the recording through a worker subprocess killed twice; one in-process run; a revocation)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ from mambo.schemas.batches import TradeBatch
 from mambo.schemas.events import Event
 from mambo.schemas.topics import FILLS, ORDERS, TRADES
 from mambo.streams.kafka.producer import KafkaPublisher
-from mambo.streams.kafka.worker import Worker
+from mambo.streams.kafka.topology import STATE_TOPIC
+from mambo.streams.kafka.worker import Worker, _Pending
 
 from .conftest import engine_config, mambo, read_topic
 from .test_crash import Victim, committed
@@ -117,3 +118,22 @@ def test_a_market_skips_the_input_its_state_holds_when_the_group_offsets_are_beh
         got = read_topic(bootstrap, t, kafka_prefix)
         assert len({e.event_id for e in got}) == len(got), f"repeats on {t}"
         assert [e.event_id for e in sorted(got, key=lambda e: e.event_id)] == [e.event_id for e in of(ref, t)]
+
+
+def test_a_revoked_partition_s_pending_batches_are_written_before_it_goes(
+    bootstrap: str, kafka_prefix: str
+) -> None:
+    """A rebalance must not let the next owner restore a state older than the outputs already out:
+    the batches still waiting for their state to be written are written on revocation."""
+    worker = Worker(bootstrap, engine_config(), prefix=kafka_prefix, guarantee="at_least_once")
+    worker._producer_alo = worker._producer(None)
+    key, partition = "binance:BTC/USDT", 2
+    worker._pending.append(_Pending(worker._delivery_errors, states=[(key, b"its state", [], partition)]))
+    worker._on_revoke(None, [TopicPartition(kafka_prefix + TRADES.name, partition)])  # type: ignore[arg-type]
+    assert not worker._pending
+
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": kafka_prefix + "check", "log_level": 0})
+    c.assign([TopicPartition(kafka_prefix + STATE_TOPIC, partition, 0)])
+    got = [(m.key(), m.value()) for m in c.consume(10, 5) if m.error() is None]
+    c.close()
+    assert got == [(key.encode(), b"its state")]

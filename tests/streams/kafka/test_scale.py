@@ -1,6 +1,6 @@
 """Two ``mambo worker`` processes share 6 partitions: the second joins mid-stream, takes over
 partitions (restoring their markets' state from the changelog) and the results are still identical
-to the single-process reference. Cost: ~30 s."""
+to the single-process reference, under either processing guarantee. Cost: ~25 s each."""
 
 from __future__ import annotations
 
@@ -28,12 +28,17 @@ def events(log: Path) -> list[dict]:
     return [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
 
 
+@pytest.mark.parametrize("guarantee", ["exactly_once", "at_least_once"])
 def test_two_workers_share_six_partitions_with_identical_results(
-    bootstrap: str, kafka_prefix: str, tmp_path: Path
+    bootstrap: str, kafka_prefix: str, tmp_path: Path, guarantee: str
 ) -> None:
     batch, _ = load_trades()
     half = len(batch) // 2
-    env = {"MAMBO_KAFKA_BOOTSTRAP": bootstrap, "MAMBO_LOG_FORMAT": "json"}
+    env = {
+        "MAMBO_KAFKA_BOOTSTRAP": bootstrap,
+        "MAMBO_LOG_FORMAT": "json",
+        "MAMBO_KAFKA__PROCESSING_GUARANTEE": guarantee,
+    }
     logs = {name: tmp_path / f"{name}.log" for name in ("a", "b")}
 
     def worker(name: str) -> subprocess.Popen[bytes]:
