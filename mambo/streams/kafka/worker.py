@@ -115,6 +115,7 @@ Guarantee = Literal["exactly_once", "at_least_once"]
 #: The topics a worker reads, all keyed by market: trades, and exchange candles (passed through).
 INPUTS: tuple[str, ...] = (TRADES.name, EXCHANGE_CANDLES.name)
 _OFFSETS_HEADER = "mambo-offsets"  # on a state record: {input topic: next offset} it includes
+_StateRecord = tuple[str, bytes, Headers, int]  # a market's state: key, blob, headers, partition
 _PARTITION_EOF = KafkaError._PARTITION_EOF
 
 
@@ -349,9 +350,8 @@ class Worker:
             ts_inits: list[int] = []
             offsets: list[TopicPartition] = []
             for p, part in _by_partition(msgs).items():
-                touched = self._process_partition(producer, p, part, ts_inits)
-                for key, blob, headers in self._states(touched, p):
-                    self._produce(producer, STATE_TOPIC, blob, key.encode(), headers, None, partition=p)
+                for record in self._states(self._process_partition(producer, p, part, ts_inits), p):
+                    self._send_state(producer, record, None)
                 offsets += [TopicPartition(t, p, o) for t, o in _next_offsets(part).items()]
             t_done = time.time_ns()
             producer.send_offsets_to_transaction(offsets, consumer.consumer_group_metadata(), 30)
@@ -376,12 +376,7 @@ class Worker:
         pending = self._current = _Pending(self._delivery_errors)
         ts_inits: list[int] = []
         for p, part in _by_partition(msgs).items():
-            pending.states += [
-                (key, blob, headers, p)
-                for key, blob, headers in self._states(
-                    self._process_partition(producer, p, part, ts_inits), p
-                )
-            ]
+            pending.states += self._states(self._process_partition(producer, p, part, ts_inits), p)
             pending.offsets += [TopicPartition(t, p, o) for t, o in _next_offsets(part).items()]
         pending.trace = {"poll": t_poll, "got": t_got, "done": time.time_ns(), "ts_init": ts_inits}
         pending.trace["messages"] = len(msgs)
@@ -409,11 +404,9 @@ class Worker:
                 break
             if not batch.state_sent:
                 batch.state_sent = True
-                for key, blob, headers, p in batch.states:
-                    batch.state_left += 1
-                    self._produce(
-                        producer, STATE_TOPIC, blob, key.encode(), headers, batch.ack_state, partition=p
-                    )
+                batch.state_left = len(batch.states)
+                for record in batch.states:
+                    self._send_state(producer, record, batch.ack_state)
         while self._pending and self._pending[0].state_sent and not self._pending[0].state_left:
             head = self._pending.popleft()  # offsets in batch order, once the state is in
             if head.offsets and self._consumer is not None:
@@ -431,14 +424,18 @@ class Worker:
             producer.poll(0.01)
             self._advance()
 
-    def _states(self, touched: list[str], partition: int) -> list[tuple[str, bytes, Headers]]:
+    def _states(self, touched: list[str], partition: int) -> list[_StateRecord]:
         """The touched markets' state records, each carrying the input offsets it includes."""
         out = []
         for key in touched:
             self._partition_of[key] = partition
             headers: Headers = [(_OFFSETS_HEADER, orjson.dumps(self._offsets.get(key, {})))]
-            out.append((key, self.pipelines.state(key), headers))
+            out.append((key, self.pipelines.state(key), headers, partition))
         return out
+
+    def _send_state(self, producer: Producer, record: _StateRecord, on_delivery: Any) -> None:
+        key, blob, headers, partition = record
+        self._produce(producer, STATE_TOPIC, blob, key.encode(), headers, on_delivery, partition=partition)
 
     def _process_partition(
         self, producer: Producer, partition: int, msgs: list[Message], ts_inits: list[int]
@@ -596,7 +593,7 @@ class _Pending:
 
     errors: list[str]  # the worker's: a failed delivery stops it
     outputs_left: int = 0
-    states: list[tuple[str, bytes, Headers, int]] = field(default_factory=list)
+    states: list[_StateRecord] = field(default_factory=list)
     state_sent: bool = False
     state_left: int = 0
     offsets: list[TopicPartition] = field(default_factory=list)
