@@ -33,10 +33,11 @@ The processing guarantee is Faust's ``processing_guarantee`` (``kafka.processing
 Both: no commit runs while a batch is half sent (Faust computes the offsets to commit before it takes
 a transaction's lock, so a commit falling there would take the outputs sent so far without their
 offsets): the agent holds Faust's own one-commit-at-a-time future (``Consumer._commit_fut``) from its
-first send to its acks, and commits itself after a batch when one is due. A message Faust delivers a
-second time to the same worker (its recovery seeks every partition back to its committed offset when
-the last one is recovered, after the first ones have resumed) is skipped, not processed twice. A batch
-that cannot be sent stops the process at once, like a SIGKILL (:func:`_fail_stop`).
+first send to its acks, and commits itself after a batch when one is due. Each input partition is
+processed in log order, each record once, whatever order Faust delivers it in
+(:mod:`mambo.agents.order`): a record delivered again is skipped, one delivered ahead of an earlier one
+is dropped and its partition sought back (Faust does both around its recovery's seek to the committed
+offsets). A batch that cannot be sent stops the process at once, like a SIGKILL (:func:`_fail_stop`).
 
 Known costs, measured on the shared 2-core machine: ~2,300 trades/s per worker (Faust passes every
 message through its asyncio stream machinery one at a time; ``take_events`` only batches the agent's
@@ -54,14 +55,17 @@ import asyncio
 import os
 import sys
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import faust
 import structlog
+from confluent_kafka import Consumer, TopicPartition
+from faust.types import TP
 
+from mambo.agents.order import InputOrder, Verdict
 from mambo.core.market import Market
 from mambo.core.stages import EngineConfig
 from mambo.schemas.batches import TradeBatch
@@ -80,6 +84,7 @@ GUARANTEES = ("exactly_once", "at_least_once")
 APP_ID = "mambo-faust"
 #: One outgoing message: topic (unprefixed), key, value, headers, partition (None: by key).
 Outgoing = tuple[str, bytes, bytes, list[tuple[str, bytes]], int | None]
+_END = 2**63 - 1  # past any offset
 
 
 class FaustPipeline:
@@ -119,8 +124,10 @@ class FaustPipeline:
         self._out: list[tuple[str, Any]] = []
         self._partition_of: dict[str, int] = {}  # market key -> its input (and changelog) partition
         self.commit_interval = commit_interval
-        self._next_offset: dict[int, int] = {}  # partition -> the offset after the last one processed
-        self.redelivered = 0  # messages Faust delivered again after this process processed them
+        self.redelivered = 0  # records Faust delivered again after they were processed
+        self.dropped = 0  # records Faust delivered out of log order (sought back and delivered again)
+        self._order = InputOrder(self._start_offset, self._first_at)
+        self._reader: Consumer | None = None  # asks the broker what InputOrder needs
         self._last_commit = time.monotonic()
         self._headers: dict[str, list[tuple[str, bytes]]] = {}
         self.pipelines = MarketPipelines(config, self._collect, markets, known_markets)
@@ -173,8 +180,7 @@ class FaustPipeline:
         gone = {tp.partition for tp in revoked if tp.topic == self.source.get_topic_name()}
         keys = [k for k, p in self._partition_of.items() if p in gone]
         self.pipelines.drop(keys)
-        for p in gone:  # what it processed is committed by now (Faust waits for it on a revocation)
-            self._next_offset.pop(p, None)
+        self._order.revoke(gone)  # what it processed is committed by now (Faust waits for it)
         log.info("faust.revoked", partitions=sorted(gone), markets=len(keys))
 
     async def _on_assigned(self, sender: Any, /, *args: Any, signal: Any, **_: Any) -> None:
@@ -194,17 +200,7 @@ class FaustPipeline:
         assert isinstance(stream, faust.Stream)  # take_events is on the class, not the protocol
         consumer = self.app.consumer
         async for events in stream.take_events(self.batch_size, within=self.within):
-            by_part: dict[int, list[faust.types.EventT]] = defaultdict(list)
-            for ev in events:
-                m = ev.message
-                if m.offset < self._next_offset.get(m.partition, -1):
-                    # already processed here, and Faust delivers it again: its recovery resumes the
-                    # partitions recovered first, then seeks every partition back to its committed
-                    # offset when the last one is done; processing it twice would apply it twice
-                    self.redelivered += 1
-                    continue
-                self._next_offset[m.partition] = m.offset + 1
-                by_part[m.partition].append(ev)
+            by_part = await self._admit(events)
             # No Faust commit may run while a batch is half sent: Faust works out the offsets to
             # commit before it takes a transaction's lock, so it would commit the outputs sent so far
             # without their offsets. Its own one-commit-at-a-time future holds them off: a commit
@@ -226,6 +222,38 @@ class FaustPipeline:
             if now - self._last_commit > self.commit_interval:  # busy: commits held off above come here
                 self._last_commit = now
                 await consumer.commit()
+
+    async def _admit(self, events: Sequence[faust.types.EventT]) -> dict[int, list[faust.types.EventT]]:
+        """A batch's records to process, per input partition, in log order (:mod:`mambo.agents.order`).
+
+        A record dropped as out of order is marked acknowledged without telling the consumer, so no
+        commit counts it, and its partition is sought back to the record it must resume at (which
+        also resets Faust's read-offset filter); Faust's gaps from there on go too, since they were
+        taken from the stale records. A real gap is handed to Faust as its own would be."""
+        consumer = self.app.consumer
+        records = [(ev.message.partition, ev.message.offset) for ev in events]
+        topic = self.source.get_topic_name()
+        assigned = {tp.partition for tp in consumer.assignment() if tp.topic == topic}
+        verdicts, reseek, gaps = await asyncio.to_thread(self._order.admit, records, assigned)
+        by_part: dict[int, list[faust.types.EventT]] = defaultdict(list)
+        dropped: Counter[int] = Counter()
+        for ev, verdict in zip(events, verdicts, strict=True):
+            if verdict is Verdict.PROCESS:
+                by_part[ev.message.partition].append(ev)
+            elif verdict is Verdict.REPEAT:
+                self.redelivered += 1
+            else:
+                ev.message.acked = True
+                dropped[ev.message.partition] += 1
+        self.dropped += dropped.total()
+        for p, first, last in gaps:
+            await self._faust_add_gap(TP(topic, p), first, last)
+        for p, offset in reseek.items():
+            tp = TP(topic, p)
+            consumer._gap[tp].chop(offset, _END)  # type: ignore[attr-defined]  # Faust's, no public API
+            await consumer.seek_wait({tp: offset})
+            log.warning("faust.out_of_order", partition=p, resume_at=offset, dropped=dropped[p])
+        return by_part
 
     def _process(self, partition: int, part: list[faust.types.EventT]) -> list[Outgoing]:
         """The messages one partition's slice of a batch produces (outputs, dead letters, state)."""
@@ -316,13 +344,25 @@ class FaustPipeline:
             if svc is not None and svc.crashed:
                 raise RuntimeError(f"faust {type(svc).__name__} crashed: {svc.crash_reason!r}")
 
+    def _consumer(self) -> Consumer:
+        """A plain consumer beside Faust's, reading as it does (read_committed under exactly_once);
+        of the app's group, but never joining it or committing."""
+        return Consumer(
+            {
+                "bootstrap.servers": self.bootstrap,
+                "group.id": self.app.conf.id,
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+                "isolation.level": "read_committed" if self.transactional else "read_uncommitted",
+                "log_level": 3,
+            }
+        )
+
     def _drained(self) -> bool:
         """Whether the app's group has committed md.trades to its end on every partition (an idle
         exit must not leave input behind: a rebalance or a table recovery also looks idle)."""
-        from confluent_kafka import Consumer, TopicPartition
-
         topic = self.source.get_topic_name()
-        c = Consumer({"bootstrap.servers": self.bootstrap, "group.id": self.app.conf.id, "log_level": 3})
+        c = self._consumer()
         try:
             parts = c.list_topics(topic, timeout=10).topics[topic].partitions
             for tp in c.committed([TopicPartition(topic, p) for p in parts], timeout=10):
@@ -333,12 +373,50 @@ class FaustPipeline:
         finally:
             c.close()
 
+    def _start_offset(self, partition: int) -> int:
+        """Where the group resumes a partition: its committed offset, else the log start."""
+        if self._reader is None:
+            self._reader = self._consumer()
+        tp = TopicPartition(self.source.get_topic_name(), partition)
+        [got] = self._reader.committed([tp], timeout=10)
+        return got.offset if got.offset >= 0 else self._reader.get_watermark_offsets(tp, timeout=10)[0]
+
+    def _first_at(self, partition: int, offset: int) -> int | None:
+        """The offset of the first record at or after ``offset`` (None if none came within 10 s)."""
+        if self._reader is None:
+            self._reader = self._consumer()
+        self._reader.assign([TopicPartition(self.source.get_topic_name(), partition, offset)])
+        try:
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                m = self._reader.poll(0.5)
+                if m is not None and m.error() is None and m.offset() is not None:
+                    return m.offset()
+            return None
+        finally:
+            self._reader.unassign()
+
+    def _patch_gaps(self) -> None:
+        """Faust takes any jump in an input partition's offsets for transaction markers and counts
+        the offsets between as acknowledged; a stale record after a seek makes such a jump over
+        records not yet processed. For md.trades :meth:`_admit` reports the real gaps instead."""
+        consumer = self.app.consumer
+        add_gap = self._faust_add_gap = consumer._add_gap  # type: ignore[attr-defined]
+        topic = self.source.get_topic_name()
+
+        async def _add_gap(tp: TP, offset_from: int, offset_to: int) -> None:
+            if tp.topic != topic:
+                await add_gap(tp, offset_from, offset_to)
+
+        consumer._add_gap = _add_gap  # type: ignore[attr-defined]  # on this instance only
+
     async def run(self, stop: asyncio.Event | None = None, idle_exit: float | None = None) -> None:
         """Start the app, process until ``stop`` is set or the input is drained and nothing arrived
         for ``idle_exit`` s, then stop it (committing what was processed)."""
         stop = stop or asyncio.Event()
         if self.app.in_transaction != (self.app.conf.processing_guarantee.value == "exactly_once"):
             raise RuntimeError("Faust's transactions are not on as the processing guarantee says")
+        self._patch_gaps()
         await self.app.start()
         log.info("faust.started", app=self.app.conf.id, guarantee=self.app.conf.processing_guarantee.value)
         try:
@@ -356,12 +434,15 @@ class FaustPipeline:
                     break
         finally:
             await self.app.stop()
+            if self._reader is not None:
+                self._reader.close()
             log.info(
                 "faust.stopped",
                 trades=self.processed,
                 batches=self.batches,
                 dead=self.dead,
                 redelivered=self.redelivered,
+                dropped=self.dropped,
             )
 
 
