@@ -3,6 +3,13 @@
 Both runtimes take topic names from here: the embedded bus and Kafka use the same names, so a
 consumer written against one works against the other. ``<topic>.dlq`` topics hold
 :class:`~mambo.schemas.events.DeadLetter` events for their topic.
+
+Partitions: market data and what is computed per market from it (candles, indicators, raw signals)
+are keyed over ``kafka.partitions``, which is how workers scale. The trading streams from the
+aggregated signal on (signals, intents, rejections, orders, fills, positions, equity) have ONE
+partition: they carry a few events per market per bar, an account-level reader gets them in one
+order, and a worker's exactly-once transaction writes one partition of each instead of one per
+market (a transaction costs per partition it writes: :mod:`mambo.streams.kafka.worker`).
 """
 
 from __future__ import annotations
@@ -73,12 +80,14 @@ QUOTES = Topic("md.quotes", Quote, "quotes", retention_ms=DAY_MS)
 EXCHANGE_CANDLES = Topic("md.candles", Candle, "candles")
 INDICATORS = Topic("indicators", IndicatorValues, "indicators")
 SIGNALS_RAW = Topic("signals.raw", Signal, "signals_raw")
-SIGNALS = Topic("signals", AggregatedSignal, "signals", retention_ms=30 * DAY_MS)
-INTENTS = Topic("orders.intents", OrderIntent, "order_intents", retention_ms=30 * DAY_MS)
-REJECTIONS = Topic("risk.rejections", RiskRejection, "risk_rejections", retention_ms=30 * DAY_MS)
-ORDERS = Topic("orders", Order, "orders", retention_ms=365 * DAY_MS)
-FILLS = Topic("fills", Fill, "fills", retention_ms=365 * DAY_MS)
-POSITIONS = Topic("positions", Position, "positions", compacted=True)
+SIGNALS = Topic("signals", AggregatedSignal, "signals", partitions=1, retention_ms=30 * DAY_MS)
+INTENTS = Topic("orders.intents", OrderIntent, "order_intents", partitions=1, retention_ms=30 * DAY_MS)
+REJECTIONS = Topic(
+    "risk.rejections", RiskRejection, "risk_rejections", partitions=1, retention_ms=30 * DAY_MS
+)
+ORDERS = Topic("orders", Order, "orders", partitions=1, retention_ms=365 * DAY_MS)
+FILLS = Topic("fills", Fill, "fills", partitions=1, retention_ms=365 * DAY_MS)
+POSITIONS = Topic("positions", Position, "positions", partitions=1, compacted=True)
 EQUITY = Topic(
     "equity", EquitySnapshot, "equity", key_field="account", partitions=1, retention_ms=365 * DAY_MS
 )

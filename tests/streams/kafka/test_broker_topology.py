@@ -16,7 +16,7 @@ from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, C
 
 from mambo.connectors.replay import load_trades
 from mambo.schemas.events import Order, make_id
-from mambo.schemas.topics import ORDERS, POSITIONS, TRADES
+from mambo.schemas.topics import INDICATORS, ORDERS, POSITIONS, TRADES
 from mambo.streams.kafka import topology
 from mambo.streams.kafka.broker import free_port
 from mambo.streams.kafka.codec import DecodeError, decode, decode_trades, encode, encode_trades, headers_for
@@ -63,6 +63,7 @@ def test_topology_plan_apply_is_idempotent_and_repairs_drift(bootstrap: str) -> 
     assert topology.plan(admin, 6, prefix) == []  # idempotent
     md = admin.list_topics(timeout=10).topics
     assert len(md[prefix + TRADES.name].partitions) == 6 and len(md[prefix + "equity"].partitions) == 1
+    assert len(md[prefix + INDICATORS.name].partitions) == 6 and len(md[prefix + ORDERS.name].partitions) == 1
     cfg = admin.describe_configs([ConfigResource("topic", prefix + POSITIONS.name)])
     entries = next(iter(cfg.values())).result()
     assert entries["cleanup.policy"].value == "compact"
@@ -78,7 +79,8 @@ def test_topology_plan_apply_is_idempotent_and_repairs_drift(bootstrap: str) -> 
         assert time.monotonic() < deadline, changes
         time.sleep(0.2)
     assert ("set-config", ORDERS.name) in changes
-    assert ("add-partitions", ORDERS.name) in changes
+    assert ("add-partitions", INDICATORS.name) in changes  # keyed per market
+    assert ("add-partitions", ORDERS.name) not in changes  # one partition whatever kafka.partitions
     assert ("refuse", TRADES.name) in changes  # moving keys would strand the worker's state
     topology.apply(admin, 8, prefix)
     deadline = time.monotonic() + 10
