@@ -93,6 +93,14 @@ def worker_group() -> str:
     return APP_ID if RUNTIME[-1:] == ["faust"] else "mambo-workers"
 
 
+def wait_committed(bootstrap: str, group: str, topic: str, n: int, proc: subprocess.Popen[bytes]) -> None:
+    """Until the worker's group has committed ``n`` messages of ``topic``; SystemExit if it died."""
+    while committed(bootstrap, group, topic) < n:
+        if proc.poll() is not None:
+            raise SystemExit(f"the worker exited ({proc.returncode}) before it had processed {n:,}")
+        time.sleep(0.1)
+
+
 PHASES = ("queued", "publish+fetch", "stages", "commit", "visible")
 
 
@@ -175,9 +183,8 @@ def latency(bootstrap: str, rate: int, logs: Path, guarantee: str, warmup: int, 
     }
     trace = logs / f"trace-{guarantee}.jsonl"
     traced = () if RUNTIME and RUNTIME[1] != "native" else ("--trace", str(trace))
-    proc = worker(
-        bootstrap, prefix, env, logs / "latency.log", "--batch-size", "5000", "--idle-exit", "10", *traced
-    )
+    # stopped with SIGTERM once measured (an idle exit could come while the publisher is held up)
+    proc = worker(bootstrap, prefix, env, logs / "latency.log", "--batch-size", "5000", *traced)
     samples: dict[str, list[tuple[int, int]]] = {ORDERS.name: [], candle_topic("1s"): []}
     stop = threading.Event()
 
@@ -213,8 +220,7 @@ def latency(bootstrap: str, rate: int, logs: Path, guarantee: str, warmup: int, 
     with KafkaPublisher(bootstrap, prefix, **{"linger.ms": 1}) as pub:
         pub.publish_trades(replace(trades.slice(0, 1), ts_init=time.time_ns()))
         pub.flush()
-        while committed(bootstrap, group, topic) < 1:
-            time.sleep(0.1)
+        wait_committed(bootstrap, group, topic, 1, proc)
         tick = 0.01
         per_tick = max(1, int(rate * tick))
         start = time.perf_counter()
@@ -229,11 +235,11 @@ def latency(bootstrap: str, rate: int, logs: Path, guarantee: str, warmup: int, 
                 measured_from, measured_start = ts_init, time.perf_counter()
             pub.publish_trades(replace(trades.slice(s, s + per_tick), ts_init=ts_init))
         sent_seconds = time.perf_counter() - measured_start
-    while committed(bootstrap, group, topic) < len(trades):
-        time.sleep(0.1)
+    wait_committed(bootstrap, group, topic, len(trades), proc)
     time.sleep(1.0)
     stop.set()
     reader.join()
+    proc.terminate()
     proc.wait()
     for xs in samples.values():  # the warm-up pass is not measured
         xs[:] = [(ts, now) for ts, now in xs if ts >= measured_from]
