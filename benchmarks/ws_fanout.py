@@ -54,7 +54,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
+import httpx2
 import websockets
 
 HERE = Path(__file__).resolve()
@@ -164,7 +164,7 @@ async def subscriber(url: str, expected: int, latencies: list[float], window: fl
 async def rest_rate(base: str, path: str, seconds: float, concurrency: int) -> float:
     count = 0
     stop = time.perf_counter() + seconds
-    async with httpx.AsyncClient(base_url=base, timeout=10) as http:
+    async with httpx2.AsyncClient(base_url=base, timeout=10) as http:
 
         async def worker() -> None:
             nonlocal count

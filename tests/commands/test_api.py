@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
+import httpx2
 
 from tests.api.conftest import free_port
 
@@ -43,18 +43,18 @@ def test_api_demo_serves_the_pipeline(tmp_path: Path) -> None:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and proc.poll() is None:
             try:
-                health = httpx.get(f"{base}/health", timeout=2).json()
+                health = httpx2.get(f"{base}/health", timeout=2).json()
                 if health["feed"].get("signals", {}).get("messages", 0) > 250:  # sma200 warmed up
-                    body = httpx.get(f"{base}/signal", timeout=5).json()
+                    body = httpx2.get(f"{base}/signal", timeout=5).json()
                     break
-            except httpx.TransportError:
+            except httpx2.TransportError:
                 pass
             time.sleep(0.3)
         assert body is not None, proc.stderr.read() if proc.poll() is not None else "no signal in time"
         assert set(body) >= {"symbol", "sma50", "sma200", "signal", "timestamp"}
         assert body["symbol"] == "BTC/USDT" and body["signal"] in ("BUY", "SELL", "HOLD")
         assert body["sma50"] > 0 and body["sma200"] > 0 and body["timestamp"].startswith("2024-08-0")
-        assert httpx.get(f"{base}/", timeout=5).status_code == 200
+        assert httpx2.get(f"{base}/", timeout=5).status_code == 200
     finally:
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=30)
