@@ -200,7 +200,10 @@ class FaustPipeline:
         assert isinstance(stream, faust.Stream)  # take_events is on the class, not the protocol
         consumer = self.app.consumer
         async for events in stream.take_events(self.batch_size, within=self.within):
-            by_part = await self._admit(events)
+            try:
+                by_part = await self._admit(events)
+            except Exception as ex:  # the broker could not say where a partition stands
+                _fail_stop(ex)
             # No Faust commit may run while a batch is half sent: Faust works out the offsets to
             # commit before it takes a transaction's lock, so it would commit the outputs sent so far
             # without their offsets. Its own one-commit-at-a-time future holds them off: a commit
@@ -447,11 +450,11 @@ class FaustPipeline:
 
 
 def _fail_stop(ex: BaseException) -> NoReturn:
-    """A batch whose outputs could not be sent (fenced, broker gone, refused): stop this process at
-    once, like a SIGKILL. Raising would let Faust ack the batch (an agent's events are acked when it
-    ends) and commit it on the way out; dying leaves the open transaction (exactly_once) or the
-    offsets (at_least_once) uncommitted, and a restart resumes from the last commit, as the crash
-    test proves."""
+    """A batch whose outputs could not be sent (fenced, broker gone, refused), or whose partitions'
+    positions the broker could not give: stop this process at once, like a SIGKILL. Raising would
+    let Faust ack the batch (an agent's events are acked when it ends) and commit it on the way out;
+    dying leaves the open transaction (exactly_once) or the offsets (at_least_once) uncommitted, and
+    a restart resumes from the last commit, as the crash test proves."""
     log.critical("faust.batch_not_sent", error=f"{type(ex).__name__}: {ex}", exc_info=ex)
     sys.stderr.flush()
     os._exit(70)

@@ -71,8 +71,7 @@ class InputOrder:
         verdicts: list[Verdict] = []
         ahead: set[int] = set()  # partitions with a record dropped as out of order
         gaps: list[tuple[int, int, int]] = []
-        for p in set(self._next) - set(assigned):
-            del self._next[p]
+        self.revoke(set(self._next) - set(assigned))
         for p, offset in records:
             if p not in assigned:  # a stale record of a partition revoked
                 verdicts.append(Verdict.DROP)
