@@ -63,11 +63,11 @@ over 48 partitions: 36 ms to deliver them in a transaction against 12 ms without
 streams from the aggregated signal on have one partition each (:mod:`mambo.schemas.topics`): a batch
 of four markets closing bars writes about 31 partitions instead of 52 (state, candles, indicators and
 raw signals per market, one of each of the seven others), and such a transaction took 19 ms p50 / 57
-ms p99 against 28 / 80 ms, interleaved on one broker. Splitting a batch into one transaction per input partition, each on its
-own producers and committed side by side, was tried: the latency got worse (p50 180 against 101
-ms), since every transaction pays the fixed costs again. So exactly once an order waits for about
-one transaction while its batch is committed and often for the one before it: p99 is well above at
-least once's (see ``benchmarks/kafka_pipeline.py``).
+ms p99 against 28 / 80 ms, interleaved on one broker. Splitting a batch into one transaction per
+input partition, each on its own producers and committed side by side, was tried: the latency got
+worse (p50 180 against 101 ms), since every transaction pays the fixed costs again. So exactly once
+an order waits for about one transaction while its batch is committed and often for the one before
+it: p99 is well above at least once's (see ``benchmarks/kafka_pipeline.py``).
 
 Why not Faust for this runtime: Faust's exactly-once mode, its recovery after a kill (faust-streaming
 issues 21, 47, 74, 216: recovery hangs) and its one-message-at-a-time agents were the risks
