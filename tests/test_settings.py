@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
-from mambo.settings import load_settings
+from mambo.core.stages import EngineConfig
+from mambo.settings import EngineSettings, load_settings
 
 
 def test_file_then_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -68,3 +70,10 @@ def test_lists_from_the_environment_as_csv_or_json(monkeypatch: pytest.MonkeyPat
     s = load_settings()
     assert s.engine.timeframes == ("1s", "1m")
     assert s.engine.strategies == ("sma_cross", "macd_cross")
+
+
+def test_engine_settings_and_the_cores_engine_config_have_the_same_fields_and_defaults() -> None:
+    """EngineSettings repeats EngineConfig's fields (the settings need pydantic's parsing, the core
+    stays free of it): a field added to one and not the other fails here, not silently in a run."""
+    assert list(EngineSettings.model_fields) == [f.name for f in dataclasses.fields(EngineConfig)]
+    assert EngineSettings().to_config() == EngineConfig()
