@@ -31,7 +31,9 @@ benchmarks/embedded_pipeline.py until it holds --trades trades.
    committed, which the loop does not wait for) and visible (transaction markers, the reader's
    fetch; at least once it is negative: outputs are readable once delivered). The worker's garbage
    collections are traced too.
-   Each guarantee (--guarantee) is measured in turn.
+   Each guarantee (--guarantee) is measured in turn. After each, a machine reference: what the
+   worker does to a batch of 50 trades, in process without Kafka (these shared machines were 2x
+   slower at times, and the latency moved with them: compare runs only at a like reference).
 
 Run: python benchmarks/kafka_pipeline.py [--trades 300000] [--rate 5000] [--bootstrap host:port]
 [--guarantee exactly_once,at_least_once] [--runtime native|faust] [--latency-only]
@@ -60,9 +62,11 @@ from mambo.agents.app import APP_ID
 from mambo.connectors.replay import load_trades
 from mambo.core.stages import EngineConfig
 from mambo.logs import configure_logging
-from mambo.schemas.topics import ORDERS, TRADES, candle_topic
+from mambo.schemas.batches import TradeBatch
+from mambo.schemas.topics import ORDERS, TRADES, by_name, candle_topic
 from mambo.streams.kafka import topology
 from mambo.streams.kafka.broker import KafkaBroker, free_port
+from mambo.streams.kafka.codec import check_trades, decode_trades, encode, encode_trades
 from mambo.streams.kafka.producer import KafkaPublisher
 from mambo.streams.markets import MarketPipelines
 
@@ -259,6 +263,33 @@ def latency(bootstrap: str, rate: int, logs: Path, guarantee: str, warmup: int, 
         breakdown(trace, samples[ORDERS.name])
 
 
+def machine_reference() -> None:
+    """How fast this machine is right now, to read the latency by: what the worker does to a batch
+    (decode, check, the latency pass's stages: 1s and 1m candles and the four strategies, encode the
+    outputs, pickle the touched markets' state) over the recording in process, 50 trades a batch, no
+    Kafka. On these shared machines it ranged from 0.96 to 2.06 ms p50 between runs of one day, and
+    the latency figures moved with it."""
+    base, _ = load_trades()
+    values = [v for _, v in encode_trades(base)]
+    config = EngineConfig(timeframes=("1s", "1m"), trading_timeframe="1s", strategies=STRATEGIES)
+    out: list[tuple[str, object]] = []
+    mp = MarketPipelines(config, lambda t, e: out.append((t, e)))
+    times = []
+    for s in range(0, len(values), 50):
+        t0 = time.perf_counter()
+        batch, _, _ = decode_trades(values[s : s + 50])
+        check_trades(batch, None)
+        out.clear()
+        for key in mp.ingest_trades(batch):
+            mp.state(key)
+        for topic, event in out:
+            if not isinstance(event, TradeBatch):
+                encode(by_name(topic), event)
+        times.append(time.perf_counter() - t0)
+    p50, p99 = np.percentile(np.array(times) * 1e3, [50, 99])
+    print(f"  machine reference (a worker's batch of 50 in process): p50 {p50:.2f} ms, p99 {p99:.2f} ms")
+
+
 def breakdown(trace: Path, orders: list[tuple[int, int]]) -> None:
     """Each order's latency split by where it went, from the worker's trace of its batch."""
     import orjson
@@ -338,6 +369,7 @@ def main() -> None:
                 throughput(bootstrap, args.trades, args.batch_size, logs, guarantee)
             for guarantee in guarantees:
                 latency(bootstrap, args.rate, logs, guarantee, args.warmup, args.passes)
+                machine_reference()
         finally:
             if broker is not None:
                 broker.stop()
