@@ -378,26 +378,30 @@ class FaustPipeline:
 
     def _start_offset(self, partition: int) -> int:
         """Where the group resumes a partition: its committed offset, else the log start."""
-        if self._reader is None:
-            self._reader = self._consumer()
+        reader = self._broker()
         tp = TopicPartition(self.source.get_topic_name(), partition)
-        [got] = self._reader.committed([tp], timeout=10)
-        return got.offset if got.offset >= 0 else self._reader.get_watermark_offsets(tp, timeout=10)[0]
+        [got] = reader.committed([tp], timeout=10)
+        return got.offset if got.offset >= 0 else reader.get_watermark_offsets(tp, timeout=10)[0]
 
     def _first_at(self, partition: int, offset: int) -> int | None:
         """The offset of the first record at or after ``offset`` (None if none came within 10 s)."""
-        if self._reader is None:
-            self._reader = self._consumer()
-        self._reader.assign([TopicPartition(self.source.get_topic_name(), partition, offset)])
+        reader = self._broker()
+        reader.assign([TopicPartition(self.source.get_topic_name(), partition, offset)])
         try:
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline:
-                m = self._reader.poll(0.5)
+                m = reader.poll(0.5)
                 if m is not None and m.error() is None and m.offset() is not None:
                     return m.offset()
             return None
         finally:
-            self._reader.unassign()
+            reader.unassign()
+
+    def _broker(self) -> Consumer:
+        """The consumer :class:`InputOrder`'s questions go through (one, kept until :meth:`run` ends)."""
+        if self._reader is None:
+            self._reader = self._consumer()
+        return self._reader
 
     def _patch_gaps(self) -> None:
         """Faust takes any jump in an input partition's offsets for transaction markers and counts

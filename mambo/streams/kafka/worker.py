@@ -351,11 +351,9 @@ class Worker:
         producer.begin_transaction()
         try:
             ts_inits: list[int] = []
-            offsets: list[TopicPartition] = []
-            for p, part in _by_partition(msgs).items():
-                for record in self._states(self._process_partition(producer, p, part, ts_inits), p):
-                    self._send_state(producer, record, None)
-                offsets += [TopicPartition(t, p, o) for t, o in _next_offsets(part).items()]
+            states, offsets = self._process_batch(producer, msgs, ts_inits)
+            for record in states:
+                self._send_state(producer, record, None)
             t_done = time.time_ns()
             producer.send_offsets_to_transaction(offsets, consumer.consumer_group_metadata(), 30)
             producer.commit_transaction(30)
@@ -378,9 +376,7 @@ class Worker:
         t_got = time.time_ns()
         pending = self._current = _Pending(self._delivery_errors)
         ts_inits: list[int] = []
-        for p, part in _by_partition(msgs).items():
-            pending.states += self._states(self._process_partition(producer, p, part, ts_inits), p)
-            pending.offsets += [TopicPartition(t, p, o) for t, o in _next_offsets(part).items()]
+        pending.states, pending.offsets = self._process_batch(producer, msgs, ts_inits)
         pending.trace = {"poll": t_poll, "got": t_got, "done": time.time_ns(), "ts_init": ts_inits}
         pending.trace["messages"] = len(msgs)
         self._current = None
@@ -426,6 +422,18 @@ class Worker:
                 raise WorkerError(f"{len(self._pending)} batches not delivered after {timeout:.0f} s")
             producer.poll(0.01)
             self._advance()
+
+    def _process_batch(
+        self, producer: Producer, msgs: list[Message], ts_inits: list[int]
+    ) -> tuple[list[_StateRecord], list[TopicPartition]]:
+        """Process a batch partition by partition, producing its outputs; the touched markets' state
+        records and the input offsets to commit, both for the caller to write as its guarantee says."""
+        states: list[_StateRecord] = []
+        offsets: list[TopicPartition] = []
+        for p, part in _by_partition(msgs).items():
+            states += self._states(self._process_partition(producer, p, part, ts_inits), p)
+            offsets += [TopicPartition(t, p, o) for t, o in _next_offsets(part).items()]
+        return states, offsets
 
     def _states(self, touched: list[str], partition: int) -> list[_StateRecord]:
         """The touched markets' state records, each carrying the input offsets it includes."""
