@@ -45,6 +45,11 @@ def _settings(config: Path | None, data_dir: Path | None, **engine: Any) -> Mamb
     return settings
 
 
+def demo_timeframes(timeframe: str) -> tuple[str, ...]:
+    """The demo's candles: 1s and 1m for the live view and the trading timeframe, each once."""
+    return tuple(dict.fromkeys(("1s", "1m", timeframe)))
+
+
 @app.command()
 def demo(
     data: Annotated[
@@ -91,7 +96,7 @@ def demo(
         data_dir,
         strategies=strategies,
         trading_timeframe=timeframe,
-        timeframes=("1s", "1m", timeframe),
+        timeframes=demo_timeframes(timeframe),
     )
     code = asyncio.run(
         run_demo(

@@ -15,7 +15,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -25,7 +25,7 @@ from pydantic_settings import (
 )
 
 from mambo.core.risk import RiskConfig
-from mambo.core.stages import DEFAULT_INDICATORS, EngineConfig
+from mambo.core.stages import DEFAULT_INDICATORS, EngineConfig, reject_repeats
 from mambo.schemas.events import timeframe_ns
 
 __all__ = [
@@ -90,6 +90,11 @@ class EngineSettings(BaseModel):
     @classmethod
     def _split_csv(cls, v: Any) -> Any:
         return _csv_or_json(v)
+
+    @field_validator("timeframes", "strategies", "indicators")
+    @classmethod
+    def _listed_once(cls, v: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
+        return reject_repeats(str(info.field_name), v)
 
     @field_validator("trading_timeframe")
     @classmethod

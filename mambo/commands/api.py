@@ -130,14 +130,14 @@ def register(app: typer.Typer) -> None:
         data_dir: DataDirOpt = None,
     ) -> None:
         """Serve the signal API, the WebSocket and the dashboard (with --demo: on a live replay)."""
-        from mambo.cli import _settings
+        from mambo.cli import _settings, demo_timeframes
 
         if demo:
             timeframe = timeframe or "1s"
             strategies = strategies or DEMO_STRATEGIES
         engine: dict[str, Any] = {"strategies": strategies}
         if timeframe:
-            engine |= {"trading_timeframe": timeframe, "timeframes": ("1s", "1m", timeframe)}
+            engine |= {"trading_timeframe": timeframe, "timeframes": demo_timeframes(timeframe)}
         settings = _settings(config, data_dir, **engine)
         if host is not None:
             settings.api.host = host

@@ -23,6 +23,7 @@ therefore gives identical outputs.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -82,6 +83,7 @@ __all__ = [
     "Stage",
     "Venue",
     "build_stages",
+    "reject_repeats",
 ]
 
 Out = list[tuple[str, Any]]
@@ -111,8 +113,23 @@ class EngineConfig:
     def __post_init__(self) -> None:
         for tf in (*self.timeframes, self.trading_timeframe):
             timeframe_ns(tf)
+        for name in ("timeframes", "strategies", "indicators"):
+            reject_repeats(name, getattr(self, name))
         if self.trading_timeframe not in self.timeframes:
             self.timeframes = (*self.timeframes, self.trading_timeframe)
+
+
+def reject_repeats(name: str, values: Sequence[str]) -> tuple[str, ...]:
+    """``values`` as a tuple, or ValueError naming what is listed twice.
+
+    A repeated timeframe made every stage that reads it subscribe twice, so each candle advanced the
+    indicators twice (the demo's ``("1s", "1m", timeframe)`` with the default 1s did exactly that);
+    a repeated strategy or indicator would decide or compute twice per bar. Refused rather than
+    quietly dropped, so a configuration says what runs."""
+    twice = [v for v, n in Counter(values).items() if n > 1]
+    if twice:
+        raise ValueError(f"{name} lists {', '.join(twice)} more than once: {list(values)}")
+    return tuple(values)
 
 
 class Stage:

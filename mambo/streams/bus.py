@@ -47,6 +47,12 @@ class EventBus:
         self.counts: Counter[str] = Counter()
 
     def add_stage(self, stage: Stage) -> None:
+        """Deliver the topics of ``stage.inputs`` to it, each once (a topic listed twice is refused: it
+        would hand the stage every message twice)."""
+        if len(set(stage.inputs)) != len(stage.inputs):
+            raise ValueError(f"stage {stage.name} lists an input topic twice: {stage.inputs}")
+        if any(stage in self._stages[t] for t in stage.inputs):
+            raise ValueError(f"stage {stage.name} is already subscribed")
         for topic in stage.inputs:
             subs = self._stages[topic]
             if stage.splits_batches and subs:
