@@ -147,6 +147,7 @@ _AREAS: tuple[str, ...] = (
     "mambo.commands.exchange",
     "mambo.commands.trade",
     "mambo.commands.up",
+    "mambo.commands.audit",
 )
 
 for _area in _AREAS:
