@@ -24,13 +24,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
 from mambo import demo_history
+from mambo.audit import audit
 from mambo.connectors.clickhouse import ClickHouseSink, connect, ensure_schema
 from mambo.connectors.replay import DEMO_QUOTES, DEMO_TRADES, Recording, load_quotes, load_trades, replay
 from mambo.core.market import Market
@@ -39,6 +40,9 @@ from mambo.schemas.events import AggregatedSignal, Candle, EquitySnapshot, Fill,
 from mambo.settings import MamboSettings
 from mambo.streams.bus import Observer
 from mambo.streams.embedded import EmbeddedRuntime, ReplayProgress, SinkObserver, run_replay
+
+if TYPE_CHECKING:
+    from clickhouse_connect.driver.client import Client
 
 __all__ = ["EXCHANGE_DEMO_SPEED", "PipelineStats", "run_demo", "summary_table"]
 
@@ -160,9 +164,12 @@ async def run_demo(
         console.print(f"[red]{ex}[/red]")
         return 2
     if venue == "exchange":
-        return await _exchange_demo(
+        code = await _exchange_demo(
             console, settings, recording, speed or EXCHANGE_DEMO_SPEED, observers, chosen=wanted is not None
         )
+        if code == 0:
+            _print_audit(console, client, db)
+        return code
     markets = {k: Market.default(*split_key(k)) for k in recording.markets}
     runtime = EmbeddedRuntime(settings.engine.to_config(), markets, known_markets=recording.markets)
     sink = ClickHouseSink(client, db, batch_rows=settings.clickhouse.batch_rows)
@@ -198,7 +205,15 @@ async def run_demo(
         f'  mambo sql "SELECT strategy, count() AS fills, sum(realized_pnl) AS pnl, sum(fee) AS fees '
         f'FROM fills GROUP BY strategy"'
     )
+    _print_audit(console, client, db)
     return 0
+
+
+def _print_audit(console: Console, client: Client, database: str) -> None:
+    """The audit of the history the demo left, in one line (``mambo audit`` prints the table)."""
+    report = audit(client, database)
+    more = "" if report.ok else "; `mambo audit` shows which and an example of each"
+    console.print(report.summary() + more, style="green" if report.ok else "red")
 
 
 async def _exchange_demo(

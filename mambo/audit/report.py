@@ -42,15 +42,14 @@ class AuditReport:
         return sum(f.violations for f in self.findings)
 
     def summary(self) -> str:
-        """One line: clean, or how many invariants broke and how often."""
+        """One line: every invariant holds, or which broke and how often."""
         rows = sum(f.checked for f in self.findings)
         broken = [f for f in self.findings if not f.ok]
-        head = f"audit of {self.database}: {len(self.findings)} invariants over {rows:,} rows"
+        over = f"{len(self.findings)} invariants over {rows:,} rows"
         if not broken:
-            return f"{head}: no violation ({self.seconds:.1f} s)"
+            return f"audit of {self.database}: {over} hold ({self.seconds:.1f} s)"
         names = ", ".join(f"{f.invariant} ({f.violations:,})" for f in broken)
-        count = f"{self.violations:,} violations of {len(broken)} invariants"
-        return f"{head}: {count}: {names} ({self.seconds:.1f} s)"
+        return f"audit of {self.database}: {len(broken)} of {over} broken: {names} ({self.seconds:.1f} s)"
 
     def table(self) -> Table:
         """The findings as a rich table: invariant, rows checked, violations, an example of one."""
