@@ -1,11 +1,13 @@
-"""A single-node Apache Kafka broker (KRaft, combined broker + controller) on 127.0.0.1, no Docker.
+"""An Apache Kafka broker (KRaft, combined broker + controller) on 127.0.0.1, no Docker.
 
 The jars come from Maven Central through the pom in ``deploy/kafka/pom.xml`` and are copied once into
 a cache folder (``~/.cache/mambo/kafka-<version>-<pom hash>/lib``; Maven's ``~/.m2`` keeps the downloads), so
 every checkout shares them. :class:`KafkaBroker` formats a data folder with ``kafka.tools.StorageTool``,
 starts ``kafka.Kafka server.properties`` with Java 17, writes the broker's log to
 ``<data_dir>/broker.log``, waits until the broker answers a metadata request, and stops it with
-SIGTERM (SIGKILL only if it will not go). ``mambo kafka start|stop|status`` is the front.
+SIGTERM (SIGKILL only if it will not go). ``mambo kafka start|stop|status`` is the front. Alone, a
+broker is node 1 and its own controller quorum; :class:`~mambo.streams.kafka.cluster.KafkaCluster`
+runs several as one cluster (``mambo kafka start --brokers 3``).
 
 Version: Kafka 4.3.1. The newest, 4.4.0, does not resolve from Maven Central (its
 ``kafka-tools-api`` artifact is missing there), so the launcher uses the newest that does.
@@ -25,7 +27,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["KAFKA_VERSION", "BrokerError", "KafkaBroker", "fetch_jars", "free_port", "jar_dir"]
+__all__ = ["KAFKA_VERSION", "BrokerError", "KafkaBroker", "fetch_jars", "free_port", "jar_dir", "min_insync"]
 
 KAFKA_VERSION = "4.3.1"
 _POM = Path(__file__).resolve().parents[3] / "deploy" / "kafka" / "pom.xml"
@@ -109,6 +111,16 @@ class KafkaBroker:
     #: (a transaction across 48 partitions: 33 against 22 ms p50, warm). For tests, which start
     #: brokers often and load them little; MAMBO_KAFKA_QUICK_START=1 sets it for a whole run.
     quick_start: bool = field(default_factory=lambda: os.environ.get("MAMBO_KAFKA_QUICK_START") == "1")
+    #: In a cluster: this node's id, its controller port (fixed: the quorum's voters name it), the
+    #: voters, the cluster id every node is formatted with, the replication of Kafka's own topics
+    #: (offsets, transaction state), and extra broker settings. Alone: node 1 votes for itself on a
+    #: controller port chosen at each start.
+    node_id: int = 1
+    controller_port: int | None = None
+    voters: str | None = None
+    cluster_id: str | None = None
+    replication: int = 1
+    settings: dict[str, str] = field(default_factory=dict)
 
     @property
     def bootstrap(self) -> str:
@@ -130,26 +142,29 @@ class KafkaBroker:
         return pid if _alive(pid) else None
 
     def _write_config(self, controller_port: int) -> Path:
+        rf, min_isr = str(self.replication), str(min_insync(self.replication))
         props = {
             "process.roles": "broker,controller",
-            "node.id": "1",
-            "controller.quorum.voters": f"1@127.0.0.1:{controller_port}",
+            "node.id": str(self.node_id),
+            "controller.quorum.voters": self.voters or f"{self.node_id}@127.0.0.1:{controller_port}",
             "listeners": f"PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{controller_port}",
             "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
             "controller.listener.names": "CONTROLLER",
             "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
             "log.dirs": str(self.data_dir / "data"),
             "num.partitions": "1",
-            "offsets.topic.replication.factor": "1",
+            "default.replication.factor": rf,
+            "offsets.topic.replication.factor": rf,
             "offsets.topic.num.partitions": "6",
-            "transaction.state.log.replication.factor": "1",
-            "transaction.state.log.min.isr": "1",
+            "transaction.state.log.replication.factor": rf,
+            "transaction.state.log.min.isr": min_isr,
             "transaction.state.log.num.partitions": "6",
-            "share.coordinator.state.topic.replication.factor": "1",
-            "share.coordinator.state.topic.min.isr": "1",
+            "share.coordinator.state.topic.replication.factor": rf,
+            "share.coordinator.state.topic.min.isr": min_isr,
             "group.initial.rebalance.delay.ms": "0",
             "auto.create.topics.enable": "false",
             "log.flush.interval.messages": "9223372036854775807",
+            **self.settings,
         }
         path = self.data_dir / "server.properties"
         path.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
@@ -174,6 +189,11 @@ class KafkaBroker:
 
     def start(self, timeout: float = 60.0) -> None:
         """Format (first time), start, and wait until the broker answers; BrokerError if not."""
+        self.wait(self.launch(), timeout)
+
+    def launch(self) -> subprocess.Popen[bytes]:
+        """Format (first time) and start the JVM, without waiting for it (a cluster's nodes start
+        together: none answers before a majority of the controllers runs)."""
         if self.pid() is not None:
             raise BrokerError(f"a broker already runs from {self.data_dir} (pid {self.pid()})")
         if shutil.which("java") is None:
@@ -182,14 +202,14 @@ class KafkaBroker:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log4j = self.data_dir / "log4j2.yaml"
         log4j.write_text(_LOG4J.format(log=self.log_file))
-        config = self._write_config(free_port())
+        config = self._write_config(self.controller_port or free_port())
         if not (self.data_dir / "data" / "meta.properties").exists():
             fmt = self._java(
                 lib,
                 "kafka.tools.StorageTool",
                 "format",
                 "-t",
-                uuid.uuid4().hex[:22],
+                self.cluster_id or uuid.uuid4().hex[:22],
                 "-c",
                 str(config),
                 "--ignore-formatted",
@@ -199,18 +219,22 @@ class KafkaBroker:
             if proc.returncode != 0:
                 raise BrokerError(f"storage format failed: {(proc.stdout + proc.stderr)[-2000:]}")
         with open(self.data_dir / "broker.out", "ab") as out:
-            proc2 = subprocess.Popen(
+            jvm = subprocess.Popen(
                 self._java(lib, "kafka.Kafka", str(config), log4j=log4j),
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,  # a Ctrl-C in the launching shell does not kill the broker
             )
-        self._pid_file.write_text(str(proc2.pid))
+        self._pid_file.write_text(str(jvm.pid))
+        return jvm
+
+    def wait(self, jvm: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+        """Wait until the launched broker answers as a live broker; stop it and BrokerError if not."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if proc2.poll() is not None:
-                raise BrokerError(f"the broker exited ({proc2.returncode}); see {self.log_file}")
+            if jvm.poll() is not None:
+                raise BrokerError(f"the broker exited ({jvm.returncode}); see {self.log_file}")
             if self.ready(timeout=1.0):
                 return
             time.sleep(0.3)
@@ -218,7 +242,7 @@ class KafkaBroker:
         raise BrokerError(f"the broker did not answer within {timeout:.0f}s; see {self.log_file}")
 
     def ready(self, timeout: float = 2.0) -> bool:
-        """True when the broker answers a metadata request with itself as a live broker."""
+        """True when the broker answers a metadata request naming itself a live broker."""
         from confluent_kafka.admin import AdminClient
 
         try:
@@ -227,7 +251,7 @@ class KafkaBroker:
             )
         except Exception:
             return False
-        return bool(md.brokers)
+        return self.node_id in md.brokers
 
     def stop(self, timeout: float = 30.0) -> bool:
         """SIGTERM and wait for a clean shutdown; SIGKILL after ``timeout``. False if none ran."""
@@ -244,3 +268,22 @@ class KafkaBroker:
             os.waitpid(pid, os.WNOHANG)
         self._pid_file.unlink(missing_ok=True)
         return True
+
+    def kill(self) -> bool:
+        """SIGKILL, as a crash would (no controlled shutdown): for the broker-kill tests and benchmark."""
+        pid = self.pid()
+        if pid is None:
+            return False
+        os.kill(pid, signal.SIGKILL)
+        while _alive(pid):
+            time.sleep(0.02)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+        self._pid_file.unlink(missing_ok=True)
+        return True
+
+
+def min_insync(replication: int) -> int:
+    """``min.insync.replicas`` for a replication factor: all but one replica (3 -> 2), at least 1, so
+    an acknowledged write (acks=all) is on two brokers and one broker can die without stopping writes."""
+    return max(1, min(replication - 1, 2))
