@@ -8,7 +8,9 @@ A crash before the commit replays the batch, and the replay changes nothing: tab
 ReplacingMergeTree on ``event_id`` and each insert carries a deduplication token.
 
 While ClickHouse is away, the sink holds: it pauses its partitions (staying in the group), retries the
-insert with backoff, and resumes when it lands; nothing is committed, so nothing is lost.
+insert with backoff, and resumes when it lands; nothing is committed, so nothing is lost. While the
+group's coordinator moves (its broker died: NOT_COORDINATOR until the new one has loaded the group),
+the commit is retried with backoff the same way.
 
 A message that cannot be decoded goes to ``<topic>.dlq`` as a DeadLetter with topic, partition, offset
 and the reason, and the sink goes on. Invalid trades are the worker's to dead-letter (it reads
@@ -24,7 +26,7 @@ from collections.abc import Collection, Sequence
 from typing import Any
 
 import structlog
-from confluent_kafka import Consumer, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from mambo.connectors.clickhouse import ClickHouseSink, ClickHouseWriteError
 from mambo.schemas.events import DeadLetter
@@ -35,6 +37,19 @@ from mambo.streams.kafka.producer import KafkaPublisher
 __all__ = ["KafkaSink"]
 
 log = structlog.get_logger("mambo.kafka.sink")
+
+#: Commit errors that pass once the group's coordinator has moved or come back: retried.
+COORDINATOR_MOVING = frozenset(
+    {
+        KafkaError.NOT_COORDINATOR,
+        KafkaError.COORDINATOR_NOT_AVAILABLE,
+        KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+        KafkaError.REQUEST_TIMED_OUT,
+        KafkaError._TIMED_OUT,
+        KafkaError._TRANSPORT,
+        KafkaError._WAIT_COORD,
+    }
+)
 
 
 class KafkaSink:
@@ -103,9 +118,25 @@ class KafkaSink:
             self._buffer(topic, part)
         self.dlq.flush()
         self._flush_holding(stop)
-        self.consumer.commit(asynchronous=False)
+        self._commit()
         self.messages += len(msgs)
         return len(msgs)
+
+    def _commit(self, timeout: float = 120.0) -> None:
+        """Commit the consumed offsets, retrying while the group's coordinator moves."""
+        backoff, deadline = 0.1, time.monotonic() + timeout
+        while True:
+            try:
+                self.consumer.commit(asynchronous=False)
+                return
+            except KafkaException as ex:
+                code = ex.args[0].code()
+                if code not in COORDINATOR_MOVING or time.monotonic() > deadline:
+                    raise
+                self.retries += 1
+                log.warning("sink.commit_retry", reason=ex.args[0].str(), retry_in=backoff)
+                time.sleep(backoff)
+                backoff = min(backoff * 2, self.max_backoff)
 
     def _buffer(self, topic: str, msgs: list[Message]) -> None:
         t = by_name(topic)

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from clickhouse_connect.driver.client import Client
+from confluent_kafka import KafkaError, KafkaException
 
 from mambo.connectors.clickhouse import ClickHouseSink
 from mambo.connectors.replay import load_trades
@@ -67,3 +68,29 @@ def test_sink_holds_while_clickhouse_is_away_then_writes_everything_once(
     assert committed(bootstrap, group, kafka_prefix + TRADES.name) == len(piece)
     n = clickhouse_client.command(f"SELECT count() FROM `{clickhouse_db}`.trades")
     assert n == len(piece)  # not even a duplicate before merging: the failed inserts never landed
+
+
+class MovingCoordinator:
+    """A consumer whose commits fail as they do while the group's coordinator moves to another broker
+    (its broker was killed), ``failures`` times, then land."""
+
+    def __init__(self, failures: int, code: int = KafkaError.NOT_COORDINATOR) -> None:
+        self.failures, self.code, self.commits = failures, code, 0
+
+    def commit(self, asynchronous: bool = True) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise KafkaException(KafkaError(self.code, "Commit failed: Broker: Not coordinator"))
+        self.commits += 1
+
+
+def test_sink_retries_its_commit_while_the_group_coordinator_moves(clickhouse_client: Client) -> None:
+    sink = KafkaSink("127.0.0.1:1", ClickHouseSink(clickhouse_client, "default"), max_backoff=0.05)
+    sink.consumer = MovingCoordinator(3)  # type: ignore[assignment]
+    sink._commit()
+    assert sink.consumer.commits == 1 and sink.retries == 3  # type: ignore[attr-defined]
+
+    sink.consumer = MovingCoordinator(1, KafkaError.ILLEGAL_GENERATION)  # type: ignore[assignment]
+    with pytest.raises(KafkaException):  # not the coordinator's: the batch is replayed by the next owner
+        sink._commit()
+    sink.dlq.close(0)
