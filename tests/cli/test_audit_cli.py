@@ -1,0 +1,97 @@
+"""``mambo audit`` as a user runs it: a table, a one-line summary, exit 0 when every invariant holds, 1 on
+a violation, 2 when there is no history to audit. In this process on the session's chdb (one database
+per test), and as a subprocess after ``mambo demo``."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from clickhouse_connect.driver.client import Client
+from typer.testing import CliRunner
+
+from mambo.cli import app
+from mambo.connectors.clickhouse import ClickHouseSink
+from mambo.schemas.events import Candle, make_id
+
+MINUTE = 60 * 10**9
+T0 = 1_723_161_600 * 10**9  # 2024-08-09 00:00 UTC
+
+
+def candle(event_id: str, close: float) -> Candle:
+    return Candle(
+        event_id=event_id, ts_event=T0 + MINUTE, ts_init=0, exchange="binance", symbol="BTC/USDT",
+        timeframe="1m", open_time=T0, open=100.0, high=101.0, low=99.0, close=close, volume=1.0, trades=0,
+    )  # fmt: skip
+
+
+@pytest.fixture
+def audit_cli(clickhouse_dsn: str, clickhouse_db: str, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
+    monkeypatch.setenv("MAMBO_CLICKHOUSE__DSN", clickhouse_dsn)
+    monkeypatch.setenv("MAMBO_CLICKHOUSE__DATABASE", clickhouse_db)
+    return CliRunner()
+
+
+def test_a_clean_history_exits_0_with_a_one_line_summary(
+    audit_cli: CliRunner, clickhouse_client: Client, clickhouse_db: str
+) -> None:
+    sink = ClickHouseSink(clickhouse_client, clickhouse_db)
+    sink.write("candles", [candle(make_id("md.candles", "a"), 100.5)])
+    sink.flush()
+    done = audit_cli.invoke(app, ["audit"])
+    assert done.exit_code == 0, done.output
+    assert "one candle per bar" in done.output  # the table
+    assert re.search(rf"audit of {clickhouse_db}: 10 invariants over \d+ rows hold", done.output)
+
+
+def test_a_violation_exits_1_and_shows_an_example(
+    audit_cli: CliRunner, clickhouse_client: Client, clickhouse_db: str
+) -> None:
+    sink = ClickHouseSink(clickhouse_client, clickhouse_db)
+    sink.write(
+        "candles", [candle(make_id("md.candles", "a"), 100.5), candle(make_id("md.candles", "b"), 100.7)]
+    )
+    sink.flush()
+    done = audit_cli.invoke(app, ["audit"])
+    assert done.exit_code == 1, done.output
+    row = next(line for line in done.output.splitlines() if "one candle per bar" in line)
+    assert "binance:BTC/USDT 1m 2024-08-09 00:00:00.000: 2 candles" in row
+    assert "1 of 10 invariants" in done.output and "broken: one candle per bar (1)" in done.output
+
+
+def test_no_history_exits_2_with_the_reason(
+    clickhouse_dsn: str, clickhouse_client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MAMBO_CLICKHOUSE__DSN", clickhouse_dsn)
+    monkeypatch.setenv("MAMBO_CLICKHOUSE__DATABASE", "no_history_here")
+    done = CliRunner().invoke(app, ["audit"])
+    assert done.exit_code == 2
+    assert "holds no Mambo history" in done.output
+
+
+def mambo(*args: str, data_dir: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "mambo.cli", *args, "--data-dir", str(data_dir)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="module", params=["paper", "exchange"])
+def demo(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """A demo run on each venue: its data folder and what it printed."""
+    data_dir = tmp_path_factory.mktemp(f"demo-{request.param}")
+    done = mambo("demo", "--venue", request.param, data_dir=data_dir)
+    assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-3000:]
+    return data_dir, done.stdout
+
+
+def test_the_demo_ends_with_the_audit_line(demo: tuple[Path, str]) -> None:
+    _, out = demo
+    last = out.strip().splitlines()[-2:]  # the line may wrap
+    assert re.search(r"audit of mambo: .*invariants over [\d,]+ rows", " ".join(last)), out[-2000:]
