@@ -3,7 +3,8 @@ chdb once; each test copies that history, breaks one invariant the way a bug wou
 counts exactly the rows it broke, in that invariant and no other.
 
 The counts are taken against the audit of the template itself, so an injection test measures its own
-injection whatever the pipeline's state.
+injection whatever the pipeline's state; whether the pipeline's own history is clean is
+:func:`test_the_pipeline_leaves_a_clean_history`'s question.
 """
 
 from __future__ import annotations
@@ -118,6 +119,12 @@ def test_the_template_is_a_trading_history(history: Copier) -> None:
     assert checked["indicators recompute from candles"] == checked["candles recompute from trades"]
     assert checked["fills within the market"] > 20
     assert checked["fills sum to positions"] == 2  # two markets
+
+
+def test_the_pipeline_leaves_a_clean_history(history: Copier) -> None:
+    report = history.audit(history.template)
+    assert report.ok, "\n".join(f"{f.invariant}: {f.violations} e.g. {f.example}" for f in report.findings)
+    assert "hold" in report.summary()
 
 
 # --- one content per event id -----------------------------------------------------------------------
