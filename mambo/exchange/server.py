@@ -6,6 +6,11 @@ What it answers (the requests and streams ccxt's ``binance`` and ``pro.binance``
   ``depth``, ``ticker/24hr``, ``ticker/bookTicker``; signed (HMAC-SHA256 of the query string and
   body with the configured secret, any API key): ``order`` (new, cancel, query, by ``orderId`` or
   ``origClientOrderId``), ``openOrders``, ``myTrades``, ``account``.
+* What a ccxt ``binance`` client with default options asks besides, in Binance's shapes: the wallet's
+  coins (``/sapi/v1/capital/config/getall``, signed: the recording's assets with the account's
+  balances, no deposit or withdrawal network), the margin pairs (``/sapi/v1/margin/allPairs`` and
+  ``isolated/allPairs``: none, this is a spot exchange) and the futures markets
+  (``/fapi/v1/exchangeInfo``, ``/dapi/v1/exchangeInfo``: none).
 * WebSocket ``/ws/<stream>`` and ``/stream?streams=a/b`` (combined frames), plus ``SUBSCRIBE`` /
   ``UNSUBSCRIBE`` / ``LIST_SUBSCRIPTIONS`` messages: ``<sym>@trade``, ``@aggTrade``,
   ``@kline_<interval>``, ``@bookTicker``, ``@depth`` (``@depth@100ms``).
@@ -62,6 +67,7 @@ FAULTS = ("disconnect", "stall", "gap", "duplicate", "malformed", "429", "418")
 _MS = 1_000_000
 _COMMISSION = Decimal("1e-8")  # commissions are charged in the asset's 8 decimal places
 _INTERVAL_MS = {"s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
+_REST = ("/api/", "/sapi/", "/fapi/", "/dapi/")  # REST paths: logged, and subject to 429/418 faults
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -485,6 +491,13 @@ class LocalExchange:
         get("/api/v3/openOrders", self._signed(self._open_orders))
         get("/api/v3/myTrades", self._signed(self._my_trades_route))
         get("/api/v3/account", self._signed(self._account))
+        # the rest of what a default ccxt binance client asks in load_markets: a spot exchange has
+        # no margin pairs and no futures markets, and says so as Binance would
+        get("/sapi/v1/capital/config/getall", self._signed(self._coins))
+        get("/sapi/v1/margin/allPairs", self._signed(lambda params: []))
+        get("/sapi/v1/margin/isolated/allPairs", self._signed(lambda params: []))
+        get("/fapi/v1/exchangeInfo", self._futures_info("U_MARGINED"))
+        get("/dapi/v1/exchangeInfo", self._futures_info("COIN_MARGINED"))
         post("/mambo/faults", self._fault_route)
         get("/ws", self._ws)
         get("/ws/{stream:.*}", self._ws)
@@ -496,7 +509,7 @@ class LocalExchange:
     async def _middleware(self, request: web.Request, handler: _Handler) -> web.StreamResponse:
         now = time.monotonic()
         path = request.path
-        if path.startswith("/api/"):
+        if path.startswith(_REST):
             if now < self._banned_until:
                 retry = math.ceil(self._banned_until - now)
                 return self._log(now, path, _error(418, -1003, "Way too many requests; IP banned.", retry))
@@ -513,7 +526,7 @@ class LocalExchange:
         return self._log(now, path, response)
 
     def _log(self, now: float, path: str, response: web.StreamResponse) -> web.StreamResponse:
-        if path.startswith("/api/"):
+        if path.startswith(_REST):
             self.request_log.append((now, path, response.status))
             del self.request_log[:-1000]
         return response
@@ -703,6 +716,30 @@ class LocalExchange:
                 {"asset": a, "free": _num(self.free[a]), "locked": _num(self.locked[a])} for a in assets
             ],
         }  # fmt: skip
+
+    def _coins(self, params: dict[str, str]) -> list[dict[str, Any]]:
+        """The wallet's coins (``capital/config/getall``): every asset of the markets and the account,
+        with its balance; no network, since nothing is deposited or withdrawn here."""
+        markets = [s.market for s in self.symbols.values()]
+        assets = sorted({m.base for m in markets} | {m.quote for m in markets} | set(self.free))
+        return [
+            {"coin": a, "depositAllEnable": False, "withdrawAllEnable": False, "name": a,
+             "free": _num(self.free[a]), "locked": _num(self.locked[a]), "freeze": _num(0),
+             "withdrawing": _num(0), "ipoing": _num(0), "ipoable": _num(0), "storage": _num(0),
+             "isLegalMoney": False, "trading": True, "networkList": []}
+            for a in assets
+        ]  # fmt: skip
+
+    def _futures_info(self, futures_type: str) -> _Handler:
+        """A futures ``exchangeInfo`` with no market: the local exchange trades spot only."""
+
+        async def route(request: web.Request) -> web.Response:
+            return web.json_response(
+                {"timezone": "UTC", "serverTime": int(time.time() * 1000), "futuresType": futures_type,
+                 "rateLimits": [], "exchangeFilters": [], "assets": [], "symbols": []}
+            )  # fmt: skip
+
+        return route
 
     def _find_order(self, params: dict[str, str]) -> _ExOrder:
         sym = self._symbol(params)

@@ -10,9 +10,11 @@ import asyncio
 import json
 from decimal import Decimal
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import ccxt
+import ccxt.async_support as ccxt_async
 import numpy as np
 import pandas as pd
 import pytest
@@ -20,6 +22,7 @@ from pydantic import SecretStr
 
 from mambo.connectors.ccxt_client import make_exchange, market_from_ccxt
 from mambo.connectors.errors import Backoff, RateLimited, with_retry
+from mambo.exchange import LocalExchange, serve
 from tests.exchange.helpers import recording, released_trade_ids, running_exchange
 
 
@@ -253,5 +256,62 @@ def test_market_rules_come_from_ccxts_markets() -> None:
             assert (btc.base, btc.quote) == ("BTC", "USDT")
             assert (btc.tick_size, btc.step_size) == (Decimal("0.01"), Decimal("0.00001"))
             assert (btc.min_qty, btc.min_notional) == (Decimal("0.00001"), Decimal("5.0"))
+
+    run(main())
+
+
+def _pointed_at(urls: dict[str, str], base_url: str) -> dict[str, str]:
+    """ccxt's ``urls['api']`` with every entry's scheme and host replaced by the local server's."""
+    local = urlsplit(base_url)
+    return {
+        k: urlunsplit(urlsplit(v)._replace(scheme=local.scheme, netloc=local.netloc)) for k, v in urls.items()
+    }
+
+
+def test_a_default_ccxt_client_with_keys_loads_markets_and_trades() -> None:
+    """What any ccxt user would write: ``ccxt.binance`` with keys and no options, only its API hosts
+    pointed at the local exchange. Its load_markets asks for the wallet's coins, the margin pairs and
+    the futures markets as well (a 404 on any of them failed it); a market buy then fills at the
+    recorded ask, the fee a tenth of a percent of the notional in USDT."""
+
+    async def main() -> None:
+        trades, quotes = recording()
+        ex = LocalExchange(trades, quotes, api_secret="a-secret", history_seconds=60)
+        runner, url = await serve(ex)
+        client = ccxt_async.binance({"apiKey": "a-key", "secret": "a-secret"})
+        client.urls["api"] = _pointed_at(client.urls["api"], url)
+        try:
+            markets = await client.load_markets()
+            assert {"BTC/USDT", "ETH/USDT"} <= set(markets) and all(m["spot"] for m in markets.values())
+            assert {"BTC", "ETH", "USDT"} <= set(client.currencies)
+            balance = await client.fetch_balance()
+            assert balance["USDT"]["free"] == 100_000 and balance["BTC"]["total"] == 0
+
+            quote = ex.symbols["BTCUSDT"].last_quote()
+            assert quote is not None
+            order = await client.create_order("BTC/USDT", "market", "buy", 0.01)
+            assert order["status"] == "closed" and order["filled"] == 0.01 and order["price"] == quote.ask
+            assert (await client.fetch_order(order["id"], "BTC/USDT"))["status"] == "closed"
+            [fill] = await client.fetch_my_trades("BTC/USDT")
+            assert (fill["order"], fill["amount"], fill["price"]) == (order["id"], 0.01, quote.ask)
+            assert fill["fee"]["currency"] == "USDT" and fill["fee"]["cost"] == pytest.approx(
+                quote.ask * 1e-5
+            )
+            after = await client.fetch_balance()
+            assert after["BTC"]["free"] == 0.01
+            assert after["USDT"]["free"] == pytest.approx(100_000 - quote.ask * 0.01 * 1.001, abs=1e-8)
+
+            resting = await client.create_order("BTC/USDT", "limit", "buy", 0.01, 30_000)
+            assert resting["status"] == "open"
+            assert (await client.cancel_order(resting["id"], "BTC/USDT"))["status"] == "canceled"
+            asked = {path for _, path, _ in ex.request_log}
+            assert {
+                "/sapi/v1/capital/config/getall",
+                "/sapi/v1/margin/allPairs",
+                "/fapi/v1/exchangeInfo",
+            } <= asked
+        finally:
+            await client.close()
+            await runner.cleanup()
 
     run(main())
