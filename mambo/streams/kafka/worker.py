@@ -19,6 +19,11 @@ The processing guarantee (``kafka.processing_guarantee``):
   worker killed at any point leaves either the whole batch or none of it; readers use
   ``isolation.level=read_committed``. The transactional id is stable per worker name
   (``mambo-worker-<name>``), so a restarted worker aborts its predecessor's open transaction at once.
+  A transaction the broker cannot finish (its partitions' leader or its coordinator died and the
+  failover outlasted ``transaction.timeout.ms``, 10 s as in Kafka Streams) is aborted, and the worker
+  does in process what a restart would: a new producer under the same id, its partitions' markets
+  restored from the changelog, its consumer sought to the committed offsets; the batch is processed
+  again. Calls that failed with a retriable error (the coordinator moving) are retried.
 - ``at_least_once``: no transactions, and the loop never waits for the broker. A batch's outputs
   are produced (idempotent producer) as the stages publish them; once all of them, and all of every
   earlier batch's, are acknowledged, its state is produced, each record carrying the input offsets
@@ -82,14 +87,22 @@ import os
 import threading
 import time
 from collections import defaultdict, deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import orjson
 import structlog
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 
 from mambo.core.market import Market
 from mambo.core.stages import EngineConfig
@@ -120,6 +133,7 @@ INPUTS: tuple[str, ...] = (TRADES.name, EXCHANGE_CANDLES.name)
 _OFFSETS_HEADER = "mambo-offsets"  # on a state record: {input topic: next offset} it includes
 _StateRecord = tuple[str, bytes, Headers, int]  # a market's state: key, blob, headers, partition
 _PARTITION_EOF = KafkaError._PARTITION_EOF
+_T = TypeVar("_T")
 
 
 class WorkerError(RuntimeError):
@@ -170,6 +184,9 @@ class Worker:
         self.processed = 0  # trades
         self.candles = 0  # exchange candles
         self.batches = 0
+        self.aborted = 0  # exactly once: transactions the broker could not finish (batches done again)
+        self._aborts_in_a_row = 0
+        self._txn_ids: list[str] = []
         self.assigned: list[int] = []
         self._assigned_at = 0.0
         self._headers = {t.name: headers_for(t.model) for t in (TRADES,)}
@@ -270,7 +287,8 @@ class Worker:
         base = f"{self.prefix}mambo-worker-{self.name}"
         producers: list[Producer] = []
         if self.guarantee == "exactly_once":  # two ids, alternating (see the module's docstring)
-            producers = [self._producer(base), self._producer(f"{base}-b")]
+            self._txn_ids = [base, f"{base}-b"]
+            producers = [self._producer(i) for i in self._txn_ids]
         else:
             self._producer_alo = self._producer(None)
         consumer = Consumer(
@@ -318,7 +336,7 @@ class Worker:
                     continue
                 last = time.monotonic()
                 if producers:
-                    self._process_exactly_once(consumer, producers[self.batches % 2], msgs, t_poll)
+                    self._process_exactly_once(consumer, producers, self.batches % 2, msgs, t_poll)
                 else:
                     self._process_at_least_once(msgs, t_poll)
         finally:
@@ -344,10 +362,13 @@ class Worker:
         return True
 
     def _process_exactly_once(
-        self, consumer: Consumer, producer: Producer, msgs: list[Message], t_poll: int
+        self, consumer: Consumer, producers: list[Producer], which: int, msgs: list[Message], t_poll: int
     ) -> None:
-        """One transaction: the batch's outputs, dead letters, markets' state and input offsets."""
+        """One transaction on ``producers[which]``: the batch's outputs, dead letters, markets' state
+        and input offsets. If the broker cannot finish it, the batch is undone (:meth:`_undo`)."""
+        producer = producers[which]
         t_got = time.time_ns()
+        counts = self.processed, self.candles
         producer.begin_transaction()
         try:
             ts_inits: list[int] = []
@@ -355,18 +376,66 @@ class Worker:
             for record in states:
                 self._send_state(producer, record, None)
             t_done = time.time_ns()
-            producer.send_offsets_to_transaction(offsets, consumer.consumer_group_metadata(), 30)
-            producer.commit_transaction(30)
+            group = consumer.consumer_group_metadata()
+            _retrying(lambda: producer.send_offsets_to_transaction(offsets, group, 30))
+            _retrying(lambda: producer.commit_transaction(30))
+        except KafkaException as ex:
+            if ex.args[0].fatal():  # fenced: another process took this worker's transactional id
+                log.exception("worker.batch_failed", worker=self.name)
+                raise
+            log.warning("worker.batch_aborted", worker=self.name, reason=ex.args[0].str(), messages=len(msgs))
+            self.processed, self.candles = counts
+            producers[which] = self._undo(consumer, producer, self._txn_ids[which])
+            return
         except Exception:
             log.exception("worker.batch_failed", worker=self.name)
             producer.abort_transaction(30)
             raise
         self.batches += 1
+        self._aborts_in_a_row = 0
         if self.trace_file is not None:
             self._trace.append(
                 {"poll": t_poll, "got": t_got, "done": t_done, "commit": time.time_ns(), "ts_init": ts_inits}
                 | {"messages": len(msgs)}
             )
+
+    def _undo(self, consumer: Consumer, producer: Producer, transactional_id: str) -> Producer:
+        """Exactly once, a transaction the broker could not finish: what a restart would do, in process.
+        The producer is replaced by a new one under the same id (its ``init_transactions`` aborts what
+        the old one left open; reusing the old one after an abort with messages in flight failed its
+        next transaction in librdkafka 2.16, "skipped sequence numbers" or an erroneous state), and the
+        worker goes back to the last committed transaction (:meth:`_rewind`). The new producer."""
+        self.aborted += 1
+        self._aborts_in_a_row += 1
+        if self._aborts_in_a_row > 30:
+            raise WorkerError(f"{self._aborts_in_a_row - 1} transactions in a row could not be committed")
+        try:
+            producer.abort_transaction(10)
+        except KafkaException as ex:  # the new producer aborts it in any case
+            log.warning("worker.abort_failed", worker=self.name, reason=ex.args[0].str())
+        producer.purge()
+        time.sleep(min(0.1 * 2 ** (self._aborts_in_a_row - 1), 5.0))  # a failover takes seconds
+        fresh = self._producer(transactional_id)
+        self._rewind(consumer)
+        return fresh
+
+    def _rewind(self, consumer: Consumer) -> None:
+        """Exactly once, after an aborted transaction: the assigned partitions' markets back to their
+        committed state and the consumer back to the committed offsets, as after a restart."""
+        parts = list(self.assigned)
+        keys = [k for k, p in self._partition_of.items() if p in parts]
+        self.pipelines.drop(keys)
+        for k in keys:
+            del self._partition_of[k]
+            self._offsets.pop(k, None)
+        self._skip = {tp: skip for tp, skip in self._skip.items() if tp[1] not in parts}
+        self._restore(parts)
+        inputs = [TopicPartition(self.prefix + t, p) for t in INPUTS for p in parts]
+        for tp in _retrying(lambda: consumer.committed(inputs, timeout=30)):
+            consumer.seek(
+                TopicPartition(tp.topic, tp.partition, tp.offset if tp.offset >= 0 else OFFSET_BEGINNING)
+            )
+        log.info("worker.rewound", worker=self.name, partitions=parts)
 
     def _process_at_least_once(self, msgs: list[Message], t_poll: int) -> None:
         """Outputs produced at once; the batch's state follows once they are all delivered, and its
@@ -658,6 +727,19 @@ class _Collector:
     def close(self) -> None:
         gc.unfreeze()
         gc.set_threshold(*self.threshold)
+
+
+def _retrying(call: Callable[[], _T], timeout: float = 120.0) -> _T:
+    """``call()``, again while it fails with a retriable error (a coordinator moving or loading)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return call()
+        except KafkaException as ex:
+            if not ex.args[0].retriable() or time.monotonic() > deadline:
+                raise
+            log.warning("worker.retry", reason=ex.args[0].str())
+            time.sleep(0.1)
 
 
 def _consume(consumer: Consumer, n: int, timeout: float) -> list[Message]:
