@@ -22,11 +22,13 @@ from clickhouse_connect.driver.client import Client
 from mambo.audit import INVARIANTS, AuditReport, NoHistoryError, audit
 from mambo.audit.indicators import spec_of
 from mambo.audit.positions import held
+from mambo.audit.sql import fills_in_range
 from mambo.connectors.clickhouse import ClickHouseSink, ensure_schema
 from mambo.connectors.replay import DEMO_QUOTES, DEMO_TRADES, Recording, load_quotes, load_trades, replay
 from mambo.core.indicators import FORMS, output_names
 from mambo.core.stages import EngineConfig
-from mambo.schemas.events import make_id
+from mambo.schemas.batches import TradeBatch
+from mambo.schemas.events import Fill, make_id
 from mambo.schemas.topics import TABLES
 from mambo.streams.embedded import EmbeddedRuntime, SinkObserver, run_replay
 
@@ -321,6 +323,31 @@ def test_a_fill_at_the_book_is_within_the_market(history: Copier) -> None:
         f"FROM {{src}} WHERE exchange = '{ex}' AND symbol = '{sym}' LIMIT 1"
     )
     assert history.added(fills=moved, quotes=book) == {}
+
+
+@pytest.mark.parametrize(("price", "violations"), [("61000.5", 0), ("61002", 1)])
+def test_a_fill_in_a_bar_no_candle_closed_is_checked_against_its_seconds_trades(
+    clickhouse_client: Client, clickhouse_db: str, price: str, violations: int
+) -> None:
+    """The last bar of a run: no later trade closed it, so no candle holds the fill; the trades of the
+    fill's second do (here 61000.0 and 61001.0)."""
+    ts = 1_723_161_600 * 10**9
+    trades = TradeBatch(
+        ("binance:BTC/USDT",), np.zeros(2, np.int32), np.array([ts + 100_000_000, ts + 900_000_000]),
+        np.array([61000.0, 61001.0]), np.array([0.5, 0.5]), np.zeros(2, np.int8),
+        np.array(["1", "2"], dtype=object), ts_init=ts,
+    )  # fmt: skip
+    fill = Fill(
+        event_id="f", ts_event=ts + 500_000_000, ts_init=ts, exchange="binance", symbol="BTC/USDT",
+        fill_id="f", client_order_id="o", strategy="s", side="buy", price=Decimal(price), qty=Decimal(1),
+        fee=Decimal(0), fee_currency="USDT", liquidity="taker",
+    )  # fmt: skip
+    sink = ClickHouseSink(clickhouse_client, clickhouse_db)
+    sink.write_columns("trades", trades.columns())
+    sink.write("fills", [fill])
+    sink.flush()
+    finding = fills_in_range(clickhouse_client, clickhouse_db)
+    assert (finding.checked, finding.violations) == (1, violations)
 
 
 def test_an_order_without_its_intent_is_caught(history: Copier) -> None:

@@ -7,6 +7,8 @@ Reads use ``FINAL`` (one row per event id) except where the raw rows are the poi
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 from clickhouse_connect.driver.client import Client
@@ -211,13 +213,37 @@ def _prices(values: Sequence[float]) -> str:
     return "/".join(f"{v:g}" for v in sorted(values)) or "-"
 
 
-def _market_at(client: Client, database: str, events: str) -> Sequence[Sequence[Any]]:
+@dataclass(frozen=True)
+class _Moment:
+    """An event with a price (a fill, a position's mark) and what its market did at the event's time."""
+
+    id: str
+    market: str
+    side: str
+    ts: int
+    price: Decimal
+    qty: Decimal
+    bar: tuple[str, float, float] | None  # the finest candle holding the time: timeframe, low, high
+    second: tuple[float, float] | None  # the low and high of the market's trades in the time's second
+    books: tuple[tuple[float, float], ...]  # the book tops (bid, ask) in force then
+    close: float  # the close of the market's last candle ending at or before the time (0: none)
+
+    def traded(self, price: float) -> bool:
+        """Whether ``price`` lies in the candle's range, the second's trades or a book top's spread."""
+        ranges = [r[1:] for r in (self.bar,) if r] + [r for r in (self.second,) if r] + list(self.books)
+        return any(0 < low <= price <= high for low, high in ranges)
+
+    def context(self) -> str:
+        bar = f"{self.bar[0]} bar [{self.bar[1]:g}, {self.bar[2]:g}]" if self.bar else "no candle"
+        second = f", trades [{self.second[0]:g}, {self.second[1]:g}]" if self.second and not self.bar else ""
+        book = f", book {self.books[0][0]:g}/{self.books[0][1]:g}" if self.books else ", no quote"
+        return bar + second + book
+
+
+def _market_at(client: Client, database: str, events: str) -> list[_Moment]:
     """What each event's market did at the event's time. ``events`` is a query of ``id, exchange,
-    symbol, ts_event, price, qty, side``; each row comes back as: id, exchange, symbol, side, time (ns),
-    price, qty, whether a candle holds the time, that candle's (timeframe, low, high) (the finest),
-    the book top (bid, ask) at the time and the one before it, and the close of the market's last candle
-    ending at or before the time (0 if none)."""
-    candles, quotes = _t(database, "candles"), _t(database, "quotes")
+    symbol, ts_event, price, qty, side``; the answers come in event time order."""
+    candles, quotes, trades = (_t(database, t) for t in ("candles", "quotes", "trades"))
     per_timeframe = (
         f"(SELECT * FROM e, (SELECT DISTINCT timeframe AS tf FROM {candles}) AS tfs) AS et ASOF LEFT JOIN "
         "(SELECT exchange, symbol, timeframe, open_time AS ot, ts_event AS te, low, high, close "
@@ -229,7 +255,7 @@ def _market_at(client: Client, database: str, events: str) -> Sequence[Sequence[
         f"(SELECT exchange, symbol, ts_event AS qt, bid, ask FROM {quotes} FINAL) AS q "
         "ON e.exchange = q.exchange AND e.symbol = q.symbol AND e.ts_event {op} q.qt"
     )
-    return _rows(
+    rows = _rows(
         client,
         f"""
         WITH e AS ({events}),
@@ -242,63 +268,62 @@ def _market_at(client: Client, database: str, events: str) -> Sequence[Sequence[
             SELECT et.id AS id, argMaxIf(c.close, c.te, c.te > 0) AS close
             FROM {per_timeframe.format(op=">=", at="te")} GROUP BY et.id
         ),
+        seconds AS (
+            SELECT e.id AS id, min(t.price) AS low, max(t.price) AS high
+            FROM e INNER JOIN
+                (SELECT exchange, symbol, toStartOfSecond(ts_event) AS s, price FROM {trades} FINAL) AS t
+                ON e.exchange = t.exchange AND e.symbol = t.symbol AND toStartOfSecond(e.ts_event) = t.s
+            GROUP BY e.id
+        ),
         book_at AS (
             SELECT e.id AS id, q.bid AS bid, q.ask AS ask FROM e ASOF LEFT JOIN {book.format(op=">=")}
         ),
         book_before AS (
             SELECT e.id AS id, q.bid AS bid, q.ask AS ask FROM e ASOF LEFT JOIN {book.format(op=">")}
         )
-        SELECT e.id, e.exchange, e.symbol, e.side, toUnixTimestamp64Nano(e.ts_event), e.price, e.qty,
-            bars.found, bars.bar, book_at.bid, book_at.ask, book_before.bid, book_before.ask, closes.close
+        SELECT e.id, concat(e.exchange, ':', e.symbol), e.side, toUnixTimestamp64Nano(e.ts_event), e.price,
+            e.qty, bars.found, bars.bar, seconds.low, seconds.high, book_at.bid, book_at.ask, book_before.bid,
+            book_before.ask, closes.close
         FROM e LEFT JOIN bars ON e.id = bars.id LEFT JOIN closes ON e.id = closes.id
+            LEFT JOIN seconds ON e.id = seconds.id
             LEFT JOIN book_at ON e.id = book_at.id LEFT JOIN book_before ON e.id = book_before.id
         ORDER BY e.ts_event, e.id
         """,
     )
+    return [_moment(row) for row in rows]
 
 
-def _traded(
-    found: bool, bar: tuple[str, float, float], books: Sequence[tuple[float, float]], p: float
-) -> bool:
-    """Whether ``p`` lies in the candle's range or between the bid and ask of one of the book tops."""
-    _, low, high = bar
-    return (found and low <= p <= high) or any(0 < bid <= p <= ask for bid, ask in books)
-
-
-def _context(found: bool, bar: tuple[str, float, float], bid: float, ask: float) -> str:
-    tf, low, high = bar
-    return (f"{tf} bar [{low:g}, {high:g}]" if found else "no candle") + (
-        f", book {bid:g}/{ask:g}" if bid > 0 else ", no quote"
-    )
+def _moment(row: Sequence[Any]) -> _Moment:
+    event_id, market, side, ts, price, qty, found, bar, low, high, bid1, ask1, bid0, ask0, close = row
+    books = tuple((b, a) for b, a in ((bid1, ask1), (bid0, ask0)) if b > 0)
+    second = (low, high) if low > 0 else None
+    return _Moment(event_id, market, side, ts, price, qty, bar if found else None, second, books, close)
 
 
 def fills_in_range(client: Client, database: str) -> Finding:
     """Every fill's price lies within what its market traded at that time, or at its book.
 
-    The range: ``[low, high]`` of the finest stored candle of the fill's market whose interval
+    What it traded: ``[low, high]`` of the finest stored candle of the fill's market whose interval
     ``[open_time, open_time + timeframe)`` holds the fill's time (a fill on a trade lies in the 1s bar
-    of its trade; a fill on a candle, stamped with its open time, in that candle). The book: a fill
-    between the bid and the ask of the book top in force at its time (the last quote at or before it,
-    or the one before that when both share the time stamp). A fill with neither is a violation.
-    Slippage, when a run sets it, moves fills outside on purpose: they show here.
+    of its trade; a fill on a candle, stamped with its open time, in that candle), or of the market's
+    stored trades in the fill's second (for the last bar of a run, which no later trade closed). The
+    book: between the bid and the ask of the book top in force at the fill's time (the last quote at
+    or before it, or the one before that when both share the time stamp). A fill with none of these
+    is a violation. Slippage, when a run sets it, moves fills outside on purpose: they show here.
     """
-    rows = _market_at(
+    moments = _market_at(
         client,
         database,
         "SELECT event_id AS id, exchange, symbol, ts_event, price, qty, side "
         f"FROM {_t(database, 'fills')} FINAL",
     )
-    bad, example = 0, ""
-    for fid, ex, sym, side, ts, price, qty, found, bar, bid1, ask1, bid0, ask0, _ in rows:
-        if _traded(found, bar, ((bid1, ask1), (bid0, ask0)), float(price)):
-            continue
-        bad += 1
-        if not example:
-            example = (
-                f"fill {fid} {ex}:{sym} {side} {amount(qty)} @ {amount(price)} at {when(ts)}: "
-                + _context(found, bar, bid1, ask1)
-            )
-    return Finding("fills within the market", len(rows), bad, example)
+    bad = [m for m in moments if not m.traded(float(m.price))]
+    example = ""
+    if bad:
+        m = bad[0]
+        example = f"fill {m.id} {m.market} {m.side} {amount(m.qty)} @ {amount(m.price)} at {when(m.ts)}: "
+        example += m.context()
+    return Finding("fills within the market", len(moments), len(bad), example)
 
 
 def positions_at_mark(client: Client, database: str) -> Finding:
@@ -306,23 +331,16 @@ def positions_at_mark(client: Client, database: str) -> Finding:
     what the market traded then (as for fills) or is the close of the market's last candle ending at
     or before it (the portfolio marks at closed candles). A position valued at a price from before its
     re-entry shows here."""
-    rows = _market_at(
+    moments = _market_at(
         client,
         database,
         "SELECT event_id AS id, exchange, symbol, ts_event, mark_price AS price, qty, '' AS side "
         f"FROM {_t(database, 'positions')} FINAL WHERE qty != 0",
     )
-    bad, example = 0, ""
-    for _, ex, sym, _, ts, mark, qty, found, bar, bid1, ask1, bid0, ask0, close in rows:
-        p = float(mark)
-        if p == close or _traded(found, bar, ((bid1, ask1), (bid0, ask0)), p):
-            continue
-        bad += 1
-        if not example:
-            last = f", last close {close:g}" if close else ""
-            example = (
-                f"{ex}:{sym} {amount(qty)} at {when(ts)} marked {amount(mark)}: "
-                + _context(found, bar, bid1, ask1)
-                + last
-            )
-    return Finding("positions at the market's price", len(rows), bad, example)
+    bad = [m for m in moments if not (float(m.price) == m.close or m.traded(float(m.price)))]
+    example = ""
+    if bad:
+        m = bad[0]
+        example = f"{m.market} {amount(m.qty)} at {when(m.ts)} marked {amount(m.price)}: {m.context()}"
+        example += f", last close {m.close:g}" if m.close else ""
+    return Finding("positions at the market's price", len(moments), len(bad), example)
