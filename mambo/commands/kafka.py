@@ -3,7 +3,9 @@
 
 Each is a thin front over :mod:`mambo.streams.kafka`; the broker's state lives in
 ``<data_dir>/kafka`` and the bootstrap address comes from ``kafka.bootstrap`` (default
-``127.0.0.1:9092``, the local broker's).
+``127.0.0.1:9092``, the local broker's). ``mambo kafka start --brokers 3`` starts a cluster there
+instead (one folder per node, ports from ``kafka.bootstrap``: the ones it lists, or consecutive from
+its first); ``stop`` and ``status`` then act on every node.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import typer
 if TYPE_CHECKING:
     from mambo.settings import MamboSettings
     from mambo.streams.kafka.broker import KafkaBroker
+    from mambo.streams.kafka.cluster import KafkaCluster
 
 __all__ = ["register"]
 
@@ -39,14 +42,44 @@ def _bootstrap(settings: MamboSettings) -> str:
     return settings.kafka.bootstrap or LOCAL
 
 
-def _broker(settings: MamboSettings) -> KafkaBroker:
+def _broker(settings: MamboSettings, brokers: int | None = None) -> KafkaBroker | KafkaCluster:
+    """The local broker, or cluster when ``brokers`` > 1 or the folder holds one already."""
+    from mambo.streams.kafka.broker import BrokerError, KafkaBroker
+    from mambo.streams.kafka.cluster import KafkaCluster
+
+    ports = []
+    for address in _bootstrap(settings).split(","):
+        host, _, port = address.strip().rpartition(":")
+        if host not in ("127.0.0.1", "localhost"):
+            typer.echo(f"error: kafka.bootstrap {_bootstrap(settings)} is not a local broker", err=True)
+            raise typer.Exit(2)
+        ports.append(int(port))
+    folder = (settings.data_dir / "kafka").resolve()
+    recorded = KafkaCluster.recorded(folder)
+    size = brokers or (len(recorded["nodes"]) if recorded else 1)
+    if recorded is None and size == 1:
+        return KafkaBroker(folder, port=ports[0])
+    if recorded is None and (folder / "data").exists():
+        typer.echo(f"error: {folder} holds a single broker's data; choose another --data-dir", err=True)
+        raise typer.Exit(1)
+    try:
+        return KafkaCluster(
+            folder, size, ports if len(ports) == size else [ports[0] + i for i in range(size)]
+        )
+    except BrokerError as ex:
+        typer.echo(f"error: {ex}", err=True)
+        raise typer.Exit(1) from ex
+
+
+def _running(broker: KafkaBroker | KafkaCluster) -> str:
+    """Where a started broker (or each node of a cluster) runs, with its pid and log."""
     from mambo.streams.kafka.broker import KafkaBroker
 
-    host, _, port = _bootstrap(settings).rpartition(":")
-    if host not in ("127.0.0.1", "localhost"):
-        typer.echo(f"error: kafka.bootstrap {_bootstrap(settings)} is not a local broker", err=True)
-        raise typer.Exit(2)
-    return KafkaBroker((settings.data_dir / "kafka").resolve(), port=int(port))
+    if isinstance(broker, KafkaBroker):
+        return f"at {broker.bootstrap} (pid {broker.pid()}), log {broker.log_file}"
+    return f"as a cluster of {len(broker.nodes)} brokers at {broker.bootstrap}" + "".join(
+        f"\n  node {n.node_id}: {n.bootstrap} (pid {n.pid()}), log {n.log_file}" for n in broker.nodes
+    )
 
 
 def _until_signal() -> threading.Event:
@@ -70,35 +103,53 @@ def register(app: typer.Typer) -> None:
     app.add_typer(topology, name="topology")
 
     @kafka.command()
-    def start(config: ConfigOpt = None, data_dir: DataDirOpt = None) -> None:
-        """Start a single-node broker on 127.0.0.1 and wait until it answers (jars fetched once)."""
+    def start(
+        brokers: Annotated[
+            int | None,
+            typer.Option(min=1, help="Brokers (3: a replicated cluster; default: the folder's, or 1)."),
+        ] = None,
+        config: ConfigOpt = None,
+        data_dir: DataDirOpt = None,
+    ) -> None:
+        """Start a broker (or a cluster) on 127.0.0.1 and wait until it answers (jars fetched once)."""
         from mambo.streams.kafka.broker import BrokerError
 
-        broker = _broker(_settings(config, data_dir))
+        settings = _settings(config, data_dir)
+        broker = _broker(settings, brokers)
         try:
             broker.start()
         except BrokerError as ex:
             typer.echo(f"error: {ex}", err=True)
             raise typer.Exit(1) from ex
-        typer.echo(f"kafka running at {broker.bootstrap} (pid {broker.pid()}), log {broker.log_file}")
+        typer.echo(f"kafka running {_running(broker)}")
+        if "," in broker.bootstrap and _bootstrap(settings) != broker.bootstrap:  # reach it with a node down
+            typer.echo(f"set MAMBO_KAFKA_BOOTSTRAP={broker.bootstrap}")
 
     @kafka.command()
     def stop(config: ConfigOpt = None, data_dir: DataDirOpt = None) -> None:
-        """Stop the local broker cleanly."""
+        """Stop the local broker (every node of a cluster) cleanly."""
         broker = _broker(_settings(config, data_dir))
         typer.echo("kafka stopped" if broker.stop() else "kafka was not running")
 
     @kafka.command()
     def status(config: ConfigOpt = None, data_dir: DataDirOpt = None) -> None:
-        """Whether the local broker runs and answers (exit 1 if not)."""
+        """Whether the local broker (every node of a cluster) runs and answers (exit 1 if not)."""
+        from mambo.streams.kafka.broker import KafkaBroker
+
         broker = _broker(_settings(config, data_dir))
-        pid = broker.pid()
-        if pid is None:
-            typer.echo("kafka not running")
-            raise typer.Exit(1)
-        answers = broker.ready()
-        typer.echo(f"kafka pid {pid} at {broker.bootstrap}: {'answering' if answers else 'NOT answering'}")
-        raise typer.Exit(0 if answers else 1)
+        nodes = [broker] if isinstance(broker, KafkaBroker) else broker.nodes
+        healthy = True
+        for node in nodes:
+            pid = node.pid()
+            name = "kafka" if isinstance(broker, KafkaBroker) else f"kafka node {node.node_id}"
+            if pid is None:
+                typer.echo(f"{name} not running")
+                healthy = False
+                continue
+            answers = node.ready()
+            healthy &= answers
+            typer.echo(f"{name} pid {pid} at {node.bootstrap}: {'answering' if answers else 'NOT answering'}")
+        raise typer.Exit(0 if healthy else 1)
 
     @kafka.command()
     def fetch() -> None:
@@ -127,15 +178,20 @@ def register(app: typer.Typer) -> None:
         from confluent_kafka.admin import AdminClient
 
         from mambo.streams.kafka import topology as topo
+        from mambo.streams.kafka.broker import min_insync
 
         settings = _settings(config, data_dir)
         admin = AdminClient({"bootstrap.servers": _bootstrap(settings)})
         n = partitions or settings.kafka.partitions
         try:
+            live = len(admin.list_topics(timeout=15).brokers)
             changes = (topo.apply if apply_changes else topo.plan)(admin, n, prefix)
         except Exception as ex:
             typer.echo(f"error: {ex}", err=True)
             raise typer.Exit(1) from ex
+        rf = topo.replication_for(live)
+        insync = f", min.insync.replicas {min_insync(rf)}" if rf > 1 else ""
+        typer.echo(f"{live} live brokers: topics replicated {rf}x{insync}")
         for c in changes:
             typer.echo(str(c))
         if apply_changes:

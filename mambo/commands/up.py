@@ -48,7 +48,7 @@ def register(app: typer.Typer) -> None:
         from confluent_kafka.admin import AdminClient
 
         from mambo.cli import _settings
-        from mambo.commands.kafka import _bootstrap, _broker, _until_signal
+        from mambo.commands.kafka import _bootstrap, _broker, _running, _until_signal
         from mambo.streams.kafka.broker import BrokerError
         from mambo.streams.kafka.supervisor import ChildSpec, Supervisor
 
@@ -82,7 +82,7 @@ def register(app: typer.Typer) -> None:
             except BrokerError as ex:
                 typer.echo(f"error: {ex}", err=True)
                 raise typer.Exit(1) from ex
-            typer.echo(f"kafka: started at {bootstrap} (pid {broker.pid()}), log {broker.log_file}")
+            typer.echo(f"kafka: started {_running(broker)}")
 
         common = ["--data-dir", str(data), *(["--config", str(config)] if config else [])]
         env = {"MAMBO_KAFKA_BOOTSTRAP": bootstrap, "MAMBO_LOG_FORMAT": "json"}

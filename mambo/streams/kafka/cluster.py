@@ -29,6 +29,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from mambo.streams.kafka.broker import BrokerError, KafkaBroker, free_port
@@ -157,6 +158,21 @@ class KafkaCluster:
         """{partition: the node leading it} (-1 while it has no leader)."""
         md = self.admin().list_topics(topic, timeout=10)
         return {p: m.leader for p, m in md.topics[topic].partitions.items()}
+
+    def busiest_leader(self, topic: str) -> tuple[int, list[int]]:
+        """The node leading the most of ``topic``'s partitions that hold messages, and those partitions
+        (the broker to kill to hit a consumer of that topic hardest)."""
+        c = Consumer({"bootstrap.servers": self.bootstrap, "group.id": "mambo-leaders", "log_level": 0})
+        try:
+            parts = self.leaders(topic)
+            busy = [p for p in parts if c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] > 0]
+        finally:
+            c.close()
+        counts = {n: sum(parts[p] == n for p in busy) for n in {parts[p] for p in busy}}
+        if not counts:
+            raise BrokerError(f"no partition of {topic} holds a message")
+        node = max(counts, key=lambda n: (counts[n], -n))
+        return node, [p for p in busy if parts[p] == node]
 
     def wait_in_sync(self, timeout: float = 120.0) -> None:
         """Until every partition of every topic has all its replicas in sync (after a restart)."""
