@@ -109,7 +109,7 @@ class Portfolio:
         """Book a fill: returns it with ``realized_pnl`` set, and the market's position after it.
 
         Handles opening, adding to, reducing, closing and flipping longs and shorts; the fee
-        reduces cash. A market's first fill also gives it its first mark.
+        reduces cash. A fill that opens a position from flat marks it at the fill's price.
         """
         booked = self.book(fill)
         pos = self._books[fill.key]
@@ -123,6 +123,10 @@ class Portfolio:
             pos = self._books.get(fill.key)
             if pos is None:
                 pos = self._books[fill.key] = PositionState(fill.exchange, fill.symbol, fill.price)
+            elif not pos.qty:
+                # A position opened from flat is worth its fill price: the old mark belongs to a
+                # position that no longer exists (a re-entry valued at it gave false equity and peaks)
+                pos.mark_price = fill.price
             traded = fill.qty if fill.side == "buy" else -fill.qty
             opening, realized = traded, _ZERO
             if pos.qty and (pos.qty > 0) != (traded > 0):

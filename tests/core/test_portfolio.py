@@ -150,7 +150,8 @@ def test_reading_and_events() -> None:
     with pytest.raises(TypeError):
         pf.positions[BTC] = None  # type: ignore[index]
     _, pos = pf.apply(fill("buy", "2", "11"))
-    assert pos.mark_price == D(10)  # an existing mark is kept: a fill does not move it
+    assert pos.mark_price == D(11)  # opened from flat: worth its fill, not the flat market's mark
+    pf.mark(BTC, 10.0)
     assert pf.position(BTC) == D(2)
     event = pf.position_event(BTC, 9, 9)
     assert (event.qty, event.unrealized_pnl, event.key) == (D(2), D(-2), BTC)
@@ -220,3 +221,22 @@ def test_accounting_identities_hold_exactly(seq: list[tuple], cash: int) -> None
         assert snap.fees == fees
         assert snap.realized_pnl + snap.unrealized_pnl - snap.fees == snap.equity - D(cash)
         assert snap.drawdown >= 0.0
+
+
+@pytest.mark.parametrize("side", ["buy", "sell"])
+def test_a_reentry_is_valued_at_its_fill_not_the_old_mark(side: OrderSide) -> None:
+    """Hand-worked: 1,000 cash; long 1 at 100, marked 200, sold at 200 (cash 1,100); bought again at
+    100: equity 1,100 (the old mark gave 1,200, and a false peak the kill switch measured from)."""
+    exit_side: OrderSide = "sell" if side == "buy" else "buy"
+    pf = Portfolio(D(1_000))
+    pf.apply(fill(side, "1", "100"))
+    pf.mark(BTC, "200")
+    pf.apply(fill(exit_side, "1", "200"))
+    flat = pf.equity
+    assert flat == D(1_100) if side == "buy" else D(900)
+    pf.apply(fill(side, "1", "100"))
+    assert pf.equity == flat
+    assert pf.positions[BTC].mark_price == D(100)
+    assert pf.peak_equity == max(D(1_100), flat) if side == "buy" else D(1_000)
+    assert pf.drawdown == 0.0 if side == "buy" else pf.drawdown == pytest.approx(0.1)
+    assert_identities(pf)
