@@ -10,9 +10,13 @@ Semantics (the stated policy):
   closes when a trade at or after its end arrives (or when :meth:`CandleBuilder.advance` moves the
   watermark past its end). Its ``ts_event`` is its end.
 * Intervals without trades produce no candle (a gap), as on most venues' trade-built bars.
-* Late trades: a trade older than the open candle of a timeframe (its candle already closed) does not
-  change that timeframe's candles; it is counted in :attr:`CandleBuilder.late_trades`. The trade itself
-  is still valid market data and is kept by the caller (the trades topic and table).
+* Late trades: once a bar is closed, by a later trade or by a watermark, it never opens again. A trade
+  for a closed bar or an earlier one does not change that timeframe's candles; it is counted in
+  :attr:`CandleBuilder.late_trades`. A watermark closes every bar that ends at or before it, the empty
+  ones too, so a trade behind the watermark is late even where its bar had no trade: each
+  (market, timeframe, open time) gives at most one candle, and a candle never arrives after a watermark
+  past its end. The trade itself is still valid market data and is kept by the caller (the trades topic
+  and table).
 * Trades out of order within the open candle are fine: open is the first to arrive, close the last.
 """
 
@@ -28,9 +32,8 @@ from mambo.schemas.events import Candle, make_id, timeframe_ns
 
 __all__ = ["CandleBuilder", "candle_from_row"]
 
-# Columns of the kernel's per-timeframe state.
-_OPEN_TIME, _N = 0, 1
-_O, _H, _L, _C, _V = 0, 1, 2, 3, 4
+#: Where no bar has closed yet: no trade is late.
+_NOTHING_CLOSED = np.iinfo(np.int64).min
 
 
 @njit(cache=True, nogil=True)
@@ -41,11 +44,13 @@ def _aggregate(
     tf_ns: np.ndarray,
     istate: np.ndarray,
     fstate: np.ndarray,
+    closed_until: np.ndarray,
     late: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Feed trades through every timeframe; returns the candles closed on the way.
 
-    istate[k] = (open_time, n_trades) with open_time = -1 while no candle is open; fstate[k] = OHLCV.
+    istate[k] = (open_time, n_trades) with open_time = -1 while no candle is open; fstate[k] = OHLCV;
+    every bar of timeframe k that opens before closed_until[k] is closed (its trades are late).
     Out: (trade index that closed it, timeframe index, open_time, n) and OHLCV rows.
     """
     k = tf_ns.shape[0]
@@ -69,7 +74,7 @@ def _aggregate(
                 fstate[j, 4] += q
                 continue
             start = t - t % tf_ns[j]
-            if ot >= 0 and start < ot:
+            if start < closed_until[j]:
                 late[j] += 1
                 continue
             if ot >= 0:
@@ -89,6 +94,7 @@ def _aggregate(
                 m += 1
             istate[j, 0] = start
             istate[j, 1] = 1
+            closed_until[j] = start
             fstate[j, 0] = p
             fstate[j, 1] = p
             fstate[j, 2] = p
@@ -138,6 +144,7 @@ class CandleBuilder:
     _tf_ns: np.ndarray = field(init=False, repr=False)
     _istate: np.ndarray = field(init=False, repr=False)
     _fstate: np.ndarray = field(init=False, repr=False)
+    _closed_until: np.ndarray = field(init=False, repr=False)
     _late: np.ndarray = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -148,11 +155,20 @@ class CandleBuilder:
         k = len(self.timeframes)
         self._istate = np.full((k, 2), -1, np.int64)
         self._fstate = np.zeros((k, 5), np.float64)
+        self._closed_until = np.full(k, _NOTHING_CLOSED, np.int64)
         self._late = np.zeros(k, np.int64)
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        """Restore pickled state (a changelog's); state pickled before closed bars were remembered
+        (issue 12 #7) knows only that the bars before each open one are closed."""
+        self.__dict__.update(state)
+        if "_closed_until" not in state:
+            ot = self._istate[:, 0]
+            self._closed_until = np.where(ot >= 0, ot, _NOTHING_CLOSED).astype(np.int64)
 
     @property
     def late_trades(self) -> dict[str, int]:
-        """Trades that arrived after their candle had closed, per timeframe."""
+        """Trades that arrived after their bar had closed (by a later trade or a watermark), per timeframe."""
         return dict(zip(self.timeframes, self._late.tolist(), strict=True))
 
     def update_batch(
@@ -166,6 +182,7 @@ class CandleBuilder:
             self._tf_ns,
             self._istate,
             self._fstate,
+            self._closed_until,
             self._late,
         )
         return [
@@ -180,13 +197,17 @@ class CandleBuilder:
         return [c for _, c in closed]
 
     def advance(self, watermark: int, ts_init: int = 0) -> list[Candle]:
-        """Close every open candle that ends at or before ``watermark`` (no trade needed)."""
+        """Close every bar that ends at or before ``watermark`` (no trade needed): the open candles
+        among them are returned, and a later trade for any of them is late."""
         out = []
         for j in range(len(self.timeframes)):
             ot, n = self._istate[j]
-            if ot >= 0 and ot + self._tf_ns[j] <= watermark:
+            tf = self._tf_ns[j]
+            if ot >= 0 and ot + tf <= watermark:
                 out.append(self._candle((0, j, int(ot), int(n)), self._fstate[j].tolist(), ts_init)[1])
                 self._istate[j, 0] = -1
+            # the bar holding the watermark is the first that may still take trades
+            self._closed_until[j] = max(self._closed_until[j], watermark - watermark % tf)
         return out
 
     def open_candles(self) -> list[Candle]:
@@ -211,5 +232,6 @@ class CandleBuilder:
             (self.exchange, self.symbol, self.timeframes) == (other.exchange, other.symbol, other.timeframes)
             and np.array_equal(self._istate, other._istate)
             and np.array_equal(self._fstate, other._fstate)
+            and np.array_equal(self._closed_until, other._closed_until)
             and np.array_equal(self._late, other._late)
         )

@@ -146,3 +146,128 @@ def test_any_split_gives_the_same_candles(rows: list[tuple[int, float, float]], 
         for _, c in b.update_batch(ts[i : i + cut], p[i : i + cut], q[i : i + cut])
     ]
     assert whole == parts and a == b
+
+
+def test_a_trade_after_the_watermark_closed_its_bar_is_late() -> None:
+    """Issue 12 #7: a trade for a bar the watermark closed opened a second candle with the same
+    event_id (O=C=90, V=5) that replaced the real one downstream."""
+    b = CandleBuilder("x", "A/B", ("1s",))
+    feed(b, [(0.5, 100, 1)])
+    (closed,) = b.advance(1 * S)
+    assert (closed.open_time, closed.open, closed.volume) == (0, 100, 1)
+    assert feed(b, [(0.7, 90, 5)]) == []
+    assert b.late_trades == {"1s": 1}
+    later = feed(b, [(2.0, 101, 1)]) + b.advance(10 * S)
+    assert [(c.open_time // S, c.open, c.volume) for c in later] == [(2, 101, 1)]
+    assert closed.event_id not in {c.event_id for c in later}
+
+
+def test_the_watermark_closes_empty_bars_too() -> None:
+    """Bars that had no trade before the watermark passed them are closed (a gap): a trade for one is
+    late, a trade for the bar holding the watermark is not."""
+    b = CandleBuilder("x", "A/B", ("1s", "1m"))
+    feed(b, [(0.5, 10, 1)])
+    assert [c.timeframe for c in b.advance(5 * S + S // 2)] == ["1s"]
+    assert feed(b, [(3.2, 11, 1)]) == []  # 1s bar 3 ended before the watermark; the 1m bar is open
+    assert b.late_trades == {"1s": 1, "1m": 0}
+    out = feed(b, [(5.7, 12, 1), (6.0, 13, 1)])
+    assert [(c.timeframe, c.open_time // S, c.open) for c in out] == [("1s", 5, 12)]
+    second, minute = b.advance(60 * S)
+    assert (second.open_time // S, minute.timeframe) == (6, "1m")
+    assert (minute.open, minute.close, minute.volume, minute.trades) == (10, 13, 4, 4)
+
+
+def test_closed_bars_survive_the_changelog() -> None:
+    """The builder's state is pickled into the workers' changelogs: the closed bars come back with it,
+    and state pickled before they were kept (no ``_closed_until``) still restores."""
+    b = CandleBuilder("x", "A/B", ("1s",))
+    feed(b, [(0.5, 100, 1)])
+    b.advance(1 * S)
+    restored = pickle.loads(pickle.dumps(b))
+    assert restored == b
+    assert feed(restored, [(0.7, 90, 5)]) == [] and restored.late_trades == {"1s": 1}
+
+    old = CandleBuilder("x", "A/B", ("1s",))
+    feed(old, [(0.5, 100, 1), (1.5, 101, 1)])
+    state = dict(old.__dict__)
+    del state["_closed_until"]
+    migrated = CandleBuilder.__new__(CandleBuilder)
+    migrated.__setstate__(state)
+    assert migrated == old
+    assert feed(migrated, [(0.7, 90, 5)]) == [] and migrated.late_trades == {"1s": 1}
+
+
+# a stream of trades (second in tenths, price, qty) and watermarks (None, second in tenths)
+_trades = st.tuples(st.integers(0, 1500), st.floats(1, 100), st.floats(0.001, 5))
+_marks = st.tuples(st.none(), st.integers(0, 1500))
+
+
+def _reference(
+    steps: list[tuple[int | None, ...]], timeframes: tuple[str, ...]
+) -> tuple[set[tuple[str, int, tuple[float, ...], int]], dict[str, int]]:
+    """The policy written as a group-by: a trade is late when a bar at or after its own has taken a
+    trade, or a watermark has passed its bar's end; every other trade is in its bar's candle."""
+    tf_ns = {"1s": S, "1m": 60 * S}
+    candles, late = set(), {}
+    for tf in timeframes:
+        n, taken, closed_before = tf_ns[tf], {}, -1
+        late[tf] = 0
+        for step in steps:
+            if step[0] is None:
+                closed_before = max(closed_before, (step[1] * S // 10) // n * n)  # type: ignore[operator]
+                continue
+            t = step[0] * S // 10  # type: ignore[operator]
+            bar = t // n * n
+            if bar < closed_before:
+                late[tf] += 1
+                continue
+            closed_before = bar
+            taken.setdefault(bar, []).append(step[1:])
+        for bar, rows in taken.items():
+            prices = [p for p, _ in rows]
+            volume = float(np.cumsum([q for _, q in rows])[-1])
+            ohlcv = (prices[0], max(prices), min(prices), prices[-1], volume)
+            candles.add((tf, bar, ohlcv, len(rows)))
+    return candles, late
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.one_of(_trades, _marks), max_size=60), st.integers(1, 7))
+def test_trades_and_watermarks_give_each_bar_once(steps: list[tuple[int | None, ...]], cut: int) -> None:
+    """Random trades interleaved with random watermarks: no two candles share an event_id, each
+    (market, timeframe, open time) comes once, the candles are the policy's group-by, and the batch
+    path (trades between watermarks in slices of ``cut``) equals one trade at a time, bit for bit."""
+    timeframes = ("1s", "1m")
+    single, batch = CandleBuilder("x", "A/B", timeframes), CandleBuilder("x", "A/B", timeframes)
+    one: list = []
+    many: list = []
+    pending: list[tuple[int, float, float]] = []
+
+    def run_pending() -> None:
+        for i in range(0, len(pending), cut):
+            part = pending[i : i + cut]
+            ts = np.array([r[0] for r in part], np.int64)
+            many.extend(
+                c
+                for _, c in batch.update_batch(
+                    ts, np.array([r[1] for r in part]), np.array([r[2] for r in part])
+                )
+            )
+        pending.clear()
+
+    for step in [*steps, (None, 10**6)]:  # the last watermark closes every bar
+        if step[0] is None:
+            run_pending()
+            mark = step[1] * S // 10  # type: ignore[operator]
+            one += single.advance(mark)
+            many += batch.advance(mark)
+        else:
+            t, p, q = step[0] * S // 10, float(step[1]), float(step[2])  # type: ignore[operator,arg-type]
+            one += single.update(t, p, q)
+            pending.append((t, p, q))
+    assert one == many and single == batch
+    assert len({c.event_id for c in one}) == len(one)
+    assert len({(c.symbol, c.timeframe, c.open_time) for c in one}) == len(one)
+    expected, late = _reference(steps, timeframes)
+    got = {(c.timeframe, c.open_time, (c.open, c.high, c.low, c.close, c.volume), c.trades) for c in one}
+    assert got == expected and single.late_trades == late
