@@ -20,7 +20,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -44,11 +44,15 @@ from mambo.streams.embedded import EmbeddedRuntime, ReplayProgress, SinkObserver
 if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client
 
+    from mambo.live import LiveSession
+
 __all__ = ["EXCHANGE_DEMO_SPEED", "PipelineStats", "run_demo", "summary_table"]
 
 #: Replay speed of the exchange demo when none is given: the 11-minute recording in about 17 seconds.
 EXCHANGE_DEMO_SPEED = 40.0
 _DEMO_SECRET = "mambo-demo-secret"  # the in-process exchange's signing secret (it lives as long as the demo)
+_DEMO_CHANNELS = ("aggTrade", "bookTicker")  # the Binance streams the source watches, per market
+_DRAIN_SECONDS = 5.0  # after the replay: how long the stream may stay silent before what it owes is given up
 
 
 @dataclass
@@ -260,35 +264,48 @@ async def _exchange_demo(
             [s.market.symbol for s in local.symbols.values()],
             since_ms=local.now_ms,
             poll_seconds=0.2,
-            stall_seconds=3.0,  # after the replay ends, a quiet stream reconnects and fetches the rest
             observers=[stats, *observers],
         )
         session.runtime.dead_letters(recording.dead_letters)
         total = sum(len(s.ts) for s in local.symbols.values())
+        tops = sum(len(s.quotes) for s in local.symbols.values())
         console.print(
-            f"local exchange on {url} replaying {total:,} trades of {', '.join(session.keys)} at {speed:g}x; "
-            f"market data in through ccxt.pro, orders out through ccxt; strategies "
-            f"{', '.join(settings.engine.strategies)} on {settings.engine.trading_timeframe} candles"
+            f"local exchange on {url} replaying {total:,} trades and {tops:,} book tops of "
+            f"{', '.join(session.keys)} at {speed:g}x; market data in through ccxt.pro, orders out "
+            f"through ccxt; strategies {', '.join(settings.engine.strategies)} on "
+            f"{settings.engine.trading_timeframe} candles"
         )
         session.start()
+        subscribing = time.monotonic() + 30
+        while not local.subscribed(_DEMO_CHANNELS):  # book tops have no REST history: none may go unheard
+            session.check()
+            if time.monotonic() > subscribing:
+                raise TimeoutError("the source did not subscribe to the local exchange within 30 s")
+            await asyncio.sleep(0.01)
         local.speed = speed
         local.start()
         with Live(console=console, refresh_per_second=4, transient=False) as live:
-            last_flush = quiet_since = time.monotonic()
-            seen = 0
-            while session.source.counts["trades"] < total:
-                session.check()
+
+            def show() -> None:
                 live.update(_progress_table(session.progress, stats, total))
-                await asyncio.sleep(0.1)
-                now, count = time.monotonic(), session.source.counts["trades"]
-                if now - last_flush >= settings.clickhouse.flush_seconds:
-                    session.sink.flush()
-                    last_flush = now
-                if count != seen:
-                    seen, quiet_since = count, now
-                elif local.finished.is_set() and now - quiet_since > 10:
-                    console.print(f"[yellow]the source stopped at {count:,} of {total:,} trades[/yellow]")
-                    break
+
+            counts = session.source.counts
+            flush = settings.clickhouse.flush_seconds
+            await _follow(session, show, flush, local.finished.is_set)
+
+            # the stream drains: book tops come only by stream, so when the last one is in, so is
+            # the stream; trades it still owes (parsed by ccxt after its last answer, or dropped from
+            # its full cache, with no later trade to bring them) come from REST
+            await _follow(
+                session, show, flush, lambda: counts["quotes"] >= tops, quiet_seconds=_DRAIN_SECONDS
+            )
+            if counts["trades"] < total:
+                await session.source.catch_up()
+            if counts["trades"] < total or counts["quotes"] < tops:
+                console.print(
+                    f"[yellow]the source stopped at {counts['trades']:,} of {total:,} trades and "
+                    f"{counts['quotes']:,} of {tops:,} book tops[/yellow]"
+                )
             settled = await session.stop()
             demo_history.end(session.ch, session.db, settings.data_dir)
             live.update(_progress_table(session.progress, stats, total))
@@ -307,3 +324,31 @@ async def _exchange_demo(
         f'FROM fills GROUP BY strategy"'
     )
     return 0
+
+
+async def _follow(
+    session: LiveSession,
+    show: Callable[[], None],
+    flush_seconds: float,
+    done: Callable[[], bool],
+    quiet_seconds: float | None = None,
+) -> bool:
+    """Show the progress and flush the history every ``flush_seconds`` until ``done()``, raising what
+    stopped the session; with ``quiet_seconds``, give up once the source has received nothing for
+    that long. Returns whether it is done."""
+    counts = session.source.counts
+    last_flush = heard = time.monotonic()
+    seen = (counts["trades"], counts["quotes"])
+    while not done():
+        session.check()
+        show()
+        await asyncio.sleep(0.1)
+        now = time.monotonic()
+        if now - last_flush >= flush_seconds:
+            session.sink.flush()
+            last_flush = heard = time.monotonic()  # the stream waited for the flush: not silence
+        if (counts["trades"], counts["quotes"]) != seen:
+            seen, heard = (counts["trades"], counts["quotes"]), now
+        elif quiet_seconds is not None and now - heard > quiet_seconds:
+            return False
+    return True

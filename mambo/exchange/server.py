@@ -25,7 +25,9 @@ so REST and ``@aggTrade``/``@trade`` ids agree); the book is one level deep (the
 and ask) unless a recorded multi-level book is given (``depth``, :mod:`mambo.exchange.depth`: REST
 ``depth`` and the ``@depth`` streams then replay it, with Binance's update ids); commissions are
 charged in the quote asset; a ``newClientOrderId`` is refused only while an open order holds it (as
-Binance does).
+Binance does). One addition: a ``@bookTicker`` frame carries its recorded time as ``E``, as Binance's
+futures frames do (its spot frames carry no time), so a client (ccxt reads it) stamps each book top
+with the time it held on the exchange, the time its fills are stamped with.
 
 Matching: a market order, or a limit order that crosses the book top, fills at once as taker at the
 book top; a resting limit order fills as maker when a replayed trade crosses it, through
@@ -42,7 +44,7 @@ import json
 import math
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -398,9 +400,9 @@ class LocalExchange:
 
     def _quote_frames(self, sym: SymbolData, i: int) -> list[tuple[str, str, dict[str, Any]]]:
         q = sym.quotes[i]
-        low, u = sym.id.lower(), i + 1
+        low, u, ts = sym.id.lower(), i + 1, q.ts_event // _MS
         bid, ask = _num(q.bid), _num(q.ask)
-        book = {"u": u, "s": sym.id, "b": bid, "B": _num(q.bid_qty), "a": ask, "A": _num(q.ask_qty)}
+        book = {"u": u, "s": sym.id, "b": bid, "B": _num(q.bid_qty), "a": ask, "A": _num(q.ask_qty), "E": ts}
         bids, asks = [[_num(q.bid), _num(q.bid_qty)]], [[_num(q.ask), _num(q.ask_qty)]]
         if i:  # a one-level book: a moved level empties the old one
             prev = sym.quotes[i - 1]
@@ -410,7 +412,6 @@ class LocalExchange:
                 asks.append([_num(prev.ask), "0.00000000"])
         if sym.book is not None:  # the recorded book has depth streams of its own
             return [(f"{low}@bookTicker", "quote", book)]
-        ts = q.ts_event // _MS
         depth = {"e": "depthUpdate", "E": ts, "s": sym.id, "U": u, "u": u, "b": bids, "a": asks}
         return [(f"{low}@bookTicker", "quote", book), (f"{low}@depth", "quote", depth),
                 (f"{low}@depth@100ms", "quote", depth)]  # fmt: skip
@@ -897,8 +898,16 @@ class LocalExchange:
             return web.json_response({"error": str(exc)}, status=400)
         return web.json_response({"ok": True})
 
+    def subscribed(self, channels: Iterable[str]) -> bool:
+        """Whether every market has a subscriber on each of ``channels`` (``aggTrade``, ``bookTicker``):
+        a replay started then loses no frame to a client still subscribing."""
+        streams = set().union(*(conn.streams for conn in self._conns))
+        return all(f"{sid.lower()}@{channel}" in streams for sid in self.symbols for channel in channels)
+
     async def _ws(self, request: web.Request) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse(autoping=True, heartbeat=None)
+        # no permessage-deflate: on loopback it only spends CPU at both ends (in a profile of the
+        # exchange demo, three quarters of the server's time sending frames went to compressing them)
+        ws = web.WebSocketResponse(autoping=True, heartbeat=None, compress=False)
         await ws.prepare(request)
         conn = _Conn(ws, combined=request.path == "/stream")
         streams = request.query.get("streams", "") if conn.combined else request.match_info.get("stream", "")

@@ -156,7 +156,12 @@ def test_websocket_streams_single_and_combined() -> None:
                 trades = [f["data"] for f in frames if f["stream"] == "btcusdt@trade"]
                 books = [f["data"] for f in frames if f["stream"] == "btcusdt@bookTicker"]
                 assert [t["t"] for t in trades] == sym.trade_id[start : sym.released].tolist()
-                assert books and all(set(b) == {"u", "s", "b", "B", "a", "A"} for b in books)
+                # Binance spot's fields, and the recorded time (E, as Binance's futures frames have it)
+                assert books and all(set(b) == {"u", "s", "b", "B", "a", "A", "E"} for b in books)
+                recorded = {
+                    q.ts_event // 1_000_000: (q.bid, q.ask) for q in sym.quotes[: sym.quotes_released]
+                }
+                assert all(recorded[b["E"]] == (float(b["b"]), float(b["a"])) for b in books)
                 agg = [json.loads(f) for f in await _frames(single)]
                 assert [a["a"] for a in agg] == [t["t"] for t in trades]
                 klines = [json.loads(f) for f in await _frames(ctl)]
