@@ -6,13 +6,14 @@ import asyncio
 import contextlib
 import json
 import time
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from mambo.api.auth import AuthError, Authorizer
-from mambo.api.hub import CHANNELS, Client, Hub, Subscription
-from mambo.api.service import SignalService
+from mambo.api.hub import CHANNELS, Client, Gap, Hub, Subscription
+from mambo.api.service import SignalService, iso
 
 router = APIRouter()
 
@@ -40,9 +41,83 @@ async def _authorize(websocket: WebSocket, authorizer: Authorizer) -> bool:
     return True
 
 
-async def _writer(websocket: WebSocket, client: Client) -> None:
+#: How many buffered events a catching-up client's writer reads per step before it lets the loop run
+#: (publishing, the other clients): a resume of thousands of frames never holds the server up.
+CATCH_UP_SCAN = 512
+
+#: The REST request that returns a channel's history (None: no history endpoint), and the filters it
+#: takes besides ``start``/``end`` and ``symbol``.
+HISTORY: dict[str, tuple[str, tuple[str, ...]] | None] = {
+    "signals": ("/signals", ()),
+    "signals.raw": ("/signals", ("strategy",)),
+    "candles": ("/candles", ()),
+    "indicators": ("/indicators", ()),
+    "orders": ("/orders", ("strategy",)),
+    "fills": ("/fills", ("strategy",)),
+    "positions": ("/positions", ()),
+    "equity": ("/pnl", ()),
+    "risk.rejections": None,
+}
+_UNTIMED = frozenset({"/positions"})  # the current state: no time range
+_UNKEYED = frozenset({"/pnl"})  # the account's: no symbol
+
+
+def gap_frame(gap: Gap, strategies: Iterable[str]) -> str:
+    """The ``gap`` frame (see hub.PROTOCOL): the sequence numbers missed, their time range, and for
+    each subscribed channel, symbol and strategy the REST request that returns them; ``strategies``
+    are those the hub has seen (raw signals are served one strategy at a time)."""
+    when: dict[str, str] = {"end": iso(-(-gap.end // 1000) * 1000)}  # exclusive: round up to the us
+    if gap.start is not None:
+        when = {"start": iso(gap.start), **when}  # inclusive: iso() rounds down
+    fetch: list[dict[str, Any]] = []
+    for sub in gap.subscriptions:
+        for channel in sorted(sub.channels):
+            history = HISTORY[channel]
+            if history is None:
+                fetch.append({"channel": channel, "path": None, "params": {}})
+                continue
+            path, filters = history
+            symbols: Sequence[str | None] = (
+                [None] if path in _UNKEYED or not sub.symbols else sorted(sub.symbols)
+            )
+            wanted: Sequence[str | None] = [None]
+            if "strategy" in filters and sub.strategies:
+                wanted = sorted(sub.strategies)
+            elif channel == "signals.raw":
+                wanted = sorted(strategies)
+            for symbol in symbols:
+                for strategy in wanted:
+                    params = {} if path in _UNTIMED else dict(when)
+                    params |= {k: v for k, v in (("symbol", symbol), ("strategy", strategy)) if v}
+                    entry = {"channel": channel, "path": path, "params": params}
+                    if entry not in fetch:
+                        fetch.append(entry)
+    return json.dumps(
+        {
+            "type": "gap",
+            "from_seq": gap.first_seq,
+            "to_seq": gap.last_seq,
+            "resume_from": gap.first_seq - 1,
+            "first_available": gap.last_seq + 1,
+            "start": gap.start,
+            "end": gap.end,
+            "fetch": fetch,
+        }
+    )
+
+
+async def _writer(websocket: WebSocket, hub: Hub, client: Client) -> None:
+    """Send the client's frames: its queue first (replies, live events), else while it catches up,
+    the next frames from the hub's buffer, at the pace the socket takes them."""
     queue = client.queue
     while True:
+        if queue.empty() and client.cursor is not None:
+            for item in hub.catch_up(client, CATCH_UP_SCAN):
+                await websocket.send_text(item if isinstance(item, str) else gap_frame(item, hub.strategies))
+                client.sent += 1
+            client.last_sent = time.monotonic()
+            await asyncio.sleep(0)
+            continue
         frame = queue.get_nowait() if not queue.empty() else await queue.get()
         if frame is None:
             await websocket.close(code=CLOSE_DROPPED, reason="slow consumer")
@@ -105,7 +180,7 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
             }
         ),
     )
-    writer = asyncio.create_task(_writer(websocket, client))
+    writer = asyncio.create_task(_writer(websocket, hub, client))
     try:
         while not writer.done():
             receive = asyncio.ensure_future(websocket.receive())
