@@ -17,8 +17,20 @@ import pandas as pd
 import pytest
 import talib
 
-from mambo.connectors.clickhouse import connect, query_df
 from mambo.schemas.events import make_id
+
+_READ = """
+import sys, pandas as pd
+from mambo.connectors.clickhouse import connect, query_df
+client = connect("chdb://" + sys.argv[1], "mambo")
+candles = query_df(
+    client,
+    "SELECT exchange, symbol, timeframe, toUnixTimestamp64Nano(open_time) AS open_time, open, high, low, "
+    "close, volume FROM candles FINAL ORDER BY exchange, symbol, timeframe, open_time",
+)
+indicators = query_df(client, "SELECT event_id, exchange, symbol, timeframe, values FROM indicators")
+pd.to_pickle((candles, indicators), sys.argv[2])
+"""
 
 Reference = Callable[[pd.DataFrame], dict[str, np.ndarray]]
 
@@ -55,14 +67,17 @@ def history(tmp_path_factory: pytest.TempPathFactory) -> tuple[pd.DataFrame, pd.
         check=False,
     )
     assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-3000:]
-    client = connect(f"chdb://{data_dir / 'clickhouse'}", "mambo")
-    candles = query_df(
-        client,
-        "SELECT exchange, symbol, timeframe, toUnixTimestamp64Nano(open_time) AS open_time, "
-        "open, high, low, close, volume FROM candles FINAL ORDER BY exchange, symbol, timeframe, open_time",
+    # chdb opens one data folder per process, and the suite's process has its own: read in a child
+    out = data_dir / "history.pkl"
+    read = subprocess.run(
+        [sys.executable, "-c", _READ, str(data_dir / "clickhouse"), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
-    indicators = query_df(client, "SELECT event_id, exchange, symbol, timeframe, values FROM indicators")
-    client.close()
+    assert read.returncode == 0, read.stderr[-3000:]
+    candles, indicators = pd.read_pickle(out)
     return candles, indicators
 
 
