@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -117,24 +118,39 @@ def sql(
     query: Annotated[
         str, typer.Argument(help='SQL, e.g. "SELECT strategy, sum(realized_pnl) FROM fills GROUP BY 1"')
     ],
-    fmt: Annotated[str, typer.Option("--format", help="table or csv")] = "table",
+    fmt: Annotated[
+        str | None,
+        typer.Option("--format", help="table (the default) or csv; or end the query with FORMAT <any>."),
+    ] = None,
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
 ) -> None:
-    """Query the pipeline's history in ClickHouse (the embedded one after a demo)."""
-    from mambo.connectors.clickhouse import connect, format_result, query_df
+    """Query the pipeline's history in ClickHouse (the embedded one after a demo). Values print as
+    ClickHouse writes them; a query that ends in FORMAT <name> (JSONEachRow, Parquet, Pretty, ...)
+    prints ClickHouse's own output in that format, byte for byte."""
+    from mambo.connectors.clickhouse import connect, query_format, query_output
 
-    if fmt not in ("table", "csv"):
+    if fmt not in (None, "table", "csv"):
         typer.echo("error: --format must be table or csv", err=True)
         raise typer.Exit(2)
     settings = _settings(config, data_dir)
     try:
         client = connect(settings.clickhouse_dsn, settings.clickhouse.database)
-        df = query_df(client, query)
+        named = query_format(client, query)
+        if named is None:
+            out = query_output(client, query, "csv" if fmt == "csv" else "table")
+        else:  # the query's own format, as ClickHouse writes it (unless --format contradicts it)
+            out = client.raw_query(query) if fmt is None else b""
     except Exception as exc:  # a bad query is the user's to fix: say why, no traceback
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
-    typer.echo(format_result(df, fmt))  # type: ignore[arg-type]
+    if named is not None and fmt is not None:
+        typer.echo(
+            f"error: the query asks for FORMAT {named} and --format for {fmt}: give one of them", err=True
+        )
+        raise typer.Exit(2)
+    sys.stdout.buffer.write(out)
+    sys.stdout.flush()
 
 
 # Each area keeps its commands in mambo/commands/<area>.py with a ``register(app)`` function that

@@ -40,7 +40,10 @@ Python int lists (it cannot take int-ns numpy arrays for ``DateTime64``).
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
+import re
 import threading
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -78,8 +81,10 @@ __all__ = [
     "connect",
     "dsn_kind",
     "ensure_schema",
-    "format_result",
+    "format_table",
     "query_df",
+    "query_format",
+    "query_output",
     "read_events",
     "redact_dsn",
 ]
@@ -441,16 +446,46 @@ def read_events(
 
 
 def query_df(client: Client, sql: str) -> pd.DataFrame:
-    """Run a query (``mambo sql``) and return its result as a DataFrame."""
+    """Run a query and return its result as a DataFrame (analysis in Python; ``mambo sql`` prints
+    ClickHouse's own text instead: :func:`query_output`)."""
     return client.query_df(sql)
 
 
-def format_result(df: pd.DataFrame, fmt: Literal["table", "csv"] = "table") -> str:
-    """Render a query result as an aligned text table or as CSV (with a header row)."""
+def query_format(client: Client, sql: str) -> str | None:
+    """The output format a query names in its own ``FORMAT`` clause, or None. ClickHouse's parser
+    reads it (``formatQuery`` writes each top-level clause on a line of its own, with newlines in
+    literals and names escaped), so a ``FORMAT`` inside a string or a comment is not taken for one."""
+    normal = str(client.query("SELECT formatQuery({sql:String})", parameters={"sql": sql}).result_rows[0][0])
+    return next(
+        (line.removeprefix("FORMAT ") for line in normal.split("\n") if line.startswith("FORMAT ")), None
+    )
+
+
+def query_output(client: Client, sql: str, fmt: Literal["table", "csv"] = "table") -> bytes:
+    """A query's result with every value as ClickHouse writes it (a Map as ``{'vwap':61835.79}``, a
+    float in its shortest form, NULL as ``\\N``): ``csv`` is ClickHouse's own CSV with a names row
+    (``CSVWithNames``), ``table`` the same fields aligned under their names (:func:`format_table`)."""
     if fmt == "csv":
-        return str(df.to_csv(index=False))
+        return client.raw_query(sql, fmt="CSVWithNames")
     if fmt == "table":
-        if df.empty:
-            return ("  ".join(map(str, df.columns)) + "\n" if len(df.columns) else "") + "(0 rows)"
-        return str(df.to_string(index=False))
+        return format_table(
+            client.raw_query(sql, fmt="CSVWithNamesAndTypes").decode(errors="replace")
+        ).encode()
     raise ValueError(f"unknown format {fmt!r}; use 'table' or 'csv'")
+
+
+_NUMERIC = re.compile(r"(?:(?:LowCardinality|Nullable)\()*(?:U?Int|Float|BFloat|Decimal)")
+
+
+def format_table(result: str) -> str:
+    """ClickHouse's ``CSVWithNamesAndTypes`` text as an aligned table: each field as ClickHouse wrote
+    it (newlines shown as ``\\n``), numbers to the right, ``(0 rows)`` under the names when empty."""
+    names, types, *rows = [[f.replace("\n", "\\n") for f in r] for r in csv.reader(io.StringIO(result))]
+    right = [_NUMERIC.match(t) is not None for t in types]
+    widths = [max(map(len, column)) for column in zip(names, *rows, strict=True)]
+
+    def line(fields: list[str]) -> str:
+        cells = (f.rjust(w) if r else f.ljust(w) for f, w, r in zip(fields, widths, right, strict=True))
+        return "  ".join(cells).rstrip()
+
+    return "\n".join([line(names), *map(line, rows)] if rows else [line(names), "(0 rows)"]) + "\n"

@@ -147,4 +147,4 @@ def test_optimize_stores_its_trials_where_mambo_sql_finds_them(tmp_path: Path) -
     )
     sql = mambo("sql", query, "--format", "csv", "--data-dir", str(data_dir))
     assert sql.returncode == 0, sql.stderr
-    assert sql.stdout.split() == ["phase,n", "test,1", "train,4"]
+    assert list(csv.reader(sql.stdout.splitlines())) == [["phase", "n"], ["test", "1"], ["train", "4"]]

@@ -10,7 +10,6 @@ from decimal import Decimal
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 from clickhouse_connect.driver.client import Client
 
@@ -21,8 +20,9 @@ from mambo.connectors.clickhouse import (
     connect,
     dsn_kind,
     ensure_schema,
-    format_result,
     query_df,
+    query_format,
+    query_output,
     read_events,
     redact_dsn,
 )
@@ -508,20 +508,58 @@ def test_connect_uses_the_database_once_it_exists(clickhouse_dsn: str, clickhous
         other.close()
 
 
-def test_query_df_and_format_result(clickhouse_client: Client, clickhouse_db: str) -> None:
+def test_query_output_prints_values_as_clickhouse_writes_them(
+    clickhouse_client: Client, clickhouse_db: str
+) -> None:
+    """mambo sql's text: ClickHouse's own CSV, and a table of the same fields (issue 12 #10: a Map
+    printed as a Python repr, {'vwap': np.float64(61835.79)}, and floats as pandas wrote them)."""
     sink = ClickHouseSink(clickhouse_client, clickhouse_db)
     sink.write_columns("trades", trade_columns(3))
     sink.flush()
     df = query_df(clickhouse_client, "SELECT trade_id, price, side FROM trades ORDER BY ts_event")
     assert list(df.columns) == ["trade_id", "price", "side"] and len(df) == 3
-    assert format_result(df, "csv").splitlines() == [
-        "trade_id,price,side",
-        "0,100.0,sell",
-        "1,100.01,buy",
-        "2,100.02,buy",
+    sql = "SELECT trade_id, price, side FROM trades ORDER BY ts_event"
+    assert query_output(clickhouse_client, sql, "csv").decode().splitlines() == [
+        '"trade_id","price","side"',
+        '"0",100,"sell"',  # trade_id is a String; a float in its shortest form
+        '"1",100.01,"buy"',
+        '"2",100.02,"buy"',
     ]
-    table = format_result(df, "table").splitlines()
-    assert table[0].split() == ["trade_id", "price", "side"] and table[3].split() == ["2", "100.02", "buy"]
-    assert format_result(pd.DataFrame(columns=["a", "b"]), "table") == "a  b\n(0 rows)"
+    assert query_output(clickhouse_client, sql, "table").decode().splitlines() == [
+        "trade_id   price  side",
+        "0            100  sell",
+        "1         100.01  buy",
+        "2         100.02  buy",
+    ]
+    assert query_output(clickhouse_client, sql + " LIMIT 0", "table") == b"trade_id  price  side\n(0 rows)\n"
+    a_map = (
+        "SELECT map('vwap', 61835.79, 'atr', 0.5) AS m, 'a \"b\", c' AS s, CAST(NULL, 'Nullable(Int8)') AS n"
+    )
+    assert query_output(clickhouse_client, a_map, "csv").decode().splitlines() == [
+        '"m","s","n"',
+        '"{\'vwap\':61835.79,\'atr\':0.5}","a ""b"", c",\\N',
+    ]
+    assert query_output(clickhouse_client, a_map, "table").decode().splitlines() == [
+        "m" + " " * 26 + "  " + "s" + " " * 7 + "  " + " n",  # text to the left, numbers to the right
+        "{'vwap':61835.79,'atr':0.5}" + "  " + 'a "b", c' + "  " + "\\N",
+    ]
     with pytest.raises(ValueError, match="use 'table' or 'csv'"):
-        format_result(df, "json")  # type: ignore[arg-type]  # the wrong format on purpose
+        query_output(clickhouse_client, sql, "json")  # type: ignore[arg-type]  # the wrong format on purpose
+
+
+@pytest.mark.parametrize(
+    ("sql", "named"),
+    [
+        ("SELECT 1", None),
+        ("SELECT 1 FORMAT JSONEachRow", "JSONEachRow"),
+        ("select 1 format  Parquet;", "Parquet"),
+        ("SELECT 1 FORMAT CSV SETTINGS max_threads = 1", "CSV"),
+        ("SELECT 1 -- FORMAT CSV", None),
+        ("SELECT 'x\nFORMAT CSV' AS `FORMAT TSV`", None),
+        ("SELECT * FROM (SELECT 1 AS a) AS t\nFORMAT Pretty", "Pretty"),
+    ],
+)
+def test_query_format_is_the_clause_clickhouse_reads(
+    clickhouse_client: Client, sql: str, named: str | None
+) -> None:
+    assert query_format(clickhouse_client, sql) == named
