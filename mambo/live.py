@@ -32,10 +32,10 @@ from typing import Any
 
 import structlog
 
-from mambo.connectors.ccxt_client import market_from_ccxt
 from mambo.connectors.clickhouse import ClickHouseSink, connect, ensure_schema, read_events
 from mambo.connectors.exchange_broker import ExchangeBroker, Mode
 from mambo.connectors.exchange_source import EmbeddedPublisher, ExchangeSource, SourceConfig
+from mambo.connectors.markets import market_from_ccxt
 from mambo.schemas.events import Fill, Order, market_key
 from mambo.schemas.topics import FILLS, ORDERS
 from mambo.settings import MamboSettings
@@ -75,7 +75,7 @@ class LiveSession:
             raise ValueError(f"{exchange_id} has no market {', '.join(unknown)}")
         self.keys = [market_key(exchange_id, s) for s in self.symbols]
         markets = {
-            k: market_from_ccxt(exchange_id, client.markets[s])
+            k: market_from_ccxt(exchange_id, client.markets[s], client.precisionMode)
             for k, s in zip(self.keys, self.symbols, strict=True)
         }
         self.db = settings.clickhouse.database

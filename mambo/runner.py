@@ -33,10 +33,10 @@ from rich.table import Table
 from mambo import demo_history
 from mambo.audit import audit
 from mambo.connectors.clickhouse import ClickHouseSink, connect, ensure_schema
+from mambo.connectors.markets import market_rules
 from mambo.connectors.replay import DEMO_QUOTES, DEMO_TRADES, Recording, load_quotes, load_trades, replay
-from mambo.core.market import Market
 from mambo.schemas.batches import TradeBatch
-from mambo.schemas.events import AggregatedSignal, Candle, EquitySnapshot, Fill, Order, split_key
+from mambo.schemas.events import AggregatedSignal, Candle, EquitySnapshot, Fill, Order
 from mambo.settings import MamboSettings
 from mambo.streams.bus import Observer
 from mambo.streams.embedded import EmbeddedRuntime, ReplayProgress, SinkObserver, run_replay
@@ -174,7 +174,13 @@ async def run_demo(
         if code == 0:
             _print_audit(console, client, db)
         return code
-    markets = {k: Market.default(*split_key(k)) for k in recording.markets}
+    markets = {}
+    for key in recording.markets:  # each market's rules, and where they come from, said
+        rules = market_rules(
+            key, trades.price[trades.market == trades.keys.index(key)], data_dir=settings.data_dir
+        )
+        console.print(rules.note)
+        markets[key] = rules.market
     runtime = EmbeddedRuntime(settings.engine.to_config(), markets, known_markets=recording.markets)
     sink = ClickHouseSink(client, db, batch_rows=settings.clickhouse.batch_rows)
     stats = PipelineStats()

@@ -205,6 +205,15 @@ def register(app: typer.Typer) -> None:
         ] = None,
         allow_short: Annotated[bool | None, typer.Option("--allow-short/--long-only")] = None,
         mode: Annotated[str, typer.Option(help="auto, vectorized or events.")] = "auto",
+        markets_file: Annotated[
+            Path | None,
+            typer.Option(
+                "--markets",
+                help="The exchange's market definitions (ccxt's markets as JSON) for tick, step and minimum "
+                "notional. Default: ccxt's markets cached in the data folder, then Mambo's bundled ones, "
+                "else the tick is read off the prices (said in the output).",
+            ),
+        ] = None,
         config: ConfigOpt = None,
         data_dir: DataDirOpt = None,
     ) -> None:
@@ -212,9 +221,12 @@ def register(app: typer.Typer) -> None:
         trades.csv, metrics.json and report.html to --out."""
         from decimal import Decimal
 
+        import numpy as np
+
         from mambo.backtest.engine import run_backtest
         from mambo.backtest.metrics import compute_metrics
         from mambo.backtest.report import write_outputs
+        from mambo.connectors.markets import market_rules
 
         if mode not in ("auto", "vectorized", "events"):
             raise _fail("--mode must be auto, vectorized or events")
@@ -237,13 +249,19 @@ def register(app: typer.Typer) -> None:
         for frame, key in frames:
             folder = out if len(frames) == 1 else out / re.sub(r"[^\w.-]+", "_", key)
             try:
+                prices = np.concatenate([frame.open, frame.high, frame.low, frame.close])
+                rules = market_rules(key, prices, markets_file, settings.data_dir)
+            except ValueError as exc:  # an unreadable markets file, or one without the market
+                raise _fail(str(exc)) from exc
+            typer.echo(rules.note)
+            try:
                 with _progress() as bar:
                     task = bar.add_task(f"backtest {key}", total=len(frame))
 
                     def show(done: int, _total: int, bar: Any = bar, task: Any = task) -> None:
                         bar.update(task, completed=done)
 
-                    result = run_backtest(frame, engine, mode=mode, progress=show)  # type: ignore[arg-type]
+                    result = run_backtest(frame, engine, rules.market, mode=mode, progress=show)  # type: ignore[arg-type]
             except ValueError as exc:
                 raise _fail(str(exc)) from exc
             if result.fallback:

@@ -2,22 +2,18 @@
 local exchange, and where API keys enter (as ``SecretStr``, never logged).
 
 :func:`make_exchange` returns a ``ccxt.pro`` client (async REST and WebSocket in one object).
-:func:`market_from_ccxt` turns a ccxt market into Mambo's :class:`~mambo.core.market.Market`, so
-exchange rules are data at the border.
+:func:`mambo.connectors.markets.market_from_ccxt` turns a ccxt market into Mambo's rules.
 """
 
 from __future__ import annotations
 
-from decimal import Decimal
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import ccxt.pro as ccxtpro
 from pydantic import SecretStr
 
-from mambo.core.market import Market
-
-__all__ = ["local_urls", "make_exchange", "market_from_ccxt"]
+__all__ = ["local_urls", "make_exchange"]
 
 
 def local_urls(urls: Any, base_url: str) -> Any:
@@ -71,22 +67,3 @@ def make_exchange(
         # ~45 ms on a busy machine (benchmarks/exchange_venue.py); 429/418 answers are still obeyed
         exchange.enableRateLimit = False
     return exchange
-
-
-def market_from_ccxt(exchange_id: str, market: dict[str, Any]) -> Market:
-    """Mambo's market rules from a ccxt market (precision is a tick size in ccxt 4's default mode)."""
-    precision, limits = market.get("precision") or {}, market.get("limits") or {}
-    tick = precision.get("price") or 0.01
-    step = precision.get("amount") or 0.00001
-    min_qty = (limits.get("amount") or {}).get("min") or 0
-    min_cost = (limits.get("cost") or {}).get("min") or 0
-    return Market(
-        exchange_id,
-        market["symbol"],
-        market["base"],
-        market["quote"],
-        Decimal(str(tick)),
-        Decimal(str(step)),
-        Decimal(str(min_qty)),
-        Decimal(str(min_cost)),
-    )

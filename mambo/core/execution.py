@@ -41,7 +41,7 @@ import numpy.typing as npt
 
 from mambo.core.market import Market, to_decimal
 from mambo.core.portfolio import MONEY
-from mambo.schemas.events import Candle, Fill, Order, OrderStatus, make_id, split_key
+from mambo.schemas.events import Candle, Fill, Order, OrderSide, OrderStatus, make_id, split_key
 
 __all__ = ["OrderBook", "PaperBroker", "RestingOrder"]
 
@@ -285,13 +285,13 @@ class PaperBroker:
             del self._books[key]
         return out
 
-    def _slipped(self, market: Market, side: str, price: float) -> Decimal:
+    def _slipped(self, market: Market, side: OrderSide, price: float) -> Decimal:
         """The market order's price: ``price`` moved against it by the slippage, on the tick."""
         p = to_decimal(price)
         if self.slippage_bps:
             move = self.slippage_bps / _BPS
             p = p * (1 + move if side == "buy" else 1 - move)
-        return market.round_price(p)
+        return market.round_fill(side, p)
 
     def _fill(
         self,

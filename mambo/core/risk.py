@@ -213,7 +213,7 @@ class RiskEngine:
         if intent.order_type == "limit":
             if intent.limit_price is None or not intent.limit_price > 0:
                 raise _Denied("invalid", f"a limit order needs a limit price > 0, got {intent.limit_price}")
-            limit = market.round_price(intent.limit_price)
+            limit = market.round_limit(intent.side, intent.limit_price)
             if not limit > 0:
                 raise _Denied("invalid", f"limit {intent.limit_price} rounds to {limit} at the tick")
             return limit, limit

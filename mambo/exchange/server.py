@@ -54,6 +54,7 @@ import numpy as np
 import structlog
 from aiohttp import WSMsgType, web
 
+from mambo.connectors.markets import market_rules
 from mambo.core.execution import PaperBroker
 from mambo.core.market import Market
 from mambo.exchange.depth import DepthBook, RecordedDepth
@@ -192,7 +193,7 @@ class LocalExchange:
             if exchange != "binance" or ":" in symbol:
                 continue  # spot markets of the recording only: this exchange speaks Binance spot
             rows = trades.market == code
-            market = markets.get(key) or _default_market(exchange, symbol)
+            market = markets.get(key) or self._market_rules(key, trades.price[rows])
             sym = SymbolData(
                 market=market,
                 ts=trades.ts[rows] // _MS,
@@ -235,6 +236,14 @@ class LocalExchange:
         self._kline_state: dict[tuple[str, str], list[Any]] = {}
         if history_seconds > 0:
             self._release_until(self._start_ms + int(history_seconds * 1000), emit=False)
+
+    @staticmethod
+    def _market_rules(key: str, prices: np.ndarray) -> Market:
+        """A market's rules: Binance's own definition (those the paper venue and backtests use), or a
+        tick read off the recorded prices where there is none, as the log line says."""
+        rules = market_rules(key, prices)
+        log.info("exchange.market", rules=rules.note)
+        return rules.market
 
     # --- replay ---------------------------------------------------------------------------------
 
@@ -962,13 +971,6 @@ def _paper_id(order: _ExOrder) -> str:
 def _error(status: int, code: int, msg: str, retry_after: int | None = None) -> web.Response:
     headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
     return web.json_response({"code": code, "msg": msg}, status=status, headers=headers)
-
-
-def _default_market(exchange: str, symbol: str) -> Market:
-    """Binance's real rules for the bundled markets (tick, step, minimums), a default for others."""
-    base, _, quote = symbol.partition("/")
-    step = {"BTC": Decimal("0.00001"), "ETH": Decimal("0.0001")}.get(base, Decimal("0.001"))
-    return Market(exchange, symbol, base, quote, Decimal("0.01"), step, step, Decimal("5"))
 
 
 def _symbol_info(m: Market) -> dict[str, Any]:

@@ -110,11 +110,6 @@ def test_a_demo_history_passes_the_audit(demo: tuple[Path, str]) -> None:
     assert "10 invariants over" in done.stdout and "hold" in done.stdout
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12 #3 is not fixed yet: mambo backtest rounds every fill to Market.default's 0.01 tick "
-    "(88 of 94 fills outside their bars); strict, so the fix must remove this mark",
-)
 def test_a_sub_dollar_backtests_fills_lie_within_its_bars(
     tmp_path: Path, clickhouse_client: Client, clickhouse_db: str
 ) -> None:

@@ -155,8 +155,10 @@ def test_slippage_moves_the_price_against_the_order_on_the_tick(side: OrderSide,
     (f,) = fills(b.on_trade(KEY, 100, 100.0, 1.0))
     assert f.price == expected
     b.submit(order("o2", side=side), 100)
-    (f,) = fills(b.on_trade(KEY, 100, 123.45, 1.0))  # 123.45 × (1 ± 0.001) = 123.57345 / 123.32655
-    assert f.price == (D("123.57") if side == "buy" else D("123.33"))
+    # 123.45 × (1 ± 0.001) = 123.57345 / 123.32655: on the tick away from the trader (the nearest
+    # tick, 123.57 / 123.33, gave back part of the slippage)
+    (f,) = fills(b.on_trade(KEY, 100, 123.45, 1.0))
+    assert f.price == (D("123.58") if side == "buy" else D("123.32"))
 
 
 # --- limit orders -------------------------------------------------------------------------
@@ -284,7 +286,8 @@ def test_fills_keep_the_portfolio_exact() -> None:
         pf.mark(KEY, p)
     snap = pf.snapshot(9, 9)
     assert pf.position(KEY) == D("0.123") - D("0.5")
-    assert snap.fees == D("0.123") * D("100.16") * D("0.00075") + D("0.5") * D("101.37") * D("0.0002")
+    # 100.13 × 1.0003 = 100.160039, on the tick above: 100.17
+    assert snap.fees == D("0.123") * D("100.17") * D("0.00075") + D("0.5") * D("101.37") * D("0.0002")
     assert snap.realized_pnl + snap.unrealized_pnl - snap.fees == snap.equity - D(10_000)
 
 

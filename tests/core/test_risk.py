@@ -127,10 +127,18 @@ def test_unsized_entry_is_a_fraction_of_equity_rounded_down_to_the_step() -> Non
 
 def test_limit_price_rounds_to_the_tick_and_sizes_the_order() -> None:
     risk = engine()
+    # a buy limit rounds down: the order never pays more than the trader allowed (half-even gave 100.0)
     order = accepted(
         risk.check(intent(order_type="limit", limit_price=D("99.96"), price=101.0), Portfolio(D(1_000)), 1)
     )
-    assert (order.limit_price, order.qty) == (D("100.0"), D(1))
+    assert (order.limit_price, order.qty) == (D("99.9"), D("1.001"))
+    # a sell limit rounds up: it never takes less (half-even gave 100.0)
+    held = Portfolio(D(1_000))
+    held.apply(fill("buy", "1", "100"))
+    sell = accepted(
+        risk.check(intent("s", side="sell", qty="1", order_type="limit", limit_price=D("100.04")), held, 1)
+    )
+    assert sell.limit_price == D("100.1")
     order = accepted(risk.check(intent("i2", qty="0.0529", price=101.0), Portfolio(D(1_000)), 1))
     assert order.qty == D("0.052")
 

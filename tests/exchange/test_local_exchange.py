@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -20,9 +21,13 @@ import pandas as pd
 import pytest
 from pydantic import SecretStr
 
-from mambo.connectors.ccxt_client import make_exchange, market_from_ccxt
+import mambo
+from mambo.connectors.ccxt_client import make_exchange
 from mambo.connectors.errors import Backoff, RateLimited, with_retry
+from mambo.connectors.markets import market_from_ccxt
 from mambo.exchange import LocalExchange, serve
+from mambo.schemas.batches import TradeBatch
+from mambo.schemas.events import Quote
 from tests.exchange.helpers import recording, released_trade_ids, running_exchange
 
 
@@ -257,7 +262,7 @@ def test_recording_has_only_spot_markets_here() -> None:
 def test_market_rules_come_from_ccxts_markets() -> None:
     async def main() -> None:
         async with running_exchange(speed=0, history_seconds=1) as (_, client):
-            btc = market_from_ccxt("binance", client.markets["BTC/USDT"])
+            btc = market_from_ccxt("binance", client.markets["BTC/USDT"], client.precisionMode)
             assert (btc.base, btc.quote) == ("BTC", "USDT")
             assert (btc.tick_size, btc.step_size) == (Decimal("0.01"), Decimal("0.00001"))
             assert (btc.min_qty, btc.min_notional) == (Decimal("0.00001"), Decimal("5.0"))
@@ -318,5 +323,44 @@ def test_a_default_ccxt_client_with_keys_loads_markets_and_trades() -> None:
         finally:
             await client.close()
             await runner.cleanup()
+
+    run(main())
+
+
+def test_market_rules_are_binances_own_or_read_off_the_prices() -> None:
+    """The recording's markets trade on Binance's definitions (its exchangeInfo filters, shipped in
+    mambo/data/markets.json); a market with no definition gets the tick its prices are quoted on,
+    never a made-up 0.01 (a coin at 0.12345 could not be ordered at its own price)."""
+    bundled = json.loads((Path(mambo.__file__).parent / "data" / "markets.json").read_text())
+    [spot] = [e for e in bundled if e["exchange"] == "binance"]
+    t0 = 1_723_161_600_000
+    prices = np.array([0.12345, 0.12351, 0.12349, 0.12362])  # on a 1e-5 tick
+    n = len(prices)
+    ids = np.array([str(i) for i in range(n)], dtype=object)
+    coin = TradeBatch(("binance:XYZ/USDT",), np.zeros(n, np.int32), (t0 + np.arange(n)) * 1_000_000, prices,
+                      np.ones(n), np.ones(n, np.int8), ids)  # fmt: skip
+    top = Quote(event_id="q", ts_event=t0 * 1_000_000, ts_init=0, exchange="binance", symbol="XYZ/USDT",
+                bid=0.12344, bid_qty=1000.0, ask=0.12346, ask_qty=1000.0)  # fmt: skip
+
+    async def main() -> None:
+        trades, quotes = recording()
+        for batch, tops, wanted in ((trades, quotes, ("BTCUSDT", "ETHUSDT")), (coin, [top], ("XYZUSDT",))):
+            ex = LocalExchange(batch, tops, api_secret="s", history_seconds=10)
+            runner, url = await serve(ex)
+            try:
+                async with aiohttp.ClientSession() as http, http.get(f"{url}/api/v3/exchangeInfo") as resp:
+                    info = {s["symbol"]: s for s in (await resp.json())["symbols"]}
+            finally:
+                await runner.cleanup()
+            for sid in wanted:
+                ours = {f["filterType"]: f for f in info[sid]["filters"]}
+                if sid == "XYZUSDT":
+                    assert Decimal(ours["PRICE_FILTER"]["tickSize"]) == Decimal("0.00001")
+                    continue
+                [theirs] = [m["info"] for m in spot["markets"].values() if m["id"] == sid]
+                real = {f["filterType"]: f for f in theirs["filters"]}
+                for kind, field in (("PRICE_FILTER", "tickSize"), ("LOT_SIZE", "stepSize"),
+                                    ("LOT_SIZE", "minQty"), ("NOTIONAL", "minNotional")):  # fmt: skip
+                    assert Decimal(ours[kind][field]) == Decimal(real[kind][field]), (sid, kind, field)
 
     run(main())
