@@ -174,23 +174,11 @@ def throughput(
     print(f"  worker start-up to its first commit:            {first[0] - start:12.1f} s")
 
 
-def latency(bootstrap: str, rate: int, logs: Path, guarantee: str, warmup: int, passes: int) -> None:
-    base, _ = load_trades()
-    trades = tiled(base, len(base) * (warmup + passes))  # the warm-up passes first, then the measured
-    warm_n = len(base) * warmup
-    prefix = f"lat{uuid.uuid4().hex[:6]}."
-    topology.apply(AdminClient({"bootstrap.servers": bootstrap}), 6, prefix)
-    env = {
-        "MAMBO_ENGINE__TIMEFRAMES": '["1s", "1m"]',
-        "MAMBO_ENGINE__TRADING_TIMEFRAME": "1s",
-        "MAMBO_KAFKA__PROCESSING_GUARANTEE": guarantee,
-    }
-    trace = logs / f"trace-{guarantee}.jsonl"
-    traced = () if RUNTIME and RUNTIME[1] != "native" else ("--trace", str(trace))
-    # stopped with SIGTERM once measured (an idle exit could come while the publisher is held up)
-    proc = worker(bootstrap, prefix, env, logs / "latency.log", "--batch-size", "5000", *traced)
-    samples: dict[str, list[tuple[int, int]]] = {ORDERS.name: [], candle_topic("1s"): []}
-    stop = threading.Event()
+def record_latencies(
+    bootstrap: str, prefix: str, samples: dict[str, list[tuple[int, int]]], stop: threading.Event
+) -> threading.Thread:
+    """A reader (read_committed) of the topics ``samples`` names, appending (ts_init, arrival ns) of
+    each new event to its topic's list until ``stop``; the thread, started."""
 
     def consume() -> None:
         import orjson
@@ -219,6 +207,28 @@ def latency(bootstrap: str, rate: int, logs: Path, guarantee: str, warmup: int, 
 
     reader = threading.Thread(target=consume, daemon=True)
     reader.start()
+    return reader
+
+
+def latency(bootstrap: str, rate: int, logs: Path, guarantee: str, warmup: int, passes: int) -> None:
+    base, _ = load_trades()
+    trades = tiled(base, len(base) * (warmup + passes))  # the warm-up passes first, then the measured
+    warm_n = len(base) * warmup
+    prefix = f"lat{uuid.uuid4().hex[:6]}."
+    topology.apply(AdminClient({"bootstrap.servers": bootstrap}), 6, prefix)
+    env = {
+        "MAMBO_ENGINE__TIMEFRAMES": '["1s", "1m"]',
+        "MAMBO_ENGINE__TRADING_TIMEFRAME": "1s",
+        "MAMBO_KAFKA__PROCESSING_GUARANTEE": guarantee,
+    }
+    trace = logs / f"trace-{guarantee}.jsonl"
+    traced = () if RUNTIME and RUNTIME[1] != "native" else ("--trace", str(trace))
+    # stopped with SIGTERM once measured (an idle exit could come while the publisher is held up)
+    proc = worker(bootstrap, prefix, env, logs / "latency.log", "--batch-size", "5000", *traced)
+    samples: dict[str, list[tuple[int, int]]] = {ORDERS.name: [], candle_topic("1s"): []}
+    stop = threading.Event()
+
+    reader = record_latencies(bootstrap, prefix, samples, stop)
     # wait until the worker has joined its group (a first trade goes through)
     group, topic = prefix + worker_group(), prefix + TRADES.name
     with KafkaPublisher(bootstrap, prefix, **{"linger.ms": 1}) as pub:
