@@ -51,6 +51,18 @@ COORDINATOR_MOVING = frozenset(
     }
 )
 
+#: Commit errors of a consumer that no longer owns its partitions (the group rebalanced while its
+#: coordinator moved): the commit is given up, not retried. The rows are written, and whoever the
+#: partitions go to reads them again from the last commit: the tables keep one row per event.
+ASSIGNMENT_GONE = frozenset(
+    {
+        KafkaError._ASSIGNMENT_LOST,
+        KafkaError.ILLEGAL_GENERATION,
+        KafkaError.UNKNOWN_MEMBER_ID,
+        KafkaError.REBALANCE_IN_PROGRESS,
+    }
+)
+
 
 class KafkaSink:
     """Consumes ``topics`` (default: every registry topic) into ClickHouse."""
@@ -88,7 +100,8 @@ class KafkaSink:
         self.dlq = KafkaPublisher(bootstrap, prefix)
         self.messages = 0
         self.dead = 0
-        self.retries = 0
+        self.retries = 0  # commits retried while the coordinator moved
+        self.lost_commits = 0  # commits given up: the partitions had gone to a new assignment
 
     def run(self, stop: threading.Event | None = None, idle_exit: float | None = None) -> None:
         """Consume until ``stop`` is set (or nothing came for ``idle_exit`` seconds)."""
@@ -123,7 +136,8 @@ class KafkaSink:
         return len(msgs)
 
     def _commit(self, timeout: float = 120.0) -> None:
-        """Commit the consumed offsets, retrying while the group's coordinator moves."""
+        """Commit the consumed offsets, retrying while the group's coordinator moves; given up (see
+        :data:`ASSIGNMENT_GONE`) when the partitions are no longer this consumer's."""
         backoff, deadline = 0.1, time.monotonic() + timeout
         while True:
             try:
@@ -131,6 +145,10 @@ class KafkaSink:
                 return
             except KafkaException as ex:
                 code = ex.args[0].code()
+                if code in ASSIGNMENT_GONE:
+                    self.lost_commits += 1
+                    log.warning("sink.commit_given_up", reason=ex.args[0].str())
+                    return
                 if code not in COORDINATOR_MOVING or time.monotonic() > deadline:
                     raise
                 self.retries += 1

@@ -87,7 +87,7 @@ import os
 import threading
 import time
 from collections import defaultdict, deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -254,13 +254,17 @@ class Worker:
         gone = {p.partition for p in parts}
         self._drain()  # at least once: the revoked partitions' state and offsets before they go
         self.assigned = [p for p in self.assigned if p not in gone]
-        keys = [k for k, p in self._partition_of.items() if p in gone]
+        self._forget(gone)
+        log.info("worker.revoked", worker=self.name, partitions=sorted(gone))
+
+    def _forget(self, partitions: Collection[int]) -> None:
+        """Drop the markets of ``partitions`` and what the worker knows of their offsets."""
+        keys = [k for k, p in self._partition_of.items() if p in partitions]
         self.pipelines.drop(keys)
         for k in keys:
             del self._partition_of[k]
             self._offsets.pop(k, None)
-        self._skip = {tp: skip for tp, skip in self._skip.items() if tp[1] not in gone}
-        log.info("worker.revoked", worker=self.name, partitions=sorted(gone))
+        self._skip = {tp: skip for tp, skip in self._skip.items() if tp[1] not in partitions}
 
     # --- the loop ------------------------------------------------------------------------------
 
@@ -423,12 +427,7 @@ class Worker:
         """Exactly once, after an aborted transaction: the assigned partitions' markets back to their
         committed state and the consumer back to the committed offsets, as after a restart."""
         parts = list(self.assigned)
-        keys = [k for k, p in self._partition_of.items() if p in parts]
-        self.pipelines.drop(keys)
-        for k in keys:
-            del self._partition_of[k]
-            self._offsets.pop(k, None)
-        self._skip = {tp: skip for tp, skip in self._skip.items() if tp[1] not in parts}
+        self._forget(parts)
         self._restore(parts)
         inputs = [TopicPartition(self.prefix + t, p) for t in INPUTS for p in parts]
         for tp in _retrying(lambda: consumer.committed(inputs, timeout=30)):

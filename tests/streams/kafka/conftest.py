@@ -3,7 +3,9 @@ helpers to read topics back. Tests isolate themselves by a unique topic prefix (
 
 from __future__ import annotations
 
+import csv
 import gc
+import io
 import os
 import subprocess
 import sys
@@ -17,7 +19,7 @@ from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from mambo.schemas.events import Event
-from mambo.schemas.topics import by_name
+from mambo.schemas.topics import TABLES, by_name
 from mambo.streams.kafka import topology
 from mambo.streams.kafka.broker import KafkaBroker, free_port
 from mambo.streams.kafka.codec import decode
@@ -108,3 +110,17 @@ def engine_config() -> Any:
 
 
 FIXTURE_ROOT = Path(__file__).parents[2] / "fixtures"
+
+
+def clickhouse_counts(data: Path) -> dict[str, tuple[int, int]]:
+    """{table: (rows after FINAL, distinct event ids)} of a stopped sink's chdb folder."""
+    query = " UNION ALL ".join(
+        f"SELECT '{t}', (SELECT count() FROM {t} FINAL), (SELECT uniqExact(event_id) FROM {t})"
+        for t in TABLES
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "mambo.cli", "sql", query, "--format", "csv", "--data-dir", str(data)],
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
+    return {r[0]: (int(r[1]), int(r[2])) for r in csv.reader(io.StringIO(out)) if r and r[0] in TABLES}

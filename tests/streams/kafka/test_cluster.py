@@ -18,8 +18,6 @@ Cost: ~15 s for the cluster, then 40-65 s per scenario (four) on a loaded two-co
 
 from __future__ import annotations
 
-import csv
-import io
 import os
 import signal
 import subprocess
@@ -45,7 +43,7 @@ from mambo.streams.kafka.broker import free_port
 from mambo.streams.kafka.cluster import KafkaCluster
 from mambo.streams.kafka.producer import KafkaPublisher
 
-from .conftest import engine_config, mambo, read_topic
+from .conftest import clickhouse_counts, engine_config, mambo, read_topic
 from .test_at_least_once import publish, stamped, without_ts_init
 from .test_broker_topology import cli
 from .test_crash import committed
@@ -138,20 +136,6 @@ def victim_of(cluster: KafkaCluster, prefix: str, leading: str) -> tuple[int, li
     counts = Counter(leaders[p] for p in busy)
     node = max(counts, key=lambda n: (counts[n], -n))
     return node, [p for p in busy if leaders[p] == node]
-
-
-def clickhouse_counts(data: Path) -> dict[str, tuple[int, int]]:
-    """{table: (rows after FINAL, distinct event ids)} of a stopped sink's chdb folder."""
-    query = " UNION ALL ".join(
-        f"SELECT '{t}', (SELECT count() FROM {t} FINAL), (SELECT uniqExact(event_id) FROM {t})"
-        for t in TABLES
-    )
-    out = subprocess.run(
-        [sys.executable, "-m", "mambo.cli", "sql", query, "--format", "csv", "--data-dir", str(data)],
-        capture_output=True,
-        check=True,
-    ).stdout.decode()
-    return {r[0]: (int(r[1]), int(r[2])) for r in csv.reader(io.StringIO(out)) if r and r[0] in TABLES}
 
 
 def test_kafka_status_names_every_node(cluster: KafkaCluster) -> None:

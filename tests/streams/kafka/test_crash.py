@@ -6,11 +6,8 @@ read back with ``mambo sql``). Cost: ~45 s."""
 
 from __future__ import annotations
 
-import csv
-import io
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -25,7 +22,7 @@ from mambo.schemas.topics import FILLS, ORDERS, TABLES, TRADES, by_name
 from mambo.streams.kafka import worker as worker_module
 from mambo.streams.kafka.producer import KafkaPublisher
 
-from .conftest import engine_config, mambo, read_topic
+from .conftest import clickhouse_counts, engine_config, mambo, read_topic
 from .test_pipeline import SLICE, of, reference
 
 pytestmark = pytest.mark.kafka
@@ -138,16 +135,7 @@ def test_worker_and_sink_killed_twice_resume_exactly_once(
     for topic, n in counts.items():
         expected[by_name(topic).table] += n
     expected["trades"] = len(batch)
-    query = " UNION ALL ".join(
-        f"SELECT '{t}', (SELECT count() FROM {t} FINAL), (SELECT uniqExact(event_id) FROM {t})"
-        for t in TABLES
-    )
-    out = subprocess.run(
-        [sys.executable, "-m", "mambo.cli", "sql", query, "--format", "csv", "--data-dir", str(data)],
-        capture_output=True,
-        check=True,
-    ).stdout.decode()
-    rows = {r[0]: (int(r[1]), int(r[2])) for r in csv.reader(io.StringIO(out)) if r and r[0] in TABLES}
+    rows = clickhouse_counts(data)
     for table in TABLES:
         assert rows[table] == (expected[table], expected[table]), table
 
