@@ -21,11 +21,11 @@ from clickhouse_connect.driver.client import Client
 
 from mambo.audit import INVARIANTS, AuditReport, NoHistoryError, audit
 from mambo.audit.indicators import spec_of
-from mambo.audit.positions import held
 from mambo.audit.sql import fills_in_range
 from mambo.connectors.clickhouse import ClickHouseSink, ensure_schema
 from mambo.connectors.replay import DEMO_QUOTES, DEMO_TRADES, Recording, load_quotes, load_trades, replay
 from mambo.core.indicators import FORMS, output_names
+from mambo.core.portfolio import held
 from mambo.core.stages import EngineConfig
 from mambo.schemas.batches import TradeBatch
 from mambo.schemas.events import Fill, make_id

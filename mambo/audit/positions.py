@@ -17,17 +17,10 @@ from itertools import groupby
 from clickhouse_connect.driver.client import Client
 
 from mambo.audit.report import Finding, amount, when
-from mambo.core.portfolio import MONEY
+from mambo.core.portfolio import MONEY, held
 from mambo.schemas.events import make_id, market_key
 
-__all__ = ["fills_sum_to_positions", "held"]
-
-
-def held(side: str, qty: Decimal, fee: Decimal, fee_currency: str, symbol: str) -> Decimal:
-    """How much a fill changes the quantity held: ``±qty``, less a fee paid in the base currency."""
-    base = symbol.split("/")[0]
-    change = qty if side == "buy" else -qty
-    return MONEY.subtract(change, fee) if fee_currency == base else change
+__all__ = ["fills_sum_to_positions"]
 
 
 def fills_sum_to_positions(client: Client, database: str) -> Finding:

@@ -17,7 +17,11 @@ otherwise rounded to 1e-18; because realized PnL and the remaining cost basis ta
 amount, the identities still hold exactly. The average price is derived (cost / qty) for display.
 
 Conventions: a fill's ``realized_pnl`` is the price PnL of the quantity it closed, before fees;
-fees are counted in the account's (quote) currency, as the paper broker charges them.
+fees are counted in the account's (quote) currency. A fee an exchange charges in the market's base
+coin (Binance takes a spot buy's fee out of the coin bought) changes what is held instead of the
+cash (:func:`held`): buying 1 BTC at 50,000 with a 0.001 BTC fee holds 0.999 BTC for 50,000 of cash,
+a lot of 0.999 at 50,000 and a fee worth 0.001 × 50,000 = 50. A fee in any third currency (BNB)
+cannot be booked in an account of one currency and is refused.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from types import MappingProxyType
 from mambo.core.market import to_decimal
 from mambo.schemas.events import EquitySnapshot, Fill, Position, make_id, split_key
 
-__all__ = ["MONEY", "Portfolio", "PositionState"]
+__all__ = ["MONEY", "Portfolio", "PositionState", "booked_qty_and_fee", "held"]
 
 #: The decimal context of money: wide enough that sums and products of prices, quantities, fee
 #: rates and cash never round (60 significant digits).
@@ -46,6 +50,29 @@ def _cost_share(cost: Decimal, closing: Decimal, qty: Decimal) -> Decimal:
         share = cost * closing / qty
         rounded = share.quantize(_COST_QUANTUM)
     return share if share == rounded else rounded
+
+
+def held(side: str, qty: Decimal, fee: Decimal, fee_currency: str, symbol: str) -> Decimal:
+    """How much a fill changes the quantity held: ``±qty``, less a fee paid in the base currency."""
+    base = symbol.split("/")[0]
+    change = qty if side == "buy" else -qty
+    return MONEY.subtract(change, fee) if fee_currency == base else change
+
+
+def booked_qty_and_fee(fill: Fill) -> tuple[Decimal, Decimal]:
+    """The signed qty a fill books and its fee in quote. A fee in the base coin is a part of the lot
+    the account never gets (a buy) or gives on top (a sell), valued at the fill's price; booking it
+    as that lot traded with that fee keeps the cash exact (see the module)."""
+    base, _, rest = fill.symbol.partition("/")
+    quote = rest.partition(":")[0]
+    if fill.fee_currency in (quote, "") or not fill.fee:
+        return (fill.qty if fill.side == "buy" else -fill.qty), fill.fee
+    if fill.fee_currency == base:
+        return held(fill.side, fill.qty, fill.fee, base, fill.symbol), MONEY.multiply(fill.fee, fill.price)
+    raise ValueError(
+        f"fill {fill.fill_id}: a fee in {fill.fee_currency} cannot be booked in an account kept in"
+        f" {quote} (convert it to {quote} first)"
+    )
 
 
 @dataclass
@@ -120,6 +147,7 @@ class Portfolio:
         if not (fill.qty > 0 and fill.price > 0):
             raise ValueError(f"fill {fill.fill_id}: qty and price must be > 0, got {fill.qty} @ {fill.price}")
         with localcontext(MONEY):
+            traded, fee = booked_qty_and_fee(fill)
             pos = self._books.get(fill.key)
             if pos is None:
                 pos = self._books[fill.key] = PositionState(fill.exchange, fill.symbol, fill.price)
@@ -127,7 +155,6 @@ class Portfolio:
                 # A position opened from flat is worth its fill price: the old mark belongs to a
                 # position that no longer exists (a re-entry valued at it gave false equity and peaks)
                 pos.mark_price = fill.price
-            traded = fill.qty if fill.side == "buy" else -fill.qty
             opening, realized = traded, _ZERO
             if pos.qty and (pos.qty > 0) != (traded > 0):
                 # The fill first closes (part of) the position at its cost basis; the rest opens.
@@ -140,8 +167,8 @@ class Portfolio:
             pos.cost += opening * fill.price
             pos.qty += opening
             pos.realized_pnl += realized
-            pos.fees += fill.fee
-            self.cash -= traded * fill.price + fill.fee
+            pos.fees += fee
+            self.cash -= traded * fill.price + fee
         self._touch()
         return fill.model_copy(update={"realized_pnl": realized})
 

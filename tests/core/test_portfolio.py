@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mambo.core.portfolio import Portfolio
+from mambo.core.portfolio import Portfolio, held
 from mambo.schemas.events import Fill, OrderSide
 
 D = Decimal
@@ -20,7 +20,12 @@ _ids = itertools.count(1)
 
 
 def fill(
-    side: OrderSide, qty: str | Decimal, price: str | Decimal, fee: str | Decimal = "0", key: str = BTC
+    side: OrderSide,
+    qty: str | Decimal,
+    price: str | Decimal,
+    fee: str | Decimal = "0",
+    key: str = BTC,
+    fee_currency: str = "USDT",
 ) -> Fill:
     exchange, symbol = key.split(":")
     n = next(_ids)
@@ -37,7 +42,7 @@ def fill(
         price=D(price),
         qty=D(qty),
         fee=D(fee),
-        fee_currency="USDT",
+        fee_currency=fee_currency,
         liquidity="taker",
     )
 
@@ -192,6 +197,7 @@ steps = st.one_of(
         qtys,
         prices,
         fee_rates,
+        st.booleans(),  # the fee in the base coin (Binance's spot buy) or in quote
     ),
     st.tuples(st.just("mark"), st.sampled_from([BTC, ETH]), prices),
 )
@@ -207,11 +213,13 @@ def test_accounting_identities_hold_exactly(seq: list[tuple], cash: int) -> None
         if step[0] == "mark":
             pf.mark(step[1], step[2])
         else:
-            _, key, side, qty, price, rate = step
-            booked, pos = pf.apply(fill(side, qty, price, fee=rate * qty * price, key=key))
-            signed[key] += qty if side == "buy" else -qty
+            _, key, side, qty, price, rate, in_base = step
+            symbol = key.split(":")[1]
+            fee, currency = (rate * qty, symbol.split("/")[0]) if in_base else (rate * qty * price, "USDT")
+            booked, pos = pf.apply(fill(side, qty, price, fee=fee, key=key, fee_currency=currency))
+            signed[key] += held(side, qty, fee, currency, symbol)
             realized += booked.realized_pnl
-            fees += booked.fee
+            fees += fee * price if in_base else fee
             assert pos.qty == signed[key]
         snap = pf.snapshot(1, 1)
         assert snap.cash + sum((p.qty * p.mark_price for p in pf.positions.values()), D(0)) == snap.equity
@@ -240,3 +248,27 @@ def test_a_reentry_is_valued_at_its_fill_not_the_old_mark(side: OrderSide) -> No
     assert pf.peak_equity == max(D(1_100), flat) if side == "buy" else D(1_000)
     assert pf.drawdown == 0.0 if side == "buy" else pf.drawdown == pytest.approx(0.1)
     assert_identities(pf)
+
+
+def test_a_fee_in_the_base_coin_is_taken_from_the_coin_not_the_cash() -> None:
+    """Issue 12 #8, hand-worked: 100,000 cash; buy 1 BTC at 50,000 with a 0.001 BTC fee (Binance spot):
+    0.999 BTC held and 50,000 cash, a fee worth 50; a reduce-only exit sells the 0.999 there is."""
+    pf = Portfolio(D(100_000))
+    booked, pos = pf.apply(fill("buy", "1", "50000", fee="0.001", fee_currency="BTC"))
+    assert (pos.qty, pf.cash, pos.fees, pos.avg_price) == (D("0.999"), D(50_000), D(50), D(50_000))
+    assert pf.equity == D(99_950)
+    assert_identities(pf)
+    pf.apply(fill("sell", "0.999", "51000", fee="50.949"))  # the sell's fee in USDT, 0.1%
+    assert not pf.positions
+    assert pf.cash == D(50_000) + D(50_949) - D("50.949")
+    assert_identities(pf)
+    pf.apply(fill("sell", "1", "100", fee="0.01", fee_currency="BTC"))  # a short paying in the coin
+    assert (pf.position(BTC), pf.cash) == (D("-1.01"), D("100898.051") + D(100))
+    assert_identities(pf)
+
+
+def test_a_fee_in_a_third_currency_is_refused_with_the_reason() -> None:
+    pf = Portfolio(D(1_000))
+    with pytest.raises(ValueError, match="a fee in BNB cannot be booked in an account kept in USDT"):
+        pf.apply(fill("buy", "1", "100", fee="0.0001", fee_currency="BNB"))
+    assert pf.cash == D(1_000) and not pf.positions
