@@ -13,9 +13,13 @@ Fill model:
 * A **market** order fills whole, as taker, on the next trade (or candle) the broker sees for its
   market: at the trade's price, or the candle's open, moved against the order by ``slippage_bps``
   (a buy pays up, a sell receives less) and rounded to the tick. So an order decided on candle t
-  fills at candle t+1's open.
-* A **limit** order rests and fills, as maker and at its limit price, when a trade crosses it (buy:
-  trade price <= limit; sell: >=) or a candle's range reaches it (buy: low <= limit; sell: high >=).
+  fills at candle t+1's open. As on the exchange, its notional at that price must reach the market's
+  minimum: below it, the order is ``rejected`` with the reason, unfilled.
+* A **limit** order the market has already crossed when it arrives (the first trade, or the next
+  candle's open, at or better than its limit) takes like a market order, as taker: at that price with
+  the slippage, never beyond its limit. Otherwise it rests, and fills as maker at its limit price when
+  a trade crosses it (buy: trade price <= limit; sell: >=) or a candle's range reaches it (buy: low <=
+  limit; sell: high >=).
   It fills only up to the trade's (or candle's) volume, which our resting orders on one side share
   in price-time priority; a short volume leaves it ``partially_filled``.
 * Market data stamped before an order's ``ts_event`` (its decision time) never fills it: a fill
@@ -57,6 +61,10 @@ class RestingOrder:
     seq: int  # arrival number: time priority
     limit: float = math.nan  # the limit as float64, the value trade prices are compared with
     fills: int = 0
+    #: a limit has met the market (market data at or after its decision time) and was left resting:
+    #: from then on it is a maker; before, a limit the market has crossed already takes like a
+    #: market order
+    rested: bool = False
 
     @property
     def remaining(self) -> Decimal:
@@ -175,16 +183,32 @@ class PaperBroker:
 
     def cancel(self, client_order_id: str, ts_init: int | None = None) -> list[Order]:
         """Cancel a resting order: its ``canceled`` update, or ``[]`` when it is not resting."""
-        key = self._open.pop(client_order_id, None)
+        key = self._open.get(client_order_id)
         if key is None:
             return []
         book = self._books[key]
-        entry = book.remove(client_order_id)
-        assert entry is not None
+        update = self._drop(book, client_order_id, "canceled", ts_init, ts_init)
         if not book:
             del self._books[key]
-        ts = entry.order.ts_init if ts_init is None else ts_init
-        return [_update(entry.order, "canceled", ts, ts)]
+        return [update]
+
+    def _drop(
+        self,
+        book: OrderBook,
+        client_order_id: str,
+        status: OrderStatus,
+        ts_event: int | None,
+        ts_init: int | None,
+        reason: str = "",
+    ) -> Order:
+        """Take an order out of its book unfilled (the rest of it), as its final update (the times
+        default to when the order was sent)."""
+        entry = book.remove(client_order_id)
+        assert entry is not None
+        del self._open[client_order_id]
+        sent = entry.order.ts_init
+        event, init = sent if ts_event is None else ts_event, sent if ts_init is None else ts_init
+        return _update(entry.order, status, event, init, **({"reason": reason} if reason else {}))
 
     # --- market data --------------------------------------------------------------------------
 
@@ -268,8 +292,16 @@ class PaperBroker:
         out: list[Order | Fill] = []
         for entry in [e for e in book.market_orders if ts >= e.order.ts_event]:
             fill_price = self._slipped(market, entry.order.side, price)
+            notional = entry.remaining * fill_price
+            if notional < market.min_notional:  # as the exchange does, at the price it would fill at
+                why = f"rejected: notional {notional} at {fill_price} below the minimum {market.min_notional}"
+                out.append(self._drop(book, entry.order.client_order_id, "rejected", ts, ts_init, why))
+                continue
             out += self._fill(book, entry, market, ts, ts_init, fill_price, entry.remaining, "taker")
-        for side, reached in ((book.bids, lambda lim: low <= lim), (book.asks, lambda lim: high >= lim)):
+        for side, reached, crossed in (
+            (book.bids, lambda lim: low <= lim, lambda lim: price <= lim),
+            (book.asks, lambda lim: high >= lim, lambda lim: price >= lim),
+        ):
             available = market.round_qty(volume) if side else _ZERO
             for entry in list(side):
                 if available <= 0 or not reached(entry.limit):
@@ -280,7 +312,14 @@ class PaperBroker:
                 available -= qty
                 limit = entry.order.limit_price
                 assert limit is not None
-                out += self._fill(book, entry, market, ts, ts_init, limit, qty, "maker")
+                if not entry.rested and crossed(entry.limit):  # marketable on arrival: it takes
+                    taken = self._slipped(market, entry.order.side, price)
+                    taken = min(taken, limit) if entry.order.side == "buy" else max(taken, limit)
+                    out += self._fill(book, entry, market, ts, ts_init, taken, qty, "taker")
+                else:
+                    out += self._fill(book, entry, market, ts, ts_init, limit, qty, "maker")
+            for entry in side:
+                entry.rested = entry.rested or ts >= entry.order.ts_event
         if not book:
             del self._books[key]
         return out
@@ -359,4 +398,9 @@ def _may_fill(
         mask |= (price <= book.bids[0].limit) & (ts >= min(e.order.ts_event for e in book.bids))
     if book.asks:
         mask |= (price >= book.asks[0].limit) & (ts >= min(e.order.ts_event for e in book.asks))
+    for entry in (*book.bids, *book.asks):  # a limit's first trade decides whether it takes or rests
+        if not entry.rested:
+            after = ts >= entry.order.ts_event
+            if after.any():
+                mask[int(np.argmax(after))] = True
     return mask

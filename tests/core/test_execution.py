@@ -207,7 +207,39 @@ def test_a_limit_is_not_filled_by_trades_from_before_its_decision() -> None:
     b = broker()
     b.submit(order(qty="1", limit="100", ts=500), 1)
     assert b.on_trade(KEY, 499, 90.0, 5.0) == []
-    assert fills(b.on_trade(KEY, 500, 90.0, 5.0))[0].price == D(100)
+    assert fills(b.on_trade(KEY, 500, 90.0, 5.0))[0].price == D(90)  # marketable on arrival: it takes
+
+
+@pytest.mark.parametrize(
+    ("side", "limit", "slippage", "price"),
+    [
+        ("buy", "110", D(0), D(100)),  # issue 12 #5: not at 110, above the bar's high of 105
+        ("buy", "110", D(10), D("100.10")),  # a taker pays the slippage ...
+        ("buy", "100.05", D(10), D("100.05")),  # ... never beyond its limit
+        ("sell", "90", D(0), D(100)),
+        ("sell", "99.95", D(10), D("99.95")),
+    ],
+)
+def test_a_marketable_limit_takes_at_the_open_as_taker(
+    side: OrderSide, limit: str, slippage: Decimal, price: Decimal
+) -> None:
+    b = broker(fee_maker=D("0.0002"), fee_taker=D("0.001"), slippage_bps=slippage)
+    t = candle(0, 100.0, 101.0, 99.0, 100.5, 10.0)
+    b.submit(order(side=side, qty="1", limit=limit, ts=t.ts_event), t.ts_init)
+    (f,) = fills(b.on_candle(candle(60, 100.0, 105.0, 95.0, 101.0, 10.0)))
+    assert (f.price, f.liquidity, f.fee) == (price, "taker", price * D("0.001"))
+    assert 95 <= f.price <= 105
+
+
+def test_a_limit_left_resting_then_fills_at_its_limit_as_maker() -> None:
+    b = broker(fee_maker=D("0.0002"))
+    b.submit(order(qty="1", limit="99", ts=0), 0)
+    (f,) = fills(b.on_candle(candle(60, 100.0, 101.0, 98.0, 100.5, 10.0)))  # open above: it rests
+    assert (f.price, f.liquidity) == (D(99), "maker")  # then the bar comes down to it
+    b.submit(order("o2", qty="1", limit="99", ts=0), 0)
+    assert b.on_trade(KEY, 1, 99.5, 1.0) == []  # its first trade does not cross: it rests
+    (f,) = fills(b.on_trade(KEY, 2, 98.0, 1.0))
+    assert (f.price, f.liquidity) == (D(99), "maker")  # not the 98 a taker would get
 
 
 # --- candles ------------------------------------------------------------------------------
@@ -329,7 +361,7 @@ def test_on_trades_only_visits_rows_that_can_fill(monkeypatch: pytest.MonkeyPatc
 
     monkeypatch.setattr(b, "_match", counting)
     events = b.on_trades(KEY, ts, price, qty)
-    assert calls == [10, 20, 500_000, 900_000]
+    assert calls == [0, 10, 20, 500_000, 900_000]  # row 0: the limit's first trade; it rests
     assert [(f.client_order_id, f.ts_event, f.qty) for f in fills(events)] == [
         ("o1", 10, D("0.4")),
         ("mkt", 20, D(1)),
@@ -376,3 +408,19 @@ def test_on_trades_equals_on_trade_row_by_row(
         expected += one_by_one.on_trade(KEY, t, p, q)
     assert b.on_trades(KEY, ts, price, qty) == expected
     assert b == one_by_one
+
+
+def test_a_market_order_below_the_minimum_notional_at_its_fill_price_is_rejected_unfilled() -> None:
+    """Issue 12: the exchange checks a market order's notional at the price it would fill at."""
+    rules = Market(
+        "binance", "BTC/USDT", "BTC", "USDT", tick_size=D("0.01"), step_size=D("0.001"), min_notional=D(5)
+    )
+    b = PaperBroker(markets={KEY: rules})
+    b.submit(order("small", qty="0.05"), 100)  # decided when 0.05 × 120 = 6 passed the minimum
+    b.submit(order("enough", qty="0.06"), 100)
+    events = b.on_trade(KEY, 101, 99.99, 1.0)  # the market fell: 4.9995 and 5.9994
+    assert [(f.client_order_id, f.price) for f in fills(events)] == [("enough", D("99.99"))]
+    (rejected,) = [e for e in events if isinstance(e, Order) and e.status == "rejected"]
+    assert (rejected.client_order_id, rejected.filled_qty, rejected.ts_event) == ("small", D(0), 101)
+    assert rejected.reason == "rejected: notional 4.9995 at 99.99 below the minimum 5"
+    assert b.open_orders() == []
