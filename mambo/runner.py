@@ -171,9 +171,7 @@ async def run_demo(
         code = await _exchange_demo(
             console, settings, recording, speed or EXCHANGE_DEMO_SPEED, observers, chosen=wanted is not None
         )
-        if code == 0:
-            _print_audit(console, client, db)
-        return code
+        return code or report_audit(console, client, db)
     markets = {}
     for key in recording.markets:  # each market's rules, and where they come from, said
         rules = market_rules(
@@ -215,15 +213,16 @@ async def run_demo(
         f'  mambo sql "SELECT strategy, count() AS fills, sum(realized_pnl) AS pnl, sum(fee) AS fees '
         f'FROM fills GROUP BY strategy"'
     )
-    _print_audit(console, client, db)
-    return 0
+    return report_audit(console, client, db)
 
 
-def _print_audit(console: Console, client: Client, database: str) -> None:
-    """The audit of the history the demo left, in one line (``mambo audit`` prints the table)."""
+def report_audit(console: Console, client: Client, database: str) -> int:
+    """The audit of the history the demo left, in one line (``mambo audit`` prints the table); the
+    demo's exit status: 1 when the audit found a violation, as ``mambo audit`` exits."""
     report = audit(client, database)
     more = "" if report.ok else "; `mambo audit` shows which and an example of each"
     console.print(report.summary() + more, style="green" if report.ok else "red")
+    return 0 if report.ok else 1
 
 
 async def _exchange_demo(

@@ -49,7 +49,7 @@ from mambo.core.execution import PaperBroker
 from mambo.core.indicators import compute
 from mambo.core.intents import IntentPolicy
 from mambo.core.market import Market, infer_tick, to_decimal
-from mambo.core.portfolio import MONEY, Portfolio
+from mambo.core.portfolio import MONEY, Portfolio, booked_qty_and_fee
 from mambo.core.risk import RiskEngine
 from mambo.core.stages import EngineConfig
 from mambo.core.strategies import SIDE_CODES, BatchDecisions, Strategy, load_strategy
@@ -97,8 +97,8 @@ class Ledger:
         cash, qty, cashes, qtys = to_decimal(initial_cash), _ZERO, [], []
         with localcontext(MONEY):
             for f in fills:
-                traded = f.qty if f.side == "buy" else -f.qty
-                cash -= traded * f.price + f.fee
+                traded, fee = booked_qty_and_fee(f)
+                cash -= traded * f.price + fee
                 qty += traded
                 cashes.append(cash)
                 qtys.append(qty)
@@ -120,8 +120,9 @@ class Ledger:
     def held_bars(self, n: int) -> int:
         """How many of ``n`` bars close with a position held (``count_nonzero(position(n))``, from
         the fills alone: each one's position holds from its bar up to the next fill's)."""
-        ends = [*self.bar[1:].tolist(), n]
-        return sum(end - bar for bar, end, qty in zip(self.bar.tolist(), ends, self.qty, strict=True) if qty)
+        bars = self.bar.tolist()
+        ends = [*bars[1:], n] if bars else []
+        return sum(end - bar for bar, end, qty in zip(bars, ends, self.qty, strict=True) if qty)
 
     def equity(self, close: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
         """Equity at each bar's close, float64: ``cash + qty × close``."""
@@ -301,9 +302,9 @@ class _SparseRun:
             fee_taker=config.fee_taker,
             slippage_bps=config.slippage_bps,
             markets=markets,
-            order_updates=False,  # nobody reads acks here; risk sees an order done when its fill lands
+            order_updates=False,  # nobody reads acks here; risk learns from the fills
         )
-        self.risk = RiskEngine(config.risk, markets)
+        self.risk = RiskEngine(config.risk, markets, config.fee_taker)
         self.decisions = decisions
         self.aggregator = SignalAggregator(
             [s.name for s in strategies], threshold=config.aggregation_threshold
@@ -322,6 +323,7 @@ class _SparseRun:
             for ev in fills:
                 if isinstance(ev, Fill):
                     self.rec.fills.append(self.portfolio.book(ev))
+                    self.risk.on_fill(ev)
                 else:
                     self.risk.on_order(ev)
         if active:

@@ -15,6 +15,9 @@ Rules, by their ``rule`` name in a :class:`~mambo.schemas.events.RiskRejection`:
 * ``rate_limit``: at most ``max_orders_per_minute`` orders in any minute of event time.
 * ``no_equity``: nothing to size an order from.
 * ``min_qty`` / ``min_notional``: the market's minimums (after rounding the qty down to the step).
+* ``buying_power``: with ``cash_only`` (spot, the default), a buy entry's cost at its reference price,
+  with the fee, must fit in the cash not yet spoken for by the open buys let through. A market buy
+  fills at a later price, so this is the pre-trade check an exchange's balance check backs up.
 * ``max_open_positions``, ``max_exposure_per_symbol``, ``max_total_exposure``: limits on the
   positions an entry would leave, exposures as fractions of equity.
 
@@ -23,8 +26,10 @@ Exits (``reduce_only``) pass every rule but the validity ones (``invalid``, ``no
 filled count as if filled: an exit is capped to what earlier market exits leave, and the limits see
 the position the open orders would make. So a stop and a strategy's exit on the same candle do not
 sell the position twice (pass :meth:`RiskEngine.on_candle`'s exits through :meth:`RiskEngine.check`
-like any intent). An order stops counting when the market's position moves (its fill shows in the
-portfolio) or when :meth:`RiskEngine.on_order` hears it is done (canceled, rejected, filled).
+like any intent). An order counts for what is left of it until it is done: :meth:`RiskEngine.on_fill`
+hears its fills (what filled is in the portfolio from then on) and :meth:`RiskEngine.on_order` its
+states (canceled, rejected, expired or filled release the rest). A partly filled limit order keeps
+its unfilled lots under the limits.
 """
 
 from __future__ import annotations
@@ -33,13 +38,22 @@ import math
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import InitVar, dataclass, field
-from decimal import Decimal
+from decimal import Decimal, localcontext
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from mambo.core.market import Market, to_decimal
-from mambo.core.portfolio import Portfolio
-from mambo.schemas.events import FINAL_STATUSES, Candle, Order, OrderIntent, RiskRejection, make_id, split_key
+from mambo.core.portfolio import MONEY, Portfolio
+from mambo.schemas.events import (
+    FINAL_STATUSES,
+    Candle,
+    Fill,
+    Order,
+    OrderIntent,
+    RiskRejection,
+    make_id,
+    split_key,
+)
 
 __all__ = ["RiskConfig", "RiskEngine"]
 
@@ -62,22 +76,31 @@ class RiskConfig(BaseModel):
     max_drawdown: float | None = Field(None, gt=0, le=1, description="kill switch: halts new entries")
     cooldown_ns: int = Field(0, ge=0, description="no entry in a market this long after a stop-out")
     max_orders_per_minute: int | None = Field(None, ge=1, description="event time, all markets")
+    cash_only: bool = Field(True, description="spot: a buy is paid with free cash, never borrowed")
 
 
 @dataclass
 class _Reserved:
-    """An order let through and not yet done: its signed open qty and reference price.
+    """An order let through and not yet done: its size, what of it has filled, its reference price.
 
-    It counts while the market's position is still ``held``, the position when it was let through:
-    once a fill moves the position, the portfolio shows what the order did.
+    Two reports say how much has filled: the fills themselves (summed) and the broker's order
+    updates (``filled_qty``). They tell the same story, at times in either order, so the larger of
+    the two is what has filled: counting both would free a partly filled order twice over.
     """
 
     key: str
-    open_qty: Decimal
+    qty: Decimal  # signed: > 0 buys
     price: Decimal
     market_order: bool
     reduce_only: bool
-    held: Decimal
+    fills: Decimal = _ZERO  # the sum of its fills seen
+    reported: Decimal = _ZERO  # the filled qty of its latest order update
+
+    @property
+    def open_qty(self) -> Decimal:
+        """The signed qty still to fill."""
+        left = abs(self.qty) - max(self.fills, self.reported)
+        return _ZERO if left <= 0 else left.copy_sign(self.qty)
 
 
 @dataclass
@@ -106,6 +129,8 @@ class RiskEngine:
 
     config: RiskConfig
     markets: InitVar[Mapping[str, Market] | None] = None
+    #: the fee a buy's cash must also cover (the venue's taker rate)
+    fee_rate: Decimal = _ZERO
     #: True once the drawdown kill switch has fired; only :meth:`resume` clears it.
     halted: bool = field(init=False, default=False)
     _markets: dict[str, Market] = field(init=False)
@@ -151,7 +176,6 @@ class RiskEngine:
     def _accept(self, intent: OrderIntent, portfolio: Portfolio, ts_init: int) -> Order:
         key = intent.key
         market = self.market(key)
-        self._forget_filled(portfolio)
         limit, price = self._prices(intent, market)
         if intent.qty is not None and not intent.qty > 0:
             raise _Denied("invalid", f"qty must be > 0, got {intent.qty}")
@@ -187,9 +211,11 @@ class RiskEngine:
             )
         if not intent.reduce_only:
             self._check_exposure(key, projected + sign * qty, price, portfolio)
+            if sign > 0 and self.config.cash_only:
+                self._check_cash(qty, price, portfolio)
         self._note_order(intent.ts_event)
         self._reserved[intent.client_order_id] = _Reserved(
-            key, sign * qty, price, intent.order_type == "market", intent.reduce_only, portfolio.position(key)
+            key, sign * qty, price, intent.order_type == "market", intent.reduce_only
         )
         return Order(
             event_id=make_id("order", intent.client_order_id),
@@ -248,6 +274,18 @@ class RiskEngine:
         while self._recent and self._recent[0] <= ts - _MINUTE_NS:
             self._recent.popleft()
 
+    def _check_cash(self, qty: Decimal, price: Decimal, portfolio: Portfolio) -> None:
+        """A spot buy must be paid for: its cost with the fee within the cash that the open buys
+        let through have not spoken for yet."""
+        with localcontext(MONEY):
+            cost = 1 + self.fee_rate
+            spoken = sum(
+                (r.open_qty * r.price * cost for r in self._reserved.values() if r.open_qty > 0), _ZERO
+            )
+            free, need = portfolio.cash - spoken, qty * price * cost
+        if need > free:
+            raise _Denied("buying_power", f"a buy costing {_show(need)} with fees, {_show(free)} cash free")
+
     def _check_exposure(self, key: str, after: Decimal, price: Decimal, portfolio: Portfolio) -> None:
         """Limits on the positions an entry leaves: count, per-symbol and total exposure.
 
@@ -286,12 +324,6 @@ class RiskEngine:
 
     # --- positions ----------------------------------------------------------------------------
 
-    def _forget_filled(self, portfolio: Portfolio) -> None:
-        """Drop the open orders whose market's position has moved since they were let through."""
-        moved = [cid for cid, r in self._reserved.items() if portfolio.position(r.key) != r.held]
-        for cid in moved:
-            del self._reserved[cid]
-
     def _projected(self, key: str, portfolio: Portfolio, exits: bool = False) -> Decimal:
         """The position in ``key`` once the open orders let through fill.
 
@@ -317,19 +349,25 @@ class RiskEngine:
         return {k: abs(self._projected(k, portfolio)) * price for k, price in prices.items()}
 
     def on_order(self, order: Order) -> None:
-        """Learn an order's new state from the broker: done orders stop counting as open.
-
-        Optional for market orders (their fill moves the position, which releases them); it is what
-        releases a canceled or rejected order, and the rest of a partly filled one.
-        """
+        """Learn an order's new state from the broker: a done order (filled, canceled, rejected,
+        expired) stops counting as open; a partly filled one counts what is left of it."""
         reserved = self._reserved.get(order.client_order_id)
         if reserved is None:
             return
         if order.status in FINAL_STATUSES:
             del self._reserved[order.client_order_id]
         else:
-            remaining = order.qty - order.filled_qty
-            reserved.open_qty = remaining if order.side == "buy" else -remaining
+            reserved.reported = max(reserved.reported, order.filled_qty)
+
+    def on_fill(self, fill: Fill) -> None:
+        """Learn a fill of an order let through: what it filled no longer counts as open (the
+        portfolio holds it now), and an order filled whole is done."""
+        reserved = self._reserved.get(fill.client_order_id)
+        if reserved is None:
+            return
+        reserved.fills += fill.qty
+        if not reserved.open_qty:
+            del self._reserved[fill.client_order_id]
 
     def _update_halt(self, portfolio: Portfolio) -> None:
         limit = self.config.max_drawdown
@@ -348,7 +386,6 @@ class RiskEngine:
         """
         key = candle.key
         self._update_halt(portfolio)
-        self._forget_filled(portfolio)
         pos = portfolio.positions.get(key)
         if pos is None:
             self._watermarks.pop(key, None)

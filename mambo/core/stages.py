@@ -388,18 +388,22 @@ class SignalStage(Stage):
 class RiskStage(Stage):
     """orders.intents → orders | risk.rejections; closed candles → stop, take-profit, trailing exits.
 
-    It also follows the orders topic, so a canceled or rejected order stops counting as open."""
+    It also follows the orders and the fills, so what an order has filled, and all of an order that
+    is done, stops counting as open."""
 
     name = "risk"
 
     def __init__(self, engine: RiskEngine, portfolio: Portfolio, trading_timeframe: str) -> None:
         self.engine = engine
         self.portfolio = portfolio
-        self.inputs = (candle_topic(trading_timeframe), INTENTS.name, ORDERS.name)
+        self.inputs = (candle_topic(trading_timeframe), INTENTS.name, ORDERS.name, FILLS.name)
 
     def handle(self, topic: str, payload: Any) -> Out:
-        if topic == ORDERS.name:  # order states release what risk reserved for them
+        if topic == ORDERS.name:  # order states and fills release what risk reserved for them
             self.engine.on_order(payload)
+            return []
+        if topic == FILLS.name:
+            self.engine.on_fill(payload)
             return []
         if topic == INTENTS.name:
             intent: OrderIntent = payload
@@ -435,7 +439,7 @@ def build_stages(
         CandleStage(config.timeframes),
         ExecutionStage(broker, portfolio, tf, config.fill_on),
         PortfolioStage(portfolio, tf),
-        RiskStage(RiskEngine(config.risk, markets), portfolio, tf),
+        RiskStage(RiskEngine(config.risk, markets, config.fee_taker), portfolio, tf),
         SignalStage(config, portfolio),  # before indicators: it keeps the candle the values belong to
         IndicatorStage(config.timeframes, [*needed, *config.indicators]),
     ]

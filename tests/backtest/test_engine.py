@@ -17,11 +17,13 @@ from mambo.backtest.data import CandleFrame, load_candles
 from mambo.backtest.engine import (
     BacktestResult,
     LookAheadError,
+    Mode,
     run_backtest,
     run_events,
     run_vectorized,
     vector_refusal,
 )
+from mambo.backtest.metrics import compute_metrics
 from mambo.core.risk import RiskConfig
 from mambo.core.stages import EngineConfig
 from mambo.core.strategies import BatchDecisions, RsiReversion, SmaCross, Strategy
@@ -100,9 +102,11 @@ CONFIGS = {
     "rejections": EngineConfig(
         strategies=("macd_cross",),
         order_qty=Decimal("2.5"),
-        initial_cash=Decimal("100000"),
-        risk=RiskConfig(max_exposure_per_symbol=Decimal("1.19"), max_orders_per_minute=1),
+        initial_cash=Decimal("150000"),
+        risk=RiskConfig(max_exposure_per_symbol=Decimal("0.79"), max_orders_per_minute=1),
     ),
+    # a fixed qty the cash pays for only at some prices: buying power refuses the rest
+    "buying_power": EngineConfig(strategies=("macd_cross",), order_qty=Decimal("2.09")),
 }
 
 
@@ -112,7 +116,7 @@ def test_vectorized_path_equals_event_path_on_real_candles(frame: CandleFrame, n
     data = frame.slice(0, 2500)  # the event path runs ~4k candles/s; half the file keeps this at ~1 s
     events, vector = run_events(data, config), run_vectorized(data, config)
     assert len(events.fills) >= 6
-    if name == "rejections":
+    if name in ("rejections", "buying_power"):
         assert events.rejections
     assert_same(events, vector)
 
@@ -201,3 +205,15 @@ def test_batch_calls_without_a_confidence_are_refused(frame: CandleFrame) -> Non
     config = EngineConfig(strategies=("tests.backtest.test_engine:WeightlessCross",))
     with pytest.raises(ValueError, match=r"weightless_cross: decide_batch gives bar \d+ side code -?1 with"):
         run_backtest(frame.slice(0, 1000), config)
+
+
+@pytest.mark.parametrize("mode", ["events", "vectorized"])
+def test_a_run_without_a_fill_has_metrics(frame: CandleFrame, mode: Mode) -> None:
+    """Held bars over no fills used to raise (zip strict over [] and [n]): a quiet strategy's run
+    is still a result, with nothing held."""
+    config = EngineConfig(strategies=("sma_cross",), strategy_params={"sma_cross": {"fast": 50, "slow": 200}})
+    head = frame.slice(0, 150)  # fewer bars than the slow average needs: no signal, no fill
+    result = run_backtest(head, config, mode=mode)
+    assert result.fills == [] and result.ledger.held_bars(len(head)) == 0
+    metrics = compute_metrics(result)
+    assert metrics["strategy"]["exposure"] == 0.0 and metrics["strategy"]["trades"] == 0

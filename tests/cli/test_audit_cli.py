@@ -13,12 +13,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from clickhouse_connect.driver.client import Client
+from rich.console import Console
 from typer.testing import CliRunner
 
 from mambo.audit.sql import fills_in_range
 from mambo.backtest.data import load_candles
 from mambo.cli import app
 from mambo.connectors.clickhouse import ClickHouseSink
+from mambo.runner import report_audit
 from mambo.schemas.events import Candle, Fill, make_id
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
@@ -66,6 +68,22 @@ def test_a_violation_exits_1_and_shows_an_example(
     row = next(line for line in done.output.splitlines() if "one candle per bar" in line)
     assert "binance:BTC/USDT 1m 2024-08-09 00:00:00.000: 2 candles" in row
     assert "1 of 10 invariants" in done.output and "broken: one candle per bar (1)" in done.output
+
+
+def test_the_demo_exits_1_when_its_audit_finds_a_violation(
+    clickhouse_client: Client, clickhouse_db: str
+) -> None:
+    """The demo's last step: the audit line, and its status as the demo's exit status."""
+    sink = ClickHouseSink(clickhouse_client, clickhouse_db)
+    sink.write("candles", [candle(make_id("md.candles", "a"), 100.5)])
+    sink.flush()
+    console = Console(record=True, width=200)
+    assert report_audit(console, clickhouse_client, clickhouse_db) == 0
+    sink.write("candles", [candle(make_id("md.candles", "b"), 100.7)])  # a second candle for the bar
+    sink.flush()
+    assert report_audit(console, clickhouse_client, clickhouse_db) == 1
+    text = console.export_text()
+    assert "broken: one candle per bar (1)" in text and "`mambo audit` shows which" in text
 
 
 def test_no_history_exits_2_with_the_reason(

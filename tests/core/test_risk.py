@@ -48,7 +48,7 @@ def intent(
     )
 
 
-def fill(side: OrderSide, qty: str, price: str, key: str = KEY, n: int = 1) -> Fill:
+def fill(side: OrderSide, qty: str, price: str, key: str = KEY, n: int = 1, cid: str = "") -> Fill:
     exchange, symbol = key.split(":")
     return Fill(
         event_id=f"f{key}{n}",
@@ -57,7 +57,7 @@ def fill(side: OrderSide, qty: str, price: str, key: str = KEY, n: int = 1) -> F
         exchange=exchange,
         symbol=symbol,
         fill_id=f"f{key}{n}",
-        client_order_id=f"o{n}",
+        client_order_id=cid or f"o{n}",
         strategy="sma",
         side=side,
         price=D(price),
@@ -187,7 +187,20 @@ def test_min_qty_and_min_notional_apply_to_entries_and_exits() -> None:
 
 def test_no_equity() -> None:
     rejected(engine().check(intent(), Portfolio(D(0)), 1), "no_equity")
-    assert isinstance(engine().check(intent(qty="1"), Portfolio(D(0)), 1), Order)  # sized by the strategy
+    # sized by the strategy, on margin: no equity to size from is no reason to refuse
+    assert isinstance(engine(cash_only=False).check(intent(qty="1"), Portfolio(D(0)), 1), Order)
+
+
+def test_a_spot_buy_needs_the_cash_that_open_buys_have_not_spoken_for() -> None:
+    """Issue 12: a fixed order qty drove spot cash negative; now a buy must be paid for, fee included."""
+    risk = RiskEngine(RiskConfig(), {KEY: BTC}, fee_rate=D("0.001"))
+    pf = Portfolio(D(1_000))
+    accepted(risk.check(intent("a", qty="6"), pf, 1))  # 600.6 of 1000
+    rejection = rejected(risk.check(intent("b", qty="4"), pf, 1), "buying_power")
+    assert rejection.reason == "a buy costing 400.4 with fees, 399.4 cash free"
+    accepted(risk.check(intent("c", qty="3.99"), pf, 1))  # 399.3999: fits
+    accepted(risk.check(intent("x", side="sell", qty="6"), pf, 1))  # a sale needs no cash
+    accepted(engine(cash_only=False).check(intent("d", qty="40"), pf, 1))  # on margin, no cash rule
 
 
 def test_max_open_positions_counts_open_orders_too() -> None:
@@ -274,20 +287,64 @@ def test_a_resting_limit_exit_does_not_block_a_stop() -> None:
     assert stop.qty == D(2)
 
 
-def test_an_open_order_stops_counting_once_the_position_moves_or_the_broker_reports_it() -> None:
+def test_an_open_order_counts_until_its_own_fills_or_the_broker_say_it_is_done() -> None:
     risk = engine()
     pf = Portfolio(D(10_000))
     pf.apply(fill("buy", "2", "100"))
-    accepted(risk.check(intent("x", side="sell", reduce_only=True), pf, 1))
+    x = accepted(risk.check(intent("x", side="sell", reduce_only=True), pf, 1))
     rejected(risk.check(intent("y", side="sell", reduce_only=True), pf, 1), "no_position")
-    pf.apply(fill("buy", "1", "100", n=2))  # the position moved: 'x' is taken as filled (no on_order needed)
-    assert accepted(risk.check(intent("z", side="sell", reduce_only=True), pf, 1)).qty == D(3)
+    pf.apply(fill("buy", "1", "100", n=2))  # another order's fill moves the position: 'x' still counts
+    assert accepted(risk.check(intent("z", side="sell", reduce_only=True), pf, 1)).qty == D(1)
+    x_fill = fill("sell", "2", "101", n=3, cid=x.client_order_id)
+    pf.apply(x_fill)
+    risk.on_fill(x_fill)  # filled whole: done, and the portfolio holds what it did
+    assert risk._projected(KEY, pf) == D(0)  # 3 - 2 filled - 1 for 'z'
     limit_buy = accepted(risk.check(intent("l", qty="1", order_type="limit", limit_price=D(90)), pf, 1))
     risk.on_order(limit_buy.model_copy(update={"status": "partially_filled", "filled_qty": D("0.4")}))
     assert risk._projected(KEY, pf) == D("0.6")  # what the limit still holds, above the 0 that 'z' leaves
     risk.on_order(limit_buy.model_copy(update={"status": "canceled"}))
     assert risk._projected(KEY, pf) == D(0)
     risk.on_order(limit_buy.model_copy(update={"status": "canceled"}))  # unknown by now: ignored
+
+
+def test_a_partial_fill_keeps_the_rest_of_the_order_under_the_exposure_limits() -> None:
+    """Issue 12 #4: one lot of a resting 4-lot limit filled, its other 3 lots still count."""
+    risk = engine(max_total_exposure=D("0.5"))
+    pf = Portfolio(D(1_000))
+    order = accepted(risk.check(intent("l", qty="4", order_type="limit", limit_price=D(100)), pf, 1))
+    first = fill("buy", "1", "100", cid=order.client_order_id)
+    pf.apply(first)
+    risk.on_fill(first)
+    risk.on_order(order.model_copy(update={"status": "partially_filled", "filled_qty": D(1)}))
+    assert risk._projected(KEY, pf) == D(4)  # 1 held + 3 resting, counted once though told twice
+    rejection = rejected(risk.check(intent("e", key=ETH, qty="3", price=100.0), pf, 1), "max_total_exposure")
+    assert rejection.reason == "exposure 700 would exceed 50% of equity 1000"
+    accepted(risk.check(intent("f", key=ETH, qty="1", price=100.0), pf, 1))  # 500: at the limit
+
+
+@pytest.mark.parametrize("update_first", [False, True])
+def test_fills_and_order_updates_in_either_order_free_an_order_once(update_first: bool) -> None:
+    risk = engine()
+    pf = Portfolio(D(10_000))
+    order = accepted(risk.check(intent("l", qty="4", order_type="limit", limit_price=D(100)), pf, 1))
+    reports: list[Any] = []
+    for n, filled in ((1, "1"), (2, "3")):
+        f = fill("buy", "1" if n == 1 else "2", "100", n=n, cid=order.client_order_id)
+        update = order.model_copy(update={"status": "partially_filled", "filled_qty": D(filled)})
+        reports += (
+            [(risk.on_order, update), (risk.on_fill, f)]
+            if update_first
+            else [
+                (risk.on_fill, f),
+                (risk.on_order, update),
+            ]
+        )
+    for call, report in reports:
+        call(report)
+    assert [r.open_qty for r in risk._reserved.values()] == [D(1)]
+    last = fill("buy", "1", "100", n=3, cid=order.client_order_id)
+    risk.on_fill(last)
+    assert not risk._reserved
 
 
 def test_cooldown_after_a_stop_out() -> None:
