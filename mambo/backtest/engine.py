@@ -62,7 +62,10 @@ __all__ = [
     "Ledger",
     "LookAheadError",
     "Progress",
+    "Recorder",
     "backtest_config",
+    "frame_markets",
+    "progress_every",
     "run_backtest",
     "run_events",
     "run_vectorized",
@@ -196,7 +199,7 @@ class BacktestResult:
         return self.equity_at(len(self.frame) - 1) if len(self.frame) else self.ledger.initial_cash
 
 
-class _Recorder:
+class Recorder:
     """Keeps the events a result reports: fills, directional aggregated signals, rejections."""
 
     def __init__(self) -> None:
@@ -213,7 +216,7 @@ class _Recorder:
             self.rejections.append(payload)
 
 
-def _markets(frame: CandleFrame, market: Market | None) -> dict[str, Market]:
+def frame_markets(frame: CandleFrame, market: Market | None) -> dict[str, Market]:
     """The market's rules: those given, else the tick its prices are quoted on (never a made-up one:
     a 0.01 default put every fill of a coin at 0.12 outside its bar)."""
     if market is None:
@@ -222,7 +225,7 @@ def _markets(frame: CandleFrame, market: Market | None) -> dict[str, Market]:
     return {frame.key: market}
 
 
-def _progress_every(n: int) -> int:
+def progress_every(n: int) -> int:
     return max(1, n // 200)
 
 
@@ -234,10 +237,10 @@ def run_events(
 ) -> BacktestResult:
     """The reference path: every candle through the embedded runtime, one at a time."""
     config = backtest_config(config, frame.timeframe)
-    runtime = EmbeddedRuntime(config, _markets(frame, market))
-    rec = _Recorder()
+    runtime = EmbeddedRuntime(config, frame_markets(frame, market))
+    rec = Recorder()
     runtime.observe(rec)
-    n, every = len(frame), _progress_every(len(frame))
+    n, every = len(frame), progress_every(len(frame))
     portfolio, equity = runtime.portfolio, []
     for i in range(n):
         runtime.ingest_candles([frame.candle(i)])
@@ -310,7 +313,7 @@ class _SparseRun:
             [s.name for s in strategies], threshold=config.aggregation_threshold
         )
         self.policy = IntentPolicy(qty=config.order_qty, allow_short=config.allow_short)
-        self.rec = _Recorder()
+        self.rec = Recorder()
 
     def bar(self, i: int, active: bool) -> None:
         """Candle ``i`` through the stages; ``active``: some strategy calls buy or sell on it."""
@@ -436,9 +439,9 @@ def run_vectorized(
     for sides, _ in decisions:
         active |= sides != 0
     wanted = np.flatnonzero(active).tolist()
-    run = _SparseRun(frame, config, _markets(frame, market), strategies, decisions)
+    run = _SparseRun(frame, config, frame_markets(frame, market), strategies, decisions)
     broker, key = run.broker, frame.key
-    every = _progress_every(n)
+    every = progress_every(n)
 
     with _cyclic_gc_paused():
         last = -1  # the last bar handed to the operators
