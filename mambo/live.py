@@ -87,9 +87,12 @@ class LiveSession:
         self.venue = ExchangeVenue(
             self.broker, poll_seconds=poll_seconds, before_send=lambda: self.sink.flush(ORDERS.table)
         )
-        self.runtime = EmbeddedRuntime(
-            settings.engine.to_config(), markets, known_markets=self.keys, venue=self.venue
-        )
+        accounts = settings.account_configs()
+        if len(accounts) > 1:  # one exchange session, one set of keys: one account
+            raise ValueError(
+                f"{len(accounts)} accounts configured; trading on an exchange runs one account per process"
+            )
+        self.runtime = EmbeddedRuntime(accounts, markets, known_markets=self.keys, venue=self.venue)
         self.venue.deliver = self.runtime.report
         self.runtime.observe(SinkObserver(self.sink))
         for observer in observers:

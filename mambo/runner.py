@@ -66,7 +66,12 @@ class PipelineStats:
     realized: dict[str, Decimal] = field(default_factory=dict)
     fees: dict[str, Decimal] = field(default_factory=dict)
     candles: Counter[str] = field(default_factory=Counter)
-    equity: EquitySnapshot | None = None
+    equity: dict[str, EquitySnapshot] = field(default_factory=dict)  # each account's latest
+
+    @property
+    def total_equity(self) -> Decimal | None:
+        """The accounts' equity together, as last reported (None before the first report)."""
+        return sum((e.equity for e in self.equity.values()), Decimal(0)) if self.equity else None
 
     def __call__(self, topic: str, payload: Any) -> None:
         self.topics[topic] += len(payload) if isinstance(payload, TradeBatch) else 1
@@ -81,7 +86,7 @@ class PipelineStats:
             self.realized[payload.key] = self.realized.get(payload.key, Decimal(0)) + payload.realized_pnl
             self.fees[payload.key] = self.fees.get(payload.key, Decimal(0)) + payload.fee
         elif isinstance(payload, EquitySnapshot):
-            self.equity = payload
+            self.equity[payload.account] = payload
 
     @property
     def dead_letters(self) -> int:
@@ -99,14 +104,26 @@ def _progress_table(p: ReplayProgress, s: PipelineStats, total: int) -> Table:
     t.add_row("signals (buy/sell)", f"{sum(s.signals.values()):,}")
     t.add_row("orders / fills", f"{sum(s.orders.values()):,} / {sum(s.fills.values()):,}")
     t.add_row("rejections / dead letters", f"{s.topics['risk.rejections']:,} / {s.dead_letters:,}")
-    t.add_row("equity", f"{s.equity.equity:,.2f}" if s.equity else "-")
+    equity = s.total_equity
+    t.add_row("equity", f"{equity:,.2f}" if equity is not None else "-")
     return t
+
+
+def _equity_line(rt: EmbeddedRuntime) -> str:
+    """The accounts' equity at the end against their start, each account's when there are several."""
+    pfs = rt.portfolios.values()
+    line = (
+        f"equity {sum((p.equity for p in pfs), Decimal(0)):,.2f}"
+        f" (start {sum((p.initial_cash for p in pfs), Decimal(0)):,.2f})"
+    )
+    if len(pfs) > 1:
+        line += " = " + " + ".join(f"{p.account} {p.equity:,.2f}" for p in pfs)
+    return line
 
 
 def summary_table(
     rt: EmbeddedRuntime, s: PipelineStats, markets: list[str], title: str = "mambo demo: summary"
 ) -> Table:
-    pf = rt.portfolio
     t = Table(title=title)
     for col in (
         "market",
@@ -128,7 +145,7 @@ def summary_table(
             str(s.signals[(key, "sell")]),
             str(s.orders[key]),
             str(s.fills[key]),
-            f"{pf.position(key).normalize():f}",
+            f"{sum((p.position(key) for p in rt.portfolios.values()), Decimal(0)).normalize():f}",
             f"{s.realized.get(key, Decimal(0)):,.2f}",
             f"{s.fees.get(key, Decimal(0)):,.2f}",
         )
@@ -179,7 +196,7 @@ async def run_demo(
         )
         console.print(rules.note)
         markets[key] = rules.market
-    runtime = EmbeddedRuntime(settings.engine.to_config(), markets, known_markets=recording.markets)
+    runtime = EmbeddedRuntime(settings.account_configs(), markets, known_markets=recording.markets)
     sink = ClickHouseSink(client, db, batch_rows=settings.clickhouse.batch_rows)
     stats = PipelineStats()
     runtime.observe(stats)
@@ -205,10 +222,8 @@ async def run_demo(
     sink.flush()
     demo_history.end(client, db, settings.data_dir)
     console.print(Group(summary_table(runtime, stats, recording.markets)))
-    cash = settings.engine.initial_cash
-    equity = stats.equity.equity if stats.equity else cash
     console.print(
-        f"equity {equity:,.2f} (start {cash:,.2f}); "
+        f"{_equity_line(runtime)}; "
         f"history in ClickHouse at {settings.data_dir / 'clickhouse'}: try\n"
         f'  mambo sql "SELECT strategy, count() AS fills, sum(realized_pnl) AS pnl, sum(fee) AS fees '
         f'FROM fills GROUP BY strategy"'
@@ -318,12 +333,11 @@ async def _exchange_demo(
         await client.close()
         await server.cleanup()
     console.print(Group(summary_table(session.runtime, stats, session.keys)))
-    equity = stats.equity.equity if stats.equity else cash
     exchange_orders = len(local.orders)
     console.print(
         f"{exchange_orders} orders reached the exchange, {session.venue.counts['fills']} fills came back"
         f"{'' if settled else ' (some orders still open at the end)'}; "
-        f"equity {equity:,.2f} (start {cash:,.2f}); "
+        f"{_equity_line(session.runtime)}; "
         f"history in ClickHouse at {settings.data_dir / 'clickhouse'}: try\n"
         f'  mambo sql "SELECT strategy, count() AS fills, sum(realized_pnl) AS pnl, sum(fee) AS fees '
         f'FROM fills GROUP BY strategy"'

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
+from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -25,10 +27,11 @@ from pydantic_settings import (
 )
 
 from mambo.core.risk import RiskConfig
-from mambo.core.stages import DEFAULT_INDICATORS, EngineConfig, reject_repeats
-from mambo.schemas.events import timeframe_ns
+from mambo.core.stages import DEFAULT_INDICATORS, Account, EngineConfig, reject_repeats
+from mambo.schemas.events import DEFAULT_ACCOUNT, split_key, timeframe_ns
 
 __all__ = [
+    "AccountSettings",
     "ApiSettings",
     "ClickHouseSettings",
     "EngineSettings",
@@ -36,6 +39,9 @@ __all__ = [
     "MamboSettings",
     "load_settings",
 ]
+
+
+_ACCOUNT_ID = re.compile(r"[A-Za-z0-9_.-]+")
 
 
 def _csv_or_json(v: Any) -> Any:
@@ -106,6 +112,31 @@ class EngineSettings(BaseModel):
         return EngineConfig(**{name: getattr(self, name) for name in EngineSettings.model_fields})
 
 
+class AccountSettings(BaseModel):
+    """One trading account (``[accounts.<id>]``): its markets and what it trades them with. What it
+    leaves out comes from ``[engine]``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    markets: Annotated[tuple[str, ...], NoDecode] = ()  # exchange:symbol keys; empty: every market
+    strategies: Annotated[tuple[str, ...], NoDecode] | None = None
+    initial_cash: Decimal | None = Field(None, gt=0)
+    order_qty: Decimal | None = Field(None, gt=0)
+    risk: RiskConfig | None = None
+
+    @field_validator("markets", "strategies", mode="before")
+    @classmethod
+    def _split_csv(cls, v: Any) -> Any:
+        return _csv_or_json(v)
+
+    @field_validator("markets")
+    @classmethod
+    def _keys(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for key in v:
+            split_key(key)
+        return reject_repeats("markets", v)
+
+
 class ApiSettings(BaseModel):
     """The API service (:mod:`mambo.api`). ``auth="open"`` (no keys) is refused on a non-loopback host."""
 
@@ -141,7 +172,55 @@ class MamboSettings(BaseSettings):
     clickhouse: ClickHouseSettings = Field(default_factory=ClickHouseSettings)
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     engine: EngineSettings = Field(default_factory=EngineSettings)
+    #: the trading accounts by id; by default one, ``main``, over every market
+    accounts: dict[str, AccountSettings] = Field(default_factory=lambda: {DEFAULT_ACCOUNT: AccountSettings()})
     api: ApiSettings = Field(default_factory=ApiSettings)
+
+    @field_validator("accounts")
+    @classmethod
+    def _accounts(cls, v: dict[str, AccountSettings]) -> dict[str, AccountSettings]:
+        if not v:
+            raise ValueError("at least one account")
+        for name in v:
+            if not _ACCOUNT_ID.fullmatch(name):
+                raise ValueError(f"account id {name!r}: letters, digits, '_', '-' and '.' only")
+        if len(v) > 1:
+            seen: dict[str, str] = {}
+            for name, account in v.items():
+                if not account.markets:
+                    raise ValueError(f"account {name}: with several accounts each names its markets")
+                for key in account.markets:
+                    if key in seen:
+                        raise ValueError(
+                            f"market {key} is in accounts {seen[key]} and {name}: one account each"
+                        )
+                    seen[key] = name
+        return v
+
+    def per_market_config(self) -> EngineConfig:
+        """The engine of the Kafka runtime, which trades each market as its own account
+        (:mod:`mambo.streams.markets`); ValueError when accounts are configured, which it cannot honour
+        yet (they run in ``mambo demo`` and backtests)."""
+        if set(self.accounts) != {DEFAULT_ACCOUNT} or self.accounts[DEFAULT_ACCOUNT] != AccountSettings():
+            raise ValueError(
+                "the Kafka runtime trades each market as its own account: [accounts] settings run in mambo "
+                "demo and backtests, not on Kafka yet"
+            )
+        return self.engine.to_config()
+
+    def account_configs(self) -> list[Account]:
+        """Each account as the core's :class:`~mambo.core.stages.Account`: ``[engine]`` with what the
+        account sets instead, and its markets (None: every market)."""
+        base = self.engine.to_config()
+        out = []
+        for name, a in self.accounts.items():
+            changes: dict[str, Any] = {"account": name}
+            for field_name in ("strategies", "initial_cash", "order_qty", "risk"):
+                value = getattr(a, field_name)
+                if value is not None:
+                    changes[field_name] = value
+            out.append(Account(replace(base, **changes), frozenset(a.markets) if a.markets else None))
+        return out
 
     @model_validator(mode="before")
     @classmethod

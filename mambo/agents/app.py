@@ -481,7 +481,7 @@ def faust_worker(
     folder.mkdir(parents=True, exist_ok=True)
     pipeline = FaustPipeline(
         settings.kafka.bootstrap or "127.0.0.1:9092",
-        settings.engine.to_config(),
+        settings.per_market_config(),
         folder,
         guarantee=settings.kafka.processing_guarantee,
         prefix=prefix,

@@ -72,6 +72,9 @@ SymbolQ = Annotated[
     Query(max_length=200, description="`exchange:symbol` (e.g. `binance:BTC/USDT`) or a bare symbol"),
 ]
 StrategyQ = Annotated[str | None, Query(max_length=200, description="strategy name, e.g. `sma_cross`")]
+AccountQ = Annotated[
+    str | None, Query(max_length=200, pattern=r"^[A-Za-z0-9_.:/-]+$", description="account id, e.g. `main`")
+]
 TimeframeQ = Annotated[str | None, Query(max_length=10, description="e.g. `1s`, `1m`, `1h`")]
 StartQ = Annotated[datetime | None, Query(description="from this time (ISO-8601, UTC if no zone), inclusive")]
 EndQ = Annotated[datetime | None, Query(description="to this time, exclusive")]

@@ -146,6 +146,10 @@ class _Where:
         self.clauses.append(clause)
         self.params.update(params)
 
+    def account(self, account: str | None) -> None:
+        if account:
+            self.add("account = {account:String}", account=account)
+
     def market(self, symbol: str | None) -> None:
         if not symbol:
             return
@@ -288,13 +292,16 @@ class SignalService:
         with self.lock:
             return list(self.client.query(sql, parameters=params).result_rows)
 
-    def _latest_where(self, table: str, symbol: str | None) -> _Where:
+    def _latest_where(self, table: str, symbol: str | None, account: str | None = None) -> _Where:
+        """The rows at each market's latest time (each account's, for a table of accounts)."""
         where = _Where()
         where.market(symbol)
+        where.account(account)
         inner = f" WHERE {where.sql()}" if where.clauses else ""
+        group = "account, exchange, symbol" if table == "positions" else "exchange, symbol"
         where.add(
-            f"(exchange, symbol, ts_event) IN (SELECT exchange, symbol, toUnixTimestamp64Nano(max(ts_event)) "
-            f"FROM `{self.database}`.`{table}`{inner} GROUP BY exchange, symbol)"
+            f"({group}, ts_event) IN (SELECT {group}, toUnixTimestamp64Nano(max(ts_event)) "
+            f"FROM `{self.database}`.`{table}`{inner} GROUP BY {group})"
         )
         return where
 
@@ -362,8 +369,10 @@ class SignalService:
         status: str | None,
         when: TimeRange,
         page: PageRequest,
+        account: str | None = None,
     ) -> Page[Order]:
         where = _Where()
+        where.account(account)
         where.market(symbol)
         where.time(when)
         if strategy:
@@ -373,26 +382,35 @@ class SignalService:
         return self._page("orders", where, page)
 
     def fills(
-        self, symbol: str | None, strategy: str | None, when: TimeRange, page: PageRequest
+        self,
+        symbol: str | None,
+        strategy: str | None,
+        when: TimeRange,
+        page: PageRequest,
+        account: str | None = None,
     ) -> Page[Fill]:
         where = _Where()
+        where.account(account)
         where.market(symbol)
         where.time(when)
         if strategy:
             where.add("strategy = {strategy:String}", strategy=strategy)
         return self._page("fills", where, page)
 
-    def positions(self, symbol: str | None = None) -> list[Position]:
-        """Each market's latest position (after its last fill or mark)."""
-        rows: list[Position] = self._events("positions", self._latest_where("positions", symbol))
-        return [p for _, p in sorted({r.key: r for r in rows}.items())]
+    def positions(self, symbol: str | None = None, account: str | None = None) -> list[Position]:
+        """Each account's latest position in each market (after its last fill or mark)."""
+        rows: list[Position] = self._events("positions", self._latest_where("positions", symbol, account))
+        return [p for _, p in sorted({(r.account, r.key): r for r in rows}.items())]
 
-    def pnl(self, when: TimeRange, page: PageRequest) -> PnlReport:
-        """The equity curve (a page of snapshots) and realized PnL and fees per strategy."""
+    def pnl(self, when: TimeRange, page: PageRequest, account: str | None = None) -> PnlReport:
+        """The equity curve (a page of snapshots) and realized PnL and fees per strategy (of one
+        account, or of all)."""
         where = _Where()
+        where.account(account)
         where.time(when)
         equity: Page[EquitySnapshot] = self._page("equity", where, page)
         fills = _Where()
+        fills.account(account)
         fills.time(when, "toUnixTimestamp64Nano(ts_event)")
         cond = f" WHERE {fills.sql()}" if fills.clauses else ""
         rows = self._query(

@@ -24,37 +24,38 @@ __all__ = ["fills_sum_to_positions"]
 
 
 def fills_sum_to_positions(client: Client, database: str) -> Finding:
-    """Per market, the running signed sum of fills equals the position after each fill, and the whole
-    sum the market's last position (see the module docstring). One violation per market at most: the
-    first place where they part."""
+    """Per account and market, the running signed sum of fills equals the position after each fill, and
+    the whole sum the market's last position (see the module docstring). One violation per account and
+    market at most: the first place where they part."""
     fills = client.query(
-        "SELECT exchange, symbol, toUnixTimestamp64Nano(ts_event), fill_id, side, qty, fee, fee_currency "
-        f"FROM `{database}`.`fills` FINAL ORDER BY exchange, symbol, ts_event"
+        "SELECT account, exchange, symbol, toUnixTimestamp64Nano(ts_event), fill_id, side, qty, fee, "
+        f"fee_currency FROM `{database}`.`fills` FINAL ORDER BY account, exchange, symbol, ts_event"
     ).result_rows
     positions: dict[str, Decimal] = {}
-    last: dict[str, tuple[int, set[Decimal]]] = {}
-    for event_id, key, ts, qty in client.query(
-        "SELECT event_id, concat(exchange, ':', symbol), toUnixTimestamp64Nano(ts_event), qty "
+    last: dict[tuple[str, str], tuple[int, set[Decimal]]] = {}
+    for event_id, account, market, ts, qty in client.query(
+        "SELECT event_id, account, concat(exchange, ':', symbol), toUnixTimestamp64Nano(ts_event), qty "
         f"FROM `{database}`.`positions` FINAL ORDER BY ts_event"
     ).result_rows:
         positions[event_id] = qty
+        key = (account, market)
         if key not in last or ts > last[key][0]:
             last[key] = (ts, set())
         last[key][1].add(qty)
-    by_market: dict[str, list[tuple[int, str, Decimal]]] = defaultdict(list)
-    for ex, sym, ts, fill_id, side, qty, fee, currency in fills:
-        by_market[market_key(ex, sym)].append((ts, fill_id, held(side, qty, fee, currency, sym)))
+    by_market: dict[tuple[str, str], list[tuple[int, str, Decimal]]] = defaultdict(list)
+    for account, ex, sym, ts, fill_id, side, qty, fee, currency in fills:
+        by_market[(account, market_key(ex, sym))].append((ts, fill_id, held(side, qty, fee, currency, sym)))
     bad, example = 0, ""
     for key in sorted(by_market.keys() | last.keys()):
         problem = _first_difference(key, by_market.get(key, []), positions, last.get(key))
         if problem:
             bad += 1
-            example = example or f"{key}: {problem}"
+            example = example or f"{key[0]} {key[1]}: {problem}"
     return Finding("fills sum to positions", len(by_market.keys() | last.keys()), bad, example)
 
 
 def _first_difference(
-    key: str,
+    key: tuple[str, str],
     fills: list[tuple[int, str, Decimal]],
     positions: dict[str, Decimal],
     last: tuple[int, set[Decimal]] | None,
@@ -65,7 +66,7 @@ def _first_difference(
         for _, fill_id, change in group:
             ids.append(fill_id)
             total = MONEY.add(total, change)
-        after = {q for i in ids if (q := positions.get(make_id("position", key, i))) is not None}
+        after = {q for i in ids if (q := positions.get(make_id("position", *key, i))) is not None}
         if not after:
             return f"fill {ids[0]} at {when(ts)} has no position after it"
         if total not in after:

@@ -299,7 +299,7 @@ class _SparseRun:
         decisions: list[tuple[npt.NDArray[np.int8], npt.NDArray[np.float64]]],
     ) -> None:
         self.frame, self.key = frame, frame.key
-        self.portfolio = Portfolio(config.initial_cash)
+        self.portfolio = Portfolio(config.initial_cash, account=config.account)
         self.broker = PaperBroker(
             fee_maker=config.fee_maker,
             fee_taker=config.fee_taker,
@@ -307,12 +307,14 @@ class _SparseRun:
             markets=markets,
             order_updates=False,  # nobody reads acks here; risk learns from the fills
         )
-        self.risk = RiskEngine(config.risk, markets, config.fee_taker)
+        self.risk = RiskEngine(config.risk, markets, config.fee_taker, config.account)
         self.decisions = decisions
         self.aggregator = SignalAggregator(
             [s.name for s in strategies], threshold=config.aggregation_threshold
         )
-        self.policy = IntentPolicy(qty=config.order_qty, allow_short=config.allow_short)
+        self.policy = IntentPolicy(
+            qty=config.order_qty, allow_short=config.allow_short, account=config.account
+        )
         self.rec = Recorder()
 
     def bar(self, i: int, active: bool) -> None:

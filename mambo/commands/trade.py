@@ -140,7 +140,8 @@ async def _trade(
                 if time.monotonic() - last >= 5:
                     last = time.monotonic()
                     session.flush()
-                    equity = f"{stats.equity.equity:,.2f}" if stats.equity else "-"
+                    total = stats.total_equity
+                    equity = f"{total:,.2f}" if total is not None else "-"
                     orders, fills = sum(stats.orders.values()), sum(stats.fills.values())
                     typer.echo(f"trades {stats.topics['md.trades']:,} | orders {orders} | fills {fills} | "
                                f"equity {equity}")  # fmt: skip

@@ -64,6 +64,7 @@ from mambo.schemas.ddl import (
     TIMESTAMP_FIELDS,
     TIMESTAMP_TYPE,
     Column,
+    add_column_sql,
     all_ddl,
     table_columns,
     table_drift,
@@ -170,12 +171,20 @@ def _hint(kind: str, ex: Exception) -> str:
 def ensure_schema(client: Client, database: str) -> None:
     """Create the database and every table if missing (idempotent), then check they match the models.
 
-    Makes ``database`` the client's default. Raises :class:`SchemaDriftError` listing every column that
-    differs: an existing table is never altered here.
+    Makes ``database`` the client's default. A column a model gained since its table was made is added,
+    its existing rows taking the field's default (the ``account`` of histories from before accounts:
+    ``main``); any other difference raises :class:`SchemaDriftError` listing every column that differs,
+    and nothing is altered for it.
     """
     for statement in all_ddl(database):
         client.command(statement)
     client.database = database
+    for table in TABLES:  # a field added to a model since the table was made: added, with its default
+        for d in table_drift(client, table, database):
+            added = add_column_sql(table, database, d.column) if d.actual is None else None
+            if added is not None:
+                client.command(added)
+                log.info("clickhouse.column_added", table=table, column=d.column, type=d.expected)
     drift = {table: diffs for table in TABLES if (diffs := table_drift(client, table, database))}
     if drift:
         lines = [f"  {database}.{table}.{d}" for table, diffs in drift.items() for d in diffs]

@@ -241,6 +241,7 @@ class ExchangeBroker:
         ts = int(trade.get("timestamp") or ccxt_order.get("timestamp") or 0) * _MS
         return Fill(
             event_id=fill_id,
+            account=order.account,
             ts_event=ts,
             ts_init=self.clock(),
             exchange=order.exchange,

@@ -354,6 +354,7 @@ class PaperBroker:
         fill_id = make_id("fill", order.client_order_id, entry.fills)
         fill = Fill(
             event_id=fill_id,
+            account=order.account,
             ts_event=ts,
             ts_init=ts_init,
             exchange=order.exchange,

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from decimal import Decimal
 
-from mambo.schemas.events import AggregatedSignal, OrderIntent, OrderSide, make_id
+from mambo.schemas.events import DEFAULT_ACCOUNT, AggregatedSignal, OrderIntent, OrderSide, make_id
 
 __all__ = ["IntentPolicy"]
 
@@ -24,13 +24,14 @@ class IntentPolicy:
     * anything else (hold, a signal in the direction already held): no intent.
 
     A signal never reverses a position in one order: the opposite signal closes it and a later signal
-    opens the next one from flat. The intent's ``client_order_id`` derives from the signal's id, so a
-    restarted agent that sees the same signal again asks for the same order, which execution sends
-    once.
+    opens the next one from flat. The intent's ``client_order_id`` derives from the account and the
+    signal's id, so a restarted agent that sees the same signal again asks for the same order, which
+    execution sends once, and two accounts trading one market never share an order id.
     """
 
     qty: Decimal | None = None
     allow_short: bool = False
+    account: str = DEFAULT_ACCOUNT
 
     def __post_init__(self) -> None:
         if self.qty is not None and not (
@@ -53,8 +54,8 @@ class IntentPolicy:
                 return self._intent(sig, "sell", self.qty, False, f"open short: {why}", ts_init)
         return None
 
-    @staticmethod
     def _intent(
+        self,
         sig: AggregatedSignal,
         side: OrderSide,
         qty: Decimal | None,
@@ -62,9 +63,10 @@ class IntentPolicy:
         reason: str,
         ts_init: int,
     ) -> OrderIntent:
-        client_order_id = make_id("order", sig.event_id)
+        client_order_id = make_id("order", self.account, sig.event_id)
         return OrderIntent(
             event_id=make_id("order_intent", client_order_id),
+            account=self.account,
             ts_event=sig.ts_event,
             ts_init=ts_init,
             exchange=sig.exchange,

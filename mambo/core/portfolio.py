@@ -32,7 +32,7 @@ from decimal import ROUND_HALF_EVEN, Context, Decimal, localcontext
 from types import MappingProxyType
 
 from mambo.core.market import to_decimal
-from mambo.schemas.events import EquitySnapshot, Fill, Position, make_id, split_key
+from mambo.schemas.events import DEFAULT_ACCOUNT, EquitySnapshot, Fill, Position, make_id, split_key
 
 __all__ = ["MONEY", "Portfolio", "PositionState", "booked_qty_and_fee", "held"]
 
@@ -117,7 +117,7 @@ class Portfolio:
     """Cash, positions and equity of one account, long and short, updated fill by fill."""
 
     initial_cash: Decimal
-    account: str = "paper"
+    account: str = DEFAULT_ACCOUNT
     cash: Decimal = field(init=False)
     #: Highest equity seen after any fill or mark; drawdown is measured from it.
     peak_equity: Decimal = field(init=False)
@@ -245,10 +245,10 @@ class Portfolio:
                 drawdown=self.drawdown,
             )
 
-    @staticmethod
-    def _position_event(pos: PositionState, ts_event: int, ts_init: int, source: str) -> Position:
+    def _position_event(self, pos: PositionState, ts_event: int, ts_init: int, source: str) -> Position:
         return Position(
-            event_id=make_id("position", pos.key, source),
+            event_id=make_id("position", self.account, pos.key, source),
+            account=self.account,
             ts_event=ts_event,
             ts_init=ts_init,
             exchange=pos.exchange,

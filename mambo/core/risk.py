@@ -45,6 +45,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from mambo.core.market import Market, to_decimal
 from mambo.core.portfolio import MONEY, Portfolio
 from mambo.schemas.events import (
+    DEFAULT_ACCOUNT,
     FINAL_STATUSES,
     Candle,
     Fill,
@@ -131,6 +132,8 @@ class RiskEngine:
     markets: InitVar[Mapping[str, Market] | None] = None
     #: the fee a buy's cash must also cover (the venue's taker rate)
     fee_rate: Decimal = _ZERO
+    #: the account whose stops this engine places (its orders and rejections take their intent's)
+    account: str = DEFAULT_ACCOUNT
     #: True once the drawdown kill switch has fired; only :meth:`resume` clears it.
     halted: bool = field(init=False, default=False)
     _markets: dict[str, Market] = field(init=False)
@@ -162,6 +165,7 @@ class RiskEngine:
         except _Denied as denied:
             return RiskRejection(
                 event_id=make_id("rejection", intent.client_order_id),
+                account=intent.account,
                 ts_event=intent.ts_event,
                 ts_init=ts_init,
                 exchange=intent.exchange,
@@ -219,6 +223,7 @@ class RiskEngine:
         )
         return Order(
             event_id=make_id("order", intent.client_order_id),
+            account=intent.account,
             ts_event=intent.ts_event,
             ts_init=ts_init,
             exchange=intent.exchange,
@@ -405,10 +410,11 @@ class RiskEngine:
         rule, reason = fired
         if rule != "take_profit":
             self._cooldown_until[key] = candle.ts_event + self.config.cooldown_ns
-        client_order_id = make_id("stop", key, candle.ts_event, rule)
+        client_order_id = make_id("stop", self.account, key, candle.ts_event, rule)
         return [
             OrderIntent(
                 event_id=make_id("intent", client_order_id),
+                account=self.account,
                 ts_event=candle.ts_event,
                 ts_init=ts_init,
                 exchange=candle.exchange,

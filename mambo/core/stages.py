@@ -43,6 +43,7 @@ from mambo.core.risk import RiskConfig, RiskEngine
 from mambo.core.strategies import Bar, Strategy, load_strategy, make_signal
 from mambo.schemas.batches import TradeBatch
 from mambo.schemas.events import (
+    DEFAULT_ACCOUNT,
     FINAL_STATUSES,
     AggregatedSignal,
     Candle,
@@ -73,6 +74,7 @@ from mambo.schemas.topics import (
 
 __all__ = [
     "DEFAULT_INDICATORS",
+    "Account",
     "CandleStage",
     "EngineConfig",
     "ExecutionStage",
@@ -109,6 +111,9 @@ class EngineConfig:
     slippage_bps: Decimal = Decimal(0)
     fill_on: Literal["trades", "candles"] = "trades"
     risk: RiskConfig = field(default_factory=RiskConfig)
+    #: the account these stages trade for: its id is on every intent, order, fill, position and
+    #: equity snapshot they make
+    account: str = DEFAULT_ACCOUNT
 
     def __post_init__(self) -> None:
         for tf in (*self.timeframes, self.trading_timeframe):
@@ -227,7 +232,7 @@ class ExecutionStage(Stage):
 
     def handle(self, topic: str, payload: Any) -> Out:
         if topic == ORDERS.name:
-            if payload.status != "new":
+            if payload.status != "new" or payload.account != self.portfolio.account:
                 return []
             # the broker's "new" acknowledgement repeats the order already on the topic: only
             # rejections and later states are news
@@ -332,16 +337,21 @@ class SignalStage(Stage):
 
     name = "signals"
 
-    def __init__(self, config: EngineConfig, portfolio: Portfolio) -> None:
+    def __init__(
+        self, config: EngineConfig, portfolio: Portfolio, markets: frozenset[str] | None = None
+    ) -> None:
         self.config = config
         self.portfolio = portfolio
+        self.markets = markets  # the account's markets; None: every market
         self.timeframe = config.trading_timeframe
         self.inputs = (candle_topic(self.timeframe), INDICATORS.name, ORDERS.name, REJECTIONS.name)
         self.in_flight: dict[str, str] = {}  # market key -> client order id of its last intent
         self.last_candle: dict[str, Candle] = {}
         self.strategies: dict[str, list[Strategy]] = {}
         self.aggregators: dict[str, SignalAggregator] = {}
-        self.policy = IntentPolicy(qty=config.order_qty, allow_short=config.allow_short)
+        self.policy = IntentPolicy(
+            qty=config.order_qty, allow_short=config.allow_short, account=config.account
+        )
 
     def _strategies(self, key: str) -> list[Strategy]:
         s = self.strategies.get(key)
@@ -356,7 +366,11 @@ class SignalStage(Stage):
         return s
 
     def handle(self, topic: str, payload: Any) -> Out:
+        if self.markets is not None and payload.key not in self.markets:
+            return []
         if topic == ORDERS.name or topic == REJECTIONS.name:
+            if payload.account != self.config.account:
+                return []
             done = topic == REJECTIONS.name or payload.status in FINAL_STATUSES
             if done and self.in_flight.get(payload.key) == payload.client_order_id:
                 del self.in_flight[payload.key]
@@ -397,8 +411,11 @@ class RiskStage(Stage):
         self.engine = engine
         self.portfolio = portfolio
         self.inputs = (candle_topic(trading_timeframe), INTENTS.name, ORDERS.name, FILLS.name)
+        self._own = frozenset((INTENTS.name, ORDERS.name, FILLS.name))  # events of one account
 
     def handle(self, topic: str, payload: Any) -> Out:
+        if topic in self._own and payload.account != self.engine.account:
+            return []
         if topic == ORDERS.name:  # order states and fills release what risk reserved for them
             self.engine.on_order(payload)
             return []
@@ -412,34 +429,59 @@ class RiskStage(Stage):
         return [(INTENTS.name, i) for i in self.engine.on_candle(payload, self.portfolio, payload.ts_init)]
 
 
-def build_stages(
-    config: EngineConfig, markets: Mapping[str, Market], venue: Venue | None = None
-) -> list[Stage]:
-    """Every stage of the trading pipeline, sharing one account, in dispatch order.
+@dataclass(frozen=True)
+class Account:
+    """One account of a run: its configuration (``config.account`` is its id) and its markets."""
 
-    ``venue``: where orders go; None is a paper broker with the config's fees and slippage."""
-    portfolio = Portfolio(config.initial_cash)
-    broker: Venue = (
-        venue
-        if venue is not None
-        else PaperBroker(
-            fee_maker=config.fee_maker,
-            fee_taker=config.fee_taker,
-            slippage_bps=config.slippage_bps,
-            markets=markets,
+    config: EngineConfig
+    #: the ``exchange:symbol`` keys it trades; None: every market the run sees
+    markets: frozenset[str] | None = None
+
+
+def build_stages(
+    config: EngineConfig | Sequence[Account], markets: Mapping[str, Market], venue: Venue | None = None
+) -> list[Stage]:
+    """Every stage of the trading pipeline, in dispatch order: one account (``config``) over every
+    market, or several accounts, each over its own markets.
+
+    The market stages (candles, indicators) are shared and build the union of what the accounts need;
+    each account has its own execution, portfolio, risk and signal stages, which take only their
+    account's orders, fills and rejections and their markets' candles. ``venue``: where orders go, for
+    a single account; None is a paper broker per account with its config's fees and slippage."""
+    accounts = [Account(config)] if isinstance(config, EngineConfig) else list(config)
+    if not accounts:
+        raise ValueError("no account to trade for")
+    reject_repeats("accounts", [a.config.account for a in accounts])
+    if venue is not None and len(accounts) > 1:
+        raise ValueError("one venue serves one account; several accounts trade on paper")
+    timeframes = tuple(dict.fromkeys(tf for a in accounts for tf in a.config.timeframes))
+    specs: list[str] = []
+    stages: list[Stage] = []
+    for a in accounts:
+        cfg = a.config
+        portfolio = Portfolio(cfg.initial_cash, account=cfg.account)
+        broker: Venue = (
+            venue
+            if venue is not None
+            else PaperBroker(
+                fee_maker=cfg.fee_maker,
+                fee_taker=cfg.fee_taker,
+                slippage_bps=cfg.slippage_bps,
+                markets=markets,
+            )
         )
-    )
-    tf = config.trading_timeframe
-    needed = [
-        spec
-        for name in config.strategies
-        for spec in load_strategy(name, **config.strategy_params.get(name, {})).indicators()
-    ]
-    return [
-        CandleStage(config.timeframes),
-        ExecutionStage(broker, portfolio, tf, config.fill_on),
-        PortfolioStage(portfolio, tf),
-        RiskStage(RiskEngine(config.risk, markets, config.fee_taker), portfolio, tf),
-        SignalStage(config, portfolio),  # before indicators: it keeps the candle the values belong to
-        IndicatorStage(config.timeframes, [*needed, *config.indicators]),
-    ]
+        tf = cfg.trading_timeframe
+        specs += [
+            spec
+            for name in cfg.strategies
+            for spec in load_strategy(name, **cfg.strategy_params.get(name, {})).indicators()
+        ]
+        specs += cfg.indicators
+        stages += [
+            ExecutionStage(broker, portfolio, tf, cfg.fill_on),
+            PortfolioStage(portfolio, tf),
+            RiskStage(RiskEngine(cfg.risk, markets, cfg.fee_taker, cfg.account), portfolio, tf),
+            # before indicators: it keeps the candle the values belong to
+            SignalStage(cfg, portfolio, a.markets),
+        ]
+    return [CandleStage(timeframes), *stages, IndicatorStage(timeframes, specs)]

@@ -50,6 +50,7 @@ __all__ = [
     "TIMESTAMP_TYPE",
     "Column",
     "ColumnDrift",
+    "add_column_sql",
     "all_ddl",
     "column_type",
     "compare_columns",
@@ -172,6 +173,27 @@ def create_table_sql(table: str, database: str) -> str:
         "PARTITION BY toYYYYMM(ts_event)\n"
         f"ORDER BY ({key})\n"
         f"SETTINGS non_replicated_deduplication_window = {DEDUP_WINDOW}"
+    )
+
+
+def add_column_sql(table: str, database: str, column: str) -> str | None:
+    """``ALTER TABLE ... ADD COLUMN`` for a model field a live table lacks, its rows taking the field's
+    default; None when the field has no default a ClickHouse literal can carry (then the drift stands)."""
+    model = _model(table)
+    field = model.model_fields[column]
+    default = field.default
+    if isinstance(default, bool):
+        literal = "true" if default else "false"
+    elif isinstance(default, str):
+        literal = "'" + default.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    elif isinstance(default, int | float | Decimal):
+        literal = str(default)
+    else:
+        return None
+    typ = column_type(column, field.annotation)
+    return (
+        f"ALTER TABLE {_quote(database)}.{_quote(table)} "
+        f"ADD COLUMN IF NOT EXISTS {_quote(column)} {typ} DEFAULT {literal}"
     )
 
 

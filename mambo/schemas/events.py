@@ -24,9 +24,11 @@ from typing import Annotated, ClassVar, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 __all__ = [
+    "DEFAULT_ACCOUNT",
     "FINAL_STATUSES",
     "OPEN_STATUSES",
     "TIMEFRAMES",
+    "AccountEvent",
     "AggregatedSignal",
     "Candle",
     "DeadLetter",
@@ -201,7 +203,17 @@ class AggregatedSignal(MarketEvent):
     values: dict[str, float] = Field(default_factory=dict)
 
 
-class OrderIntent(MarketEvent):
+#: The account of a configuration that names none (``[accounts.main]``, over every market).
+DEFAULT_ACCOUNT = "main"
+
+
+class AccountEvent(MarketEvent):
+    """An event of one account's trading in one market: intents, orders, fills, positions, rejections."""
+
+    account: str = Field(DEFAULT_ACCOUNT, min_length=1)
+
+
+class OrderIntent(AccountEvent):
     """What the strategies want; risk turns it into an Order or a RiskRejection."""
 
     client_order_id: str
@@ -215,7 +227,7 @@ class OrderIntent(MarketEvent):
     price: float = Field(description="reference market price at decision time")
 
 
-class RiskRejection(MarketEvent):
+class RiskRejection(AccountEvent):
     """An intent denied by a risk rule: an event with its reason, never an exception."""
 
     client_order_id: str
@@ -225,7 +237,7 @@ class RiskRejection(MarketEvent):
     reason: str
 
 
-class Order(MarketEvent):
+class Order(AccountEvent):
     """An order as sent to a broker, and its later states."""
 
     client_order_id: str
@@ -240,7 +252,7 @@ class Order(MarketEvent):
     reason: str = ""
 
 
-class Fill(MarketEvent):
+class Fill(AccountEvent):
     """An execution of (part of) an order."""
 
     fill_id: str
@@ -255,7 +267,7 @@ class Fill(MarketEvent):
     realized_pnl: Decimal = Decimal(0)
 
 
-class Position(MarketEvent):
+class Position(AccountEvent):
     """A market's position after a fill or a mark."""
 
     qty: Decimal
@@ -269,7 +281,7 @@ class Position(MarketEvent):
 class EquitySnapshot(Event):
     """The account at a point in time: cash + positions at market = equity, exactly."""
 
-    account: str = "paper"
+    account: str = DEFAULT_ACCOUNT
     cash: Decimal
     positions_value: Decimal
     equity: Decimal

@@ -16,7 +16,7 @@ from typing import Any
 
 from mambo.core.market import Market
 from mambo.core.portfolio import Portfolio
-from mambo.core.stages import CandleStage, EngineConfig, ExecutionStage, Venue, build_stages
+from mambo.core.stages import Account, CandleStage, EngineConfig, ExecutionStage, Venue, build_stages
 from mambo.schemas.batches import TradeBatch, validate_trades
 from mambo.schemas.events import Candle, DeadLetter, Fill, Order, Quote
 from mambo.schemas.topics import EXCHANGE_CANDLES, FILLS, ORDERS, QUOTES, TRADES, by_name, dlq_topic
@@ -30,26 +30,36 @@ class EmbeddedRuntime:
 
     def __init__(
         self,
-        config: EngineConfig,
+        config: EngineConfig | Sequence[Account],
         markets: Mapping[str, Market] | None = None,
         known_markets: Sequence[str] | None = None,
         venue: Venue | None = None,
     ) -> None:
-        self.config = config
+        """``config``: one account over every market, or several accounts (see
+        :func:`~mambo.core.stages.build_stages`)."""
+        self.accounts = [Account(config)] if isinstance(config, EngineConfig) else list(config)
         self.markets = dict(markets or {})
         self.known_markets = set(known_markets) if known_markets is not None else None
         self.bus = EventBus()
-        self.stages = build_stages(config, self.markets, venue)
+        self.stages = build_stages(self.accounts, self.markets, venue)
+        self.config = self.accounts[0].config  # the first account's (the only one's, as a rule)
         for stage in self.stages:
             self.bus.add_stage(stage)
 
     @property
     def execution(self) -> ExecutionStage:
+        """The execution stage of the first account (the only one, unless several were given)."""
         return next(s for s in self.stages if isinstance(s, ExecutionStage))
 
     @property
     def portfolio(self) -> Portfolio:
+        """The first account's portfolio (see :attr:`portfolios` for every account's)."""
         return self.execution.portfolio
+
+    @property
+    def portfolios(self) -> dict[str, Portfolio]:
+        """Every account's portfolio, by account id."""
+        return {s.portfolio.account: s.portfolio for s in self.stages if isinstance(s, ExecutionStage)}
 
     def report(self, events: Sequence[Order | Fill], ts_init: int | None = None) -> None:
         """Publish what an exchange venue reported (fills, order states) through the execution stage;

@@ -3,18 +3,18 @@
 Why (the determinism decision of issue 3): in :class:`~mambo.streams.embedded.EmbeddedRuntime` one
 :class:`~mambo.core.portfolio.Portfolio` is shared by every market, so equity-fraction sizing and the
 exposure and drawdown rules depend on how the markets' events interleave. Kafka keeps order only
-within a partition, and partitions run independently, on as many workers as there are; no
-interleaving across them is reproducible without funnelling every market through one partition (one
-core, the throughput of one worker, and a merge by event time that has to guess how long to wait for
-a slow partition). So the distributed runtime gives each market its own account: every stage of
+within a partition, and partitions run independently, on as many workers as there are; no interleaving
+across them is reproducible without funnelling every market through one partition (one core, the
+throughput of one worker, and a merge by event time that has to guess how long to wait for a slow
+partition). So the distributed runtime gives each market its own account: every stage of
 :func:`~mambo.core.stages.build_stages` runs per ``exchange:symbol`` key on its own
-:class:`~mambo.streams.bus.EventBus`, with a :class:`Portfolio` named after the key (``account`` on
-equity snapshots is the market key). A market's orders and fills then depend on that market's trades
-alone, in their order, which one partition keeps, so any partition count and any number of workers
-give exactly the same orders and fills. :class:`MarketPipelines` is that runtime; the Kafka worker
-holds one for the keys of its partitions and the parity tests run the same recording through it in
-one process. The shared-account embedded runtime stays the default of ``mambo demo``; its results
-differ from these only where the account-level rules bind across markets.
+:class:`~mambo.streams.bus.EventBus`, as an account named after the key (``account`` on every intent,
+order, fill, position and equity snapshot is the market key). A market's orders and fills then depend
+on that market's trades alone, in their order, which one partition keeps, so any partition count and
+any number of workers give exactly the same orders and fills. :class:`MarketPipelines` is that
+runtime; the Kafka worker holds one for the keys of its partitions and the parity tests run the same
+recording through it in one process. The shared-account embedded runtime stays the default of ``mambo
+demo``; its results differ from these only where the account-level rules bind across markets.
 
 Each market's state is its stage objects (candle builders, indicator sets, strategies, aggregator,
 risk engine, broker, portfolio), which pickle: :meth:`MarketPipelines.state` and
@@ -25,10 +25,11 @@ from __future__ import annotations
 
 import pickle
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from mambo.core.market import Market
-from mambo.core.stages import EngineConfig, ExecutionStage, Stage, build_stages
+from mambo.core.stages import EngineConfig, Stage, build_stages
 from mambo.schemas.batches import TradeBatch, validate_trades
 from mambo.schemas.events import Candle, DeadLetter, make_id
 from mambo.schemas.topics import EXCHANGE_CANDLES, TRADES, dlq_topic
@@ -76,11 +77,7 @@ class MarketPipelines:
     def _bus(self, key: str) -> EventBus:
         bus = self._buses.get(key)
         if bus is None:
-            stages = build_stages(self.config, self.markets)
-            for s in stages:
-                if isinstance(s, ExecutionStage):
-                    s.portfolio.account = key
-            bus = self._wire(key, stages)
+            bus = self._wire(key, build_stages(replace(self.config, account=key), self.markets))
         return bus
 
     def ingest_trades(self, batch: TradeBatch) -> list[str]:

@@ -170,6 +170,25 @@ def test_positions_pnl_symbols_strategies(api: TestClient, pipeline: Pipeline) -
         assert (info["signals"], info["buys"]) == (len(raw), sum(s.side == "buy" for s in raw))
 
 
+def test_trading_state_by_account(api: TestClient, pipeline: Pipeline) -> None:
+    """The pipeline's one account is ``main``: asking for it gives everything, another account nothing,
+    and a malformed id is a 422 with the reason."""
+    rec = pipeline.recorded
+    everything = api.get("/fills", params={"limit": 1000}).json()["items"]
+    assert everything and {f["account"] for f in everything} == {"main"}
+    assert api.get("/fills", params={"limit": 1000, "account": "main"}).json()["items"] == everything
+    assert api.get("/fills", params={"account": "other"}).json()["items"] == []
+    assert api.get("/orders", params={"account": "other"}).json()["items"] == []
+    assert len(api.get("/positions", params={"account": "main"}).json()) == len(
+        {p.key for p in rec.of("positions")}
+    )
+    assert api.get("/positions", params={"account": "other"}).json() == []
+    pnl = api.get("/pnl", params={"account": "other"}).json()
+    assert pnl["equity"] == [] and pnl["by_strategy"] == []
+    bad = api.get("/fills", params={"account": "a b"})
+    assert bad.status_code == 422 and "account" in bad.text
+
+
 def test_health_and_ready(api: TestClient, service: SignalService, pipeline: Pipeline) -> None:
     body = api.get("/health").json()
     assert body["status"] == "ok" and body["auth"] == "open" and body["feed"] == {}

@@ -50,7 +50,8 @@ def test_buy_while_flat_opens_a_long() -> None:
         False,
         "market",
     )
-    assert intent.client_order_id == make_id("order", sig.event_id)
+    assert intent.client_order_id == make_id("order", "main", sig.event_id)
+    assert intent.account == "main"
     assert (intent.strategy, intent.price, intent.ts_event, intent.ts_init) == (
         "sma_cross",
         46_377.0,

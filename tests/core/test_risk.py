@@ -387,7 +387,7 @@ def test_stop_loss_and_take_profit_long_and_short(
         True,
         "market",
     )
-    assert exit_.client_order_id == make_id("stop", KEY, 120, rule)
+    assert exit_.client_order_id == make_id("stop", "main", KEY, 120, rule)
     assert (exit_.reason, exit_.strategy, exit_.price, exit_.ts_event, exit_.ts_init) == (
         reason,
         "risk",

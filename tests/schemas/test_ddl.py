@@ -13,6 +13,7 @@ from mambo.connectors.clickhouse import SchemaDriftError, ensure_schema
 from mambo.schemas.ddl import (
     TIMESTAMP_FIELDS,
     ColumnDrift,
+    add_column_sql,
     all_ddl,
     column_type,
     compare_columns,
@@ -114,3 +115,32 @@ def test_drift_is_reported(clickhouse_client: Client, clickhouse_db: str) -> Non
     with pytest.raises(SchemaDriftError, match=r"trades\.qty: model says Float64, table has Float32"):
         ensure_schema(clickhouse_client, clickhouse_db)  # recreates quotes, refuses to touch trades
     assert table_drift(clickhouse_client, "quotes", clickhouse_db) == []
+
+
+def test_a_history_from_before_accounts_gains_the_column_with_its_default(
+    clickhouse_client: Client, clickhouse_db: str
+) -> None:
+    """A field a model gained (here ``account``) is added to the live table by ensure_schema, the old
+    rows taking the field's default; nothing else is touched."""
+    db = f"`{clickhouse_db}`"
+    for table in ("fills", "positions"):  # as they were made before accounts
+        old = ", ".join(f"`{c.name}` {c.type}" for c in table_columns(table) if c.name != "account")
+        clickhouse_client.command(f"DROP TABLE {db}.{table}")
+        clickhouse_client.command(
+            f"CREATE TABLE {db}.{table} ({old}) ENGINE = ReplacingMergeTree"
+            " ORDER BY (exchange, symbol, ts_event, event_id)"
+        )
+    clickhouse_client.command(
+        f"INSERT INTO {db}.positions (event_id, ts_event, ts_init, exchange, symbol, qty, avg_price,"
+        " realized_pnl, unrealized_pnl, fees, mark_price) VALUES ('p1', 1, 1, 'binance', 'BTC/USDT', 1, 2, 0,"
+        " 0, 0, 2)"
+    )
+    assert [d.column for d in table_drift(clickhouse_client, "fills", clickhouse_db)] == ["account"]
+    ensure_schema(clickhouse_client, clickhouse_db)
+    for table in TABLES:
+        assert table_drift(clickhouse_client, table, clickhouse_db) == []
+    rows = clickhouse_client.query(f"SELECT event_id, account FROM {db}.positions").result_rows
+    assert rows == [("p1", "main")]
+    assert add_column_sql("fills", "mambo", "account") == (
+        "ALTER TABLE `mambo`.`fills` ADD COLUMN IF NOT EXISTS `account` LowCardinality(String) DEFAULT 'main'"
+    )

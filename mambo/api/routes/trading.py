@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from mambo.api.deps import REFUSALS, PageQ, Service, SignalsReader, StrategyQ, SymbolQ, TimeRangeQ
+from mambo.api.deps import REFUSALS, AccountQ, PageQ, Service, SignalsReader, StrategyQ, SymbolQ, TimeRangeQ
 from mambo.api.service import Page, PnlReport, StrategyInfo
 from mambo.schemas.events import Fill, Order, OrderStatus, Position
 
@@ -20,9 +20,10 @@ def orders(
     symbol: SymbolQ = None,
     strategy: StrategyQ = None,
     status: OrderStatus | None = None,
+    account: AccountQ = None,
 ) -> Page[Order]:
     """Orders and their later states (one row per state), in time order."""
-    return service.orders(symbol, strategy, status, when, page)
+    return service.orders(symbol, strategy, status, when, page, account)
 
 
 @router.get("/fills", response_model=Page[Fill])
@@ -33,21 +34,27 @@ def fills(
     page: PageQ,
     symbol: SymbolQ = None,
     strategy: StrategyQ = None,
+    account: AccountQ = None,
 ) -> Page[Fill]:
     """Executions with price, quantity, fee and the PnL they realized (decimals as exact strings)."""
-    return service.fills(symbol, strategy, when, page)
+    return service.fills(symbol, strategy, when, page, account)
 
 
 @router.get("/positions", response_model=list[Position])
-def positions(service: Service, _: SignalsReader, symbol: SymbolQ = None) -> list[Position]:
-    """Each market's latest position."""
-    return service.positions(symbol)
+def positions(
+    service: Service, _: SignalsReader, symbol: SymbolQ = None, account: AccountQ = None
+) -> list[Position]:
+    """Each account's latest position in each market."""
+    return service.positions(symbol, account)
 
 
 @router.get("/pnl", response_model=PnlReport)
-def pnl(service: Service, _: SignalsReader, when: TimeRangeQ, page: PageQ) -> PnlReport:
-    """The equity curve (a page of snapshots) and realized PnL, fees and net PnL per strategy."""
-    return service.pnl(when, page)
+def pnl(
+    service: Service, _: SignalsReader, when: TimeRangeQ, page: PageQ, account: AccountQ = None
+) -> PnlReport:
+    """The equity curve (a page of snapshots) and realized PnL, fees and net PnL per strategy, of one
+    account or of all."""
+    return service.pnl(when, page, account)
 
 
 @router.get("/strategies", response_model=list[StrategyInfo])
