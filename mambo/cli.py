@@ -164,6 +164,7 @@ _AREAS: tuple[str, ...] = (
     "mambo.commands.trade",
     "mambo.commands.up",
     "mambo.commands.audit",
+    "mambo.commands.history",
 )
 
 for _area in _AREAS:

@@ -1,5 +1,6 @@
 """Candle history for backtests: :class:`CandleFrame` (one market's closed candles as numpy columns)
-and :func:`load_candles`, which reads a candle CSV, a Parquet file or a ClickHouse candles table.
+and :func:`load_candles`, which reads a candle file in any format :mod:`mambo.formats` knows
+(freqtrade, ccxt, Binance bulk data, CSV, Parquet) or a ClickHouse candles table.
 
 Bad input is refused whole with a :class:`CandleDataError` that names the rows and what is wrong
 with them: a backtest over silently repaired data would show numbers nobody can trust.
@@ -21,7 +22,19 @@ from mambo.schemas.events import NS_PER_SECOND, Candle, make_id, timeframe_ns
 if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client
 
-__all__ = ["COLUMNS", "CandleDataError", "CandleFrame", "frame_from_df", "load_candles", "parse_time"]
+    from mambo.formats import MarketData
+
+__all__ = [
+    "COLUMNS",
+    "TRADES_TIMEFRAME",
+    "CandleDataError",
+    "CandleFrame",
+    "frame_from_df",
+    "frame_from_file",
+    "load_candles",
+    "parse_time",
+    "read_candle_file",
+]
 
 #: The columns a candle file must have.
 COLUMNS: tuple[str, ...] = ("timestamp", "open", "high", "low", "close", "volume")
@@ -195,6 +208,74 @@ def frame_from_df(df: pd.DataFrame, exchange: str, symbol: str, timeframe: str |
     return CandleFrame(exchange, symbol, tf, open_time, **cols)
 
 
+def read_candle_file(path: str | Path) -> MarketData:
+    """Candles, or trades to build them from, in any format :mod:`mambo.formats` reads;
+    :class:`CandleDataError` for a file that is not one, or a series that is not traded prices (a mark
+    price, a funding rate)."""
+    from mambo.formats import DataFormatError, read_market_file
+
+    try:
+        data = read_market_file(path)
+    except DataFormatError as e:
+        raise CandleDataError(str(e)) from e
+    if data.kind == "candles" and not data.name.traded:
+        raise CandleDataError(
+            f"{path}: {data.format} of a {data.name.candle_type} series, not traded prices: "
+            "nothing to trade on"
+        )
+    return data
+
+
+#: The timeframe of candles built from a trade file when none is given (said in the output).
+TRADES_TIMEFRAME = "1m"
+
+
+def frame_from_file(
+    data: MarketData,
+    exchange: str,
+    symbol: str,
+    timeframe: str | None = None,
+    start: int | None = None,
+    end: int | None = None,
+) -> CandleFrame:
+    """A read file as a checked :class:`CandleFrame`, limited to ``[start, end)`` (ns). Candles keep
+    the timeframe given, else the file name's, else their spacing's; trades become candles of the
+    timeframe given (else :data:`TRADES_TIMEFRAME`) as the live pipeline builds them
+    (:class:`~mambo.core.candles.CandleBuilder`; a minute without trades has no candle)."""
+    if data.kind == "trades":
+        timeframe = timeframe or TRADES_TIMEFRAME
+        df = _candles_from_trades(data.frame, exchange, symbol, timeframe)
+    else:
+        df = data.frame.rename(columns={"open_time": "timestamp"})
+        df["timestamp"] = pd.to_datetime(df["timestamp"], unit="ns", utc=True)
+    try:
+        frame = frame_from_df(df, exchange, symbol, timeframe or data.timeframe)
+    except CandleDataError as e:
+        raise CandleDataError(f"{data.path}: {data.format}: {e}") from e
+    return frame.between(start, end)
+
+
+def _candles_from_trades(trades: pd.DataFrame, exchange: str, symbol: str, timeframe: str) -> pd.DataFrame:
+    from mambo.core.candles import CandleBuilder
+
+    order = np.argsort(trades["ts"].to_numpy(), kind="stable")  # time order; a file's order within a ms
+    ts = trades["ts"].to_numpy(np.int64)[order]
+    builder = CandleBuilder(exchange, symbol, (timeframe,))
+    closed = [
+        c
+        for _, c in builder.update_batch(
+            ts, trades["price"].to_numpy()[order], trades["qty"].to_numpy()[order]
+        )
+    ]
+    closed += builder.advance(int(ts[-1]) + timeframe_ns(timeframe))  # the file's end closes its last bar
+    return pd.DataFrame(
+        {
+            "timestamp": pd.to_datetime([c.open_time for c in closed], unit="ns", utc=True),
+            **{c: [getattr(k, c) for k in closed] for c in ("open", "high", "low", "close", "volume")},
+        }
+    )
+
+
 def load_candles(
     source: str | Path,
     symbol: str = "BTC/USDT",
@@ -204,20 +285,16 @@ def load_candles(
     end: int | None = None,
     client: Client | None = None,
 ) -> CandleFrame:
-    """One market's candles from a CSV or Parquet file (:data:`COLUMNS`; timestamps ISO 8601 or epoch
-    ms), or, given a ClickHouse ``client``, from a candles table (``source`` is the table's name),
-    limited to ``[start, end)`` (ns)."""
+    """One market's candles from a file (any format of :mod:`mambo.formats`), or, given a ClickHouse
+    ``client``, from a candles table (``source`` is the table's name), limited to ``[start, end)`` (ns)."""
     path = Path(source)
     if client is not None and not path.exists():
         return _from_clickhouse(client, str(source), exchange, symbol, timeframe, start, end)
     if not path.is_file():
-        raise CandleDataError(f"{source}: no such file (give a CSV or Parquet candle file)")
-    try:
-        df = pd.read_parquet(path) if path.suffix.lower() in (".parquet", ".pq") else pd.read_csv(path)
-    except Exception as e:  # a parser's own message says what is wrong with the file
-        raise CandleDataError(f"{source}: cannot read: {e}") from e
-    frame = frame_from_df(df, exchange, symbol, timeframe)
-    return frame.between(start, end)
+        raise CandleDataError(
+            f"{source}: no such file (give a candle file: CSV, Parquet, feather, JSON, zip)"
+        )
+    return frame_from_file(read_candle_file(path), exchange, symbol, timeframe, start, end)
 
 
 def _from_clickhouse(

@@ -65,7 +65,8 @@ def run_portfolio(
         raise ValueError("a portfolio backtest needs at least one market's candles")
     keys = [f.key for f in frames]
     if len(set(keys)) != len(keys):
-        raise ValueError(f"each market once: {', '.join(k for k in keys if keys.count(k) > 1)} given twice")
+        twice = sorted({k for k in keys if keys.count(k) > 1})
+        raise ValueError(f"each market once: {', '.join(twice)} given more than once")
     timeframes = {f.timeframe for f in frames}
     if len(timeframes) != 1:
         raise ValueError(f"the markets must share one timeframe, got {', '.join(sorted(timeframes))}")

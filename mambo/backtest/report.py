@@ -14,6 +14,7 @@ import html
 import itertools
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +22,21 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
+from mambo.backtest.data import CandleFrame
 from mambo.backtest.engine import BacktestResult
 from mambo.backtest.metrics import round_trips
+from mambo.backtest.portfolio import PortfolioResult
+from mambo.schemas.events import Fill
 
-__all__ = ["MAX_POINTS", "iso", "json_safe", "write_outputs", "write_report", "write_trades"]
+__all__ = [
+    "MAX_POINTS",
+    "iso",
+    "json_safe",
+    "write_outputs",
+    "write_portfolio_outputs",
+    "write_report",
+    "write_trades",
+]
 
 #: Most points drawn per line in the report.
 MAX_POINTS = 4000
@@ -48,12 +60,12 @@ def json_safe(value: Any) -> Any:
     return value
 
 
-def write_trades(result: BacktestResult, path: Path) -> None:
+def write_trades(fills: Sequence[Fill], path: Path) -> None:
     """One row per fill: ts (ISO 8601 UTC), symbol, side, price, qty, fee (exact decimals)."""
     with path.open("w", newline="") as f:
         out = csv.writer(f)
         out.writerow(["ts", "symbol", "side", "price", "qty", "fee"])
-        for fill in result.fills:
+        for fill in fills:
             out.writerow([iso(fill.ts_event), fill.symbol, fill.side, fill.price, fill.qty, fill.fee])
 
 
@@ -80,6 +92,36 @@ def _thin_extremes(y: npt.NDArray[np.float64]) -> npt.NDArray[np.intp]:
     return np.unique(np.array(keep, dtype=np.intp))
 
 
+def _price_and_fills(frame: CandleFrame, fills: Sequence[Fill]) -> Any:
+    """A market's close with its buy and sell fills marked."""
+    import plotly.graph_objects as go
+
+    times = pd.to_datetime(frame.ts_event, unit="ns", utc=True)
+    price = go.Figure()
+    idx = _thin_extremes(frame.close)
+    price.add_scatter(x=times[idx], y=frame.close[idx], name="close", line={"width": 1})
+    for side, symbol, color in (("buy", "triangle-up", "#1a9850"), ("sell", "triangle-down", "#d73027")):
+        chosen = [f for f in fills if f.side == side]
+        price.add_scatter(
+            x=pd.to_datetime([f.ts_event for f in chosen], unit="ns", utc=True),
+            y=[float(f.price) for f in chosen],
+            mode="markers",
+            name=f"{side} fills",
+            marker={"symbol": symbol, "size": 9, "color": color},
+        )
+    return price
+
+
+def _drawdown(times: Any, equity: npt.NDArray[np.float64]) -> Any:
+    import plotly.graph_objects as go
+
+    drawdown = equity / np.maximum.accumulate(equity) - 1.0
+    dd = go.Figure()
+    idx = _thin_extremes(-drawdown)
+    dd.add_scatter(x=times[idx], y=drawdown[idx] * 100, fill="tozeroy", name="drawdown %")
+    return dd
+
+
 def _figures(result: BacktestResult) -> list[tuple[str, Any]]:
     import plotly.graph_objects as go
 
@@ -88,18 +130,7 @@ def _figures(result: BacktestResult) -> list[tuple[str, Any]]:
     equity = result.equity
     hold = float(result.ledger.initial_cash) * frame.close / frame.open[0]
 
-    price = go.Figure()
-    idx = _thin_extremes(frame.close)
-    price.add_scatter(x=times[idx], y=frame.close[idx], name="close", line={"width": 1})
-    for side, symbol, color in (("buy", "triangle-up", "#1a9850"), ("sell", "triangle-down", "#d73027")):
-        fills = [f for f in result.fills if f.side == side]
-        price.add_scatter(
-            x=pd.to_datetime([f.ts_event for f in fills], unit="ns", utc=True),
-            y=[float(f.price) for f in fills],
-            mode="markers",
-            name=f"{side} fills",
-            marker={"symbol": symbol, "size": 9, "color": color},
-        )
+    price = _price_and_fills(frame, result.fills)
 
     eq = go.Figure()
     idx = _thin_extremes(equity)
@@ -107,10 +138,7 @@ def _figures(result: BacktestResult) -> list[tuple[str, Any]]:
     idx = _thin_extremes(hold)
     eq.add_scatter(x=times[idx], y=hold[idx], name="buy and hold", line={"dash": "dot"})
 
-    drawdown = equity / np.maximum.accumulate(equity) - 1.0
-    dd = go.Figure()
-    idx = _thin_extremes(-drawdown)
-    dd.add_scatter(x=times[idx], y=drawdown[idx] * 100, fill="tozeroy", name="drawdown %")
+    dd = _drawdown(times, equity)
 
     series = pd.Series(np.concatenate([[float(result.ledger.initial_cash)], equity]))
     series.index = pd.DatetimeIndex([times[0] - pd.Timedelta(1, "ns"), *times])
@@ -179,11 +207,58 @@ td,th{{border:1px solid #ccc;padding:2px 8px;text-align:right}}td:first-child{{t
     path.write_text(page, encoding="utf-8")
 
 
+def write_portfolio_outputs(result: PortfolioResult, metrics: dict[str, Any], out: Path) -> dict[str, Path]:
+    """A portfolio backtest's ``trades.csv`` (every market), ``metrics.json`` (the account and each
+    market) and ``report.html`` (the account's equity and drawdown, each market's table and fills)."""
+    import plotly.graph_objects as go
+    import plotly.io as pio
+
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {name: out / name for name in ("trades.csv", "metrics.json", "report.html")}
+    write_trades(result.fills, paths["trades.csv"])
+    paths["metrics.json"].write_text(json.dumps(json_safe(metrics), indent=2) + "\n")
+    times = pd.to_datetime(result.times, unit="ns", utc=True)
+    equity = np.array([float(e) for e in result.equity])
+    curve = go.Figure()
+    idx = _thin_extremes(equity)
+    curve.add_scatter(x=times[idx], y=equity[idx], name="account")
+    figures = [("Equity of the account", curve), ("Drawdown (%)", _drawdown(times, equity))]
+    figures += [
+        (f"{key}: price and fills", _price_and_fills(frame, [f for f in result.fills if f.key == key]))
+        for key, frame in result.frames.items()
+    ]
+    parts = []
+    for i, (title, fig) in enumerate(figures):
+        fig.update_layout(title=title, height=380, margin={"l": 50, "r": 20, "t": 50, "b": 40})
+        parts.append(pio.to_html(fig, full_html=False, include_plotlyjs=(i == 0)))
+    account = "".join(
+        f"<tr><td>{html.escape(k)}</td><td>{_show(v)}</td></tr>" for k, v in metrics["account"].items()
+    )
+    columns = list(next(iter(metrics["markets"].values())))
+    markets = "".join(
+        f"<tr><td>{html.escape(key)}</td>{''.join(f'<td>{_show(m[c])}</td>' for c in columns)}</tr>"
+        for key, m in metrics["markets"].items()
+    )
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    page = f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>Mambo portfolio backtest</title>
+<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse;margin-bottom:1em}}
+td,th{{border:1px solid #ccc;padding:2px 8px;text-align:right}}td:first-child{{text-align:left}}</style>
+</head><body><h1>Portfolio backtest</h1><p>{len(result.frames)} markets, one account, strategies
+{html.escape(", ".join(result.config.strategies))}</p>
+<table><tr><th>account</th><th></th></tr>{account}</table>
+<table><tr><th>market</th>{head}</tr>{markets}</table>
+{"".join(parts)}
+</body></html>"""
+    paths["report.html"].write_text(page, encoding="utf-8")
+    return paths
+
+
 def write_outputs(result: BacktestResult, metrics: dict[str, Any], out: Path) -> dict[str, Path]:
     """``trades.csv``, ``metrics.json`` and ``report.html`` in the folder ``out`` (created)."""
     out.mkdir(parents=True, exist_ok=True)
     paths = {name: out / name for name in ("trades.csv", "metrics.json", "report.html")}
-    write_trades(result, paths["trades.csv"])
+    write_trades(result.fills, paths["trades.csv"])
     paths["metrics.json"].write_text(json.dumps(json_safe(metrics), indent=2) + "\n")
     write_report(result, metrics, paths["report.html"])
     return paths

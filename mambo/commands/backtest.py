@@ -15,21 +15,26 @@ if TYPE_CHECKING:
 
 __all__ = ["register"]
 
-DataOpt = Annotated[
-    str,
-    typer.Option(
-        "--data",
-        help="Candle CSV (timestamp,open,high,low,close,volume; timestamp ISO 8601 or epoch ms), "
-        "Parquet, or the name of a ClickHouse candles table.",
-    ),
-]
+DATA_HELP = (
+    "A candle file: freqtrade (feather, JSON, parquet; market and timeframe from its name), ccxt "
+    "OHLCV JSON, Binance bulk klines (CSV or zip), or CSV/Parquet with a time column (timestamp, date, "
+    "datetime, open_time or time; ISO 8601 or epoch s/ms/us). Or 'history': the ClickHouse history "
+    "(mambo import, mambo download), or the name of a ClickHouse candles table."
+)
+DataOpt = Annotated[str, typer.Option("--data", help=DATA_HELP)]
 SymbolsOpt = Annotated[
-    str,
+    str | None,
     typer.Option(
         "--symbols",
-        help="Comma-separated markets, symbol or exchange:symbol (a file holds one market: it names it; "
-        "a table is filtered by it). Each market is backtested on its own account.",
+        help="Comma-separated markets, symbol or exchange:symbol (default: the one a file's name gives, "
+        "else BTC/USDT). A file holds one market (with several --data, give one symbol per file, in "
+        "order); the history is filtered by them. Several markets trade from one account (--each: each "
+        "on its own).",
     ),
+]
+ExchangeOpt = Annotated[
+    str | None,
+    typer.Option(help="Exchange of symbols given without one (default: a freqtrade folder's, else binance)."),
 ]
 FromOpt = Annotated[str | None, typer.Option("--from", help="First bar, ISO 8601 (UTC) or epoch ms.")]
 ToOpt = Annotated[str | None, typer.Option("--to", help="End (exclusive), ISO 8601 (UTC) or epoch ms.")]
@@ -96,7 +101,8 @@ def _engine(
     )
 
 
-def _markets(symbols: str, exchange: str) -> list[tuple[str, str]]:
+def _markets(symbols: str | None, exchange: str | None) -> list[tuple[str, str]]:
+    symbols, exchange = symbols or "BTC/USDT", exchange or "binance"
     out = []
     for item in (s.strip() for s in symbols.split(",")):
         if not item:
@@ -111,31 +117,58 @@ def _markets(symbols: str, exchange: str) -> list[tuple[str, str]]:
 
 def _load(
     data: str,
-    markets: list[tuple[str, str]],
+    symbols: str | None,
+    exchange: str | None,
     timeframe: str | None,
     start: str | None,
     end: str | None,
     settings: MamboSettings,
 ) -> list[tuple[CandleFrame, str]]:
-    from mambo.backtest.data import CandleDataError, load_candles, parse_time
+    from mambo.backtest.data import (
+        CandleDataError,
+        frame_from_file,
+        load_candles,
+        parse_time,
+        read_candle_file,
+    )
+    from mambo.formats.readers import DATA_SUFFIXES
 
     try:
         lo = parse_time(start) if start else None
         hi = parse_time(end) if end else None
-        is_file = Path(data).exists()
-        if not is_file and ("/" in data or Path(data).suffix.lower() in (".csv", ".parquet", ".pq", ".gz")):
-            raise CandleDataError(f"{data}: no such file (give a CSV or Parquet file, or a table name)")
-        if is_file and len(markets) > 1:
-            raise CandleDataError(f"{data} holds one market; give one symbol (got {len(markets)})")
-        client = None
-        if not is_file:
+        path = Path(data)
+        if path.is_dir():
+            raise CandleDataError(
+                f"{data} is a folder: give one candle file, or load the folder with mambo import and "
+                "backtest --data history"
+            )
+        if path.exists():
+            file = read_candle_file(path)
+            typer.echo(file.describe())
+            markets = _markets(symbols or file.symbol, exchange or file.exchange)
+            if len(markets) > 1:
+                raise CandleDataError(f"{data} holds one market; give one symbol (got {len(markets)})")
+            ((ex, sym),) = markets
+            if file.symbol and symbols and sym != file.symbol:  # the trader's word over a file's name
+                typer.echo(
+                    f"note: {path.name} names {file.symbol}; run as {sym}, as --symbols says", err=True
+                )
+            frames = [(frame_from_file(file, ex, sym, timeframe, lo, hi), f"{ex}:{sym}")]
+            if file.kind == "trades":
+                typer.echo(
+                    f"built {frames[0][0].timeframe} candles from the trades (choose with --timeframe)"
+                )
+        elif "/" in data or data.lower().endswith(DATA_SUFFIXES):
+            raise CandleDataError(f"{data}: no such file (give a candle file, 'history' or a table name)")
+        else:
             from mambo.connectors.clickhouse import connect
 
             client = connect(settings.clickhouse_dsn, settings.clickhouse.database)
-        frames = [
-            (load_candles(data, sym, ex, timeframe, lo, hi, client=client), f"{ex}:{sym}")
-            for ex, sym in markets
-        ]
+            table = "candles" if data == "history" else data
+            frames = [
+                (load_candles(table, sym, ex, timeframe, lo, hi, client=client), f"{ex}:{sym}")
+                for ex, sym in _markets(symbols, exchange)
+            ]
     except CandleDataError as exc:
         raise _fail(str(exc)) from exc
     except Exception as exc:  # e.g. ClickHouse cannot be opened: say why, no traceback
@@ -178,15 +211,86 @@ def _fmt(v: Any) -> str:
     return f"{v:,.4f}" if isinstance(v, float) else str(v)
 
 
+def _show_portfolio(metrics: dict[str, Any]) -> None:
+    from decimal import Decimal
+
+    from rich.console import Console
+    from rich.table import Table
+
+    markets = metrics["markets"]
+    table = Table(title=f"one account over {len(markets)} markets")
+    columns = list(next(iter(markets.values())))
+    table.add_column("market")
+    for c in columns:
+        table.add_column(c, justify="right")
+    for key, m in markets.items():  # money to the cent here; metrics.json keeps it exact
+        table.add_row(
+            key, *(f"{Decimal(m[c]):,.2f}" if isinstance(m[c], str) else _fmt(m[c]) for c in columns)
+        )
+    account = Table(title="the account")
+    account.add_column("metric")
+    account.add_column("value", justify="right")
+    for name, value in metrics["account"].items():
+        account.add_row(name, _fmt(value))
+    console = Console()
+    Console(width=max(console.width, 120)).print(table, account)
+
+
+def _run_portfolio(
+    frames: list[tuple[CandleFrame, str]],
+    engine: EngineConfig,
+    markets_file: Path | None,
+    settings: MamboSettings,
+    out: Path,
+) -> None:
+    """Several markets, one account: :func:`~mambo.backtest.portfolio.run_portfolio`."""
+    import numpy as np
+
+    from mambo.backtest.portfolio import portfolio_metrics, run_portfolio
+    from mambo.backtest.report import write_portfolio_outputs
+    from mambo.connectors.markets import market_rules
+
+    rules = {}
+    for frame, key in frames:
+        try:
+            prices = np.concatenate([frame.open, frame.high, frame.low, frame.close])
+            found = market_rules(key, prices, markets_file, settings.data_dir)
+        except ValueError as exc:
+            raise _fail(str(exc)) from exc
+        typer.echo(found.note)
+        rules[key] = found.market
+    try:
+        with _progress() as bar:
+            task = bar.add_task(f"backtest {len(frames)} markets, one account", total=None)
+
+            def show(done: int, total: int) -> None:
+                bar.update(task, completed=done, total=total)
+
+            result = run_portfolio([f for f, _ in frames], engine, rules, progress=show)
+    except ValueError as exc:
+        raise _fail(str(exc)) from exc
+    metrics = portfolio_metrics(result)
+    paths = write_portfolio_outputs(result, metrics, out)
+    _show_portfolio(metrics)
+    typer.echo(f"wrote {', '.join(str(p) for p in paths.values())}")
+
+
 def register(app: typer.Typer) -> None:
     @app.command()
     def backtest(
-        data: DataOpt,
+        data: Annotated[
+            list[str],
+            typer.Option(
+                "--data",
+                help=DATA_HELP + " Repeat for several markets: one account trades them all (a portfolio "
+                "backtest; --each backtests each market on its own).",
+            ),
+        ],
         strategy: Annotated[
             str, typer.Option(help="Comma-separated strategies (names, or module:Class of your own).")
         ] = "sma_cross",
-        symbols: SymbolsOpt = "BTC/USDT",
-        exchange: Annotated[str, typer.Option(help="Exchange of symbols given without one.")] = "binance",
+        symbols: SymbolsOpt = None,
+        exchange: ExchangeOpt = None,
         start: FromOpt = None,
         end: ToOpt = None,
         timeframe: TimeframeOpt = None,
@@ -214,11 +318,18 @@ def register(app: typer.Typer) -> None:
                 "else the tick is read off the prices (said in the output).",
             ),
         ] = None,
+        each: Annotated[
+            bool,
+            typer.Option(
+                "--each/--portfolio",
+                help="With several markets: backtest each on its own account, or all on one (the default).",
+            ),
+        ] = False,
         config: ConfigOpt = None,
         data_dir: DataDirOpt = None,
     ) -> None:
         """Backtest strategies over candle history with the live pipeline's operators; writes
-        trades.csv, metrics.json and report.html to --out."""
+        trades.csv, metrics.json and report.html to --out. Several markets trade from one account."""
         from decimal import Decimal
 
         import numpy as np
@@ -245,7 +356,14 @@ def register(app: typer.Typer) -> None:
             allow_short=allow_short,
             **{k: None if v is None else Decimal(repr(v)) for k, v in dec.items()},
         )
-        frames = _load(data, _markets(symbols, exchange), timeframe, start, end, settings)
+        wanted = [s.strip() for s in (symbols or "").split(",") if s.strip()]
+        per_file: list[tuple[str, str | None]] = [(d, symbols) for d in data]
+        if len(data) > 1 and len(wanted) == len(data):  # one symbol per file, in order
+            per_file = list(zip(data, wanted, strict=True))
+        frames = [f for d, w in per_file for f in _load(d, w, exchange, timeframe, start, end, settings)]
+        if len(frames) > 1 and not each:
+            _run_portfolio(frames, engine, markets_file, settings, out)
+            return
         for frame, key in frames:
             folder = out if len(frames) == 1 else out / re.sub(r"[^\w.-]+", "_", key)
             try:
@@ -289,8 +407,8 @@ def register(app: typer.Typer) -> None:
         objective: Annotated[str, typer.Option(help="What to maximize (max_drawdown: minimize).")] = "sharpe",
         jobs: Annotated[int | None, typer.Option(help="Worker processes (default: every core).")] = None,
         seed: Annotated[int, typer.Option(help="Optuna's seed.")] = 0,
-        symbols: SymbolsOpt = "BTC/USDT",
-        exchange: Annotated[str, typer.Option(help="Exchange of symbols given without one.")] = "binance",
+        symbols: SymbolsOpt = None,
+        exchange: ExchangeOpt = None,
         start: FromOpt = None,
         end: ToOpt = None,
         timeframe: TimeframeOpt = None,
@@ -324,10 +442,9 @@ def register(app: typer.Typer) -> None:
         engine = _engine(settings, strategy, param)
         if len(engine.strategies) != 1:
             raise _fail("optimize tunes one strategy at a time")
-        markets = _markets(symbols, exchange)
-        if len(markets) != 1:
+        if len(_markets(symbols, exchange)) != 1:
             raise _fail("optimize runs on one market at a time")
-        ((frame, key),) = _load(data, markets, timeframe, start, end, settings)
+        ((frame, key),) = _load(data, symbols, exchange, timeframe, start, end, settings)
         try:
             with _progress() as bar:
                 task = bar.add_task(f"optimize {strategy} on {key}", total=None)

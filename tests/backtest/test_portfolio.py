@@ -76,7 +76,7 @@ def test_metrics_per_market_and_for_the_account(frame: CandleFrame) -> None:
 def test_bad_inputs_are_refused_with_the_reason(frame: CandleFrame) -> None:
     with pytest.raises(ValueError, match="at least one market"):
         run_portfolio([], SMA)
-    with pytest.raises(ValueError, match="binance:BTC/USDT given twice"):
+    with pytest.raises(ValueError, match="binance:BTC/USDT given more than once"):
         run_portfolio([frame, frame], SMA)
     with pytest.raises(ValueError, match="share one timeframe, got 1h, 1m"):
         run_portfolio([frame, replace(frame, symbol="ETH/USDT", timeframe="1h")], SMA)

@@ -7,15 +7,11 @@ from __future__ import annotations
 import ast
 import csv
 import io
-import os
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from tests.exchange.helpers import recording
 
@@ -24,28 +20,6 @@ MAMBO = [sys.executable, "-m", "mambo.cli"]
 
 def mambo(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*MAMBO, *args], capture_output=True, text=True, timeout=timeout, check=False)
-
-
-@pytest.fixture(scope="module")
-def exchange_url() -> Iterator[str]:
-    proc = subprocess.Popen(
-        [*MAMBO, "exchange", "--port", "0", "--speed", "1", "--history-seconds", "240"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )  # fmt: skip
-    assert proc.stdout is not None
-    deadline = time.monotonic() + 120
-    url = ""
-    while not url and time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        assert line, "mambo exchange ended before serving"
-        if line.startswith("local exchange on "):
-            url = line.split()[3]
-    try:
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 def test_backfill_then_sql_holds_exactly_the_range(exchange_url: str, tmp_path: Path) -> None:
