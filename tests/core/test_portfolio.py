@@ -254,7 +254,7 @@ def test_a_fee_in_the_base_coin_is_taken_from_the_coin_not_the_cash() -> None:
     """Issue 12 #8, hand-worked: 100,000 cash; buy 1 BTC at 50,000 with a 0.001 BTC fee (Binance spot):
     0.999 BTC held and 50,000 cash, a fee worth 50; a reduce-only exit sells the 0.999 there is."""
     pf = Portfolio(D(100_000))
-    booked, pos = pf.apply(fill("buy", "1", "50000", fee="0.001", fee_currency="BTC"))
+    _, pos = pf.apply(fill("buy", "1", "50000", fee="0.001", fee_currency="BTC"))
     assert (pos.qty, pf.cash, pos.fees, pos.avg_price) == (D("0.999"), D(50_000), D(50), D(50_000))
     assert pf.equity == D(99_950)
     assert_identities(pf)
