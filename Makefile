@@ -7,7 +7,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 UV     := $(VENV)/bin/uv
 
-.PHONY: demo test lint typecheck unit install clean bench browser kafka-jars
+.PHONY: demo test lint typecheck unit install clean bench browser kafka-jars deploy-tools deploy-render
 
 install: $(VENV)/.installed
 
@@ -31,7 +31,7 @@ typecheck: install
 kafka-jars: install
 	$(VENV)/bin/mambo kafka fetch
 
-unit: install kafka-jars
+unit: install kafka-jars deploy-tools
 	$(PY) -m pytest
 
 test: lint typecheck browser unit
@@ -44,6 +44,24 @@ bench: install
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 browser:
 	@test -x /usr/bin/chromium || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium)
+
+# The deployment files' validators for tests/deploy (no container engine or cluster needed): Debian's
+# docker-compose (`docker-compose config`) and helm built from the Go module proxy, cached in
+# ~/.cache/mambo/bin (a few minutes, once). kubernetes-validate comes with the test extra.
+HELM_VERSION ?= v3.21.4
+HELM_BIN := $(HOME)/.cache/mambo/bin
+GO ?= $(shell command -v go || echo /usr/local/go/bin/go)
+deploy-tools: $(HELM_BIN)/.helm-$(HELM_VERSION)
+	@test -x /usr/bin/docker-compose || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq docker-compose)
+
+# A go-installed helm reports no patch version, so a stamp file records which one was built.
+$(HELM_BIN)/.helm-$(HELM_VERSION):
+	GOBIN=$(HELM_BIN) $(GO) install helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
+	touch $@
+
+# Regenerate the Strimzi topics and the plain manifests (deploy/k8s) from the registry and the chart.
+deploy-render: install deploy-tools
+	HELM=$(HELM_BIN)/helm $(PY) tools/render_deploy.py
 
 clean:
 	rm -rf $(VENV) .mambo .pytest_cache .mypy_cache .ruff_cache

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
-from mambo.commands.kafka import PrefixOpt
+from mambo.commands.kafka import HealthPortOpt, PrefixOpt, health_server
 
 __all__ = ["register"]
 
@@ -115,13 +115,19 @@ def register(app: typer.Typer) -> None:
         duration: Annotated[float | None, typer.Option(help="Stop after this many seconds.")] = None,
         base_url: BaseUrlOpt = None,
         prefix: PrefixOpt = "",
+        health_port: HealthPortOpt = None,
         config: ConfigOpt = None,
         data_dir: DataDirOpt = None,
     ) -> None:
         """Stream trades, book tops and candles from an exchange into the pipeline (embedded or Kafka)."""
         from mambo.cli import _settings
+        from mambo.streams.health import kafka_check
 
         settings = _settings(config, data_dir, trading_timeframe=timeframe)
+        if settings.kafka.bootstrap:  # embedded: the pipeline is in this process, alive is ready
+            health_server(health_port, {"kafka": lambda: kafka_check(settings.kafka.bootstrap)})
+        else:
+            health_server(health_port, {})
         asyncio.run(
             _run_source(
                 settings, exchange, symbols, top, quote, timeframe, stall_seconds, duration, base_url, prefix
@@ -193,7 +199,7 @@ async def _run_source(
             ch = connect(settings.clickhouse_dsn, db)
             ensure_schema(ch, db)
             sink = ClickHouseSink(ch, db)
-            runtime = EmbeddedRuntime(settings.engine.to_config())
+            runtime = EmbeddedRuntime(settings.account_configs())
             runtime.observe(SinkObserver(sink))
             publisher = EmbeddedPublisher(runtime)
         source = ExchangeSource(client, publisher, SourceConfig(exchange, chosen, timeframe=timeframe,

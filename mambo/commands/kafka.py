@@ -6,12 +6,20 @@ Each is a thin front over :mod:`mambo.streams.kafka`; the broker's state lives i
 ``127.0.0.1:9092``, the local broker's). ``mambo kafka start --brokers 3`` starts a cluster there
 instead (one folder per node, ports from ``kafka.bootstrap``: the ones it lists, or consecutive from
 its first); ``stop`` and ``status`` then act on every node.
+
+``worker``, ``sink``, ``source`` and ``kafka replay`` serve ``/health`` and ``/ready`` on
+``--health-port`` (``MAMBO_HEALTH_PORT``) when given (:mod:`mambo.streams.health`): a worker or the
+sink is ready when it holds partitions whose lag is at most ``--ready-max-lag`` messages (the sink:
+and ClickHouse answers); a source when the brokers answer. ``worker --name @hostname`` names the worker
+after its host: one stable, distinct name per container or pod (compose ``--scale``, a StatefulSet).
 """
 
 from __future__ import annotations
 
 import signal
+import socket
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -19,6 +27,7 @@ import typer
 
 if TYPE_CHECKING:
     from mambo.settings import MamboSettings
+    from mambo.streams.health import Check, HealthServer
     from mambo.streams.kafka.broker import KafkaBroker
     from mambo.streams.kafka.cluster import KafkaCluster
 
@@ -29,6 +38,13 @@ DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", help="Where Mambo
 PrefixOpt = Annotated[str, typer.Option(help="Namespace for topic and group names (several pipelines).")]
 IdleOpt = Annotated[float | None, typer.Option(help="Exit after this many idle seconds (batch runs).")]
 PartitionsOpt = Annotated[int | None, typer.Option(help="Partitions of keyed topics (kafka.partitions).")]
+HealthPortOpt = Annotated[
+    int | None,
+    typer.Option(envvar="MAMBO_HEALTH_PORT", help="Serve /health and /ready on this port (default: none)."),
+]
+MaxLagOpt = Annotated[
+    int, typer.Option(envvar="MAMBO_READY_MAX_LAG", min=0, help="/ready: most messages of lag allowed.")
+]
 LOCAL = "127.0.0.1:9092"
 
 
@@ -80,6 +96,23 @@ def _running(broker: KafkaBroker | KafkaCluster) -> str:
     return f"as a cluster of {len(broker.nodes)} brokers at {broker.bootstrap}" + "".join(
         f"\n  node {n.node_id}: {n.bootstrap} (pid {n.pid()}), log {n.log_file}" for n in broker.nodes
     )
+
+
+def health_server(port: int | None, checks: dict[str, Callable[[], Check]]) -> HealthServer | None:
+    """Start ``/health`` and ``/ready`` on ``port`` with ``checks`` (each built by its factory here),
+    or nothing when no port is given. A port that cannot be bound exits 1 with the reason."""
+    from mambo.streams.health import HealthServer
+
+    if port is None:
+        return None
+    try:
+        server = HealthServer(port)
+    except (OSError, ValueError) as ex:
+        typer.echo(f"error: cannot serve health on port {port}: {ex}", err=True)
+        raise typer.Exit(1) from ex
+    for name, make in checks.items():
+        server.add_check(name, make())
+    return server.start()
 
 
 def _until_signal() -> threading.Event:
@@ -162,13 +195,16 @@ def register(app: typer.Typer) -> None:
     def replay(
         speed: Annotated[float, typer.Option(help="Multiple of real time; 0 = as fast as it goes.")] = 0.0,
         prefix: PrefixOpt = "",
+        health_port: HealthPortOpt = None,
         config: ConfigOpt = None,
         data_dir: DataDirOpt = None,
     ) -> None:
         """Publish the bundled Binance recording (trades and book tops) to md.trades and md.quotes."""
+        from mambo.streams.health import kafka_check
         from mambo.streams.kafka.replay import publish_recording
 
         settings = _settings(config, data_dir)
+        health_server(health_port, {"kafka": lambda: kafka_check(_bootstrap(settings))})
         n = publish_recording(_bootstrap(settings), speed=speed, prefix=prefix)
         typer.echo(f"published {n:,} trades")
 
@@ -224,6 +260,39 @@ def register(app: typer.Typer) -> None:
         """Create or update the topics (idempotent) and the ClickHouse tables."""
         _topology(True, partitions, prefix, config, data_dir)
 
+    @topology.command("export")
+    def export_cmd(
+        fmt: Annotated[
+            str, typer.Option("--format", help="strimzi: KafkaTopic resources (YAML).")
+        ] = "strimzi",
+        partitions: PartitionsOpt = None,
+        replicas: Annotated[
+            int, typer.Option(min=1, help="Replicas of each topic (3: min.insync.replicas 2).")
+        ] = 3,
+        cluster: Annotated[
+            str, typer.Option(help="The Strimzi Kafka cluster (strimzi.io/cluster).")
+        ] = "mambo",
+        namespace: Annotated[str | None, typer.Option(help="metadata.namespace (default: none).")] = None,
+        prefix: PrefixOpt = "",
+        config: ConfigOpt = None,
+        data_dir: DataDirOpt = None,
+    ) -> None:
+        """Print the registry's topics as resources for a Kubernetes operator (no broker needed)."""
+        from mambo.streams.kafka import strimzi
+        from mambo.streams.kafka.topology import wanted_topics
+
+        if fmt != "strimzi":
+            typer.echo(f"error: --format {fmt}: strimzi is the one format", err=True)
+            raise typer.Exit(2)
+        settings = _settings(config, data_dir)
+        specs = wanted_topics(partitions or settings.kafka.partitions, prefix, replicas)
+        try:
+            docs = strimzi.kafka_topics(specs, cluster, namespace)
+        except ValueError as ex:
+            typer.echo(f"error: {ex}", err=True)
+            raise typer.Exit(2) from ex
+        typer.echo(strimzi.to_yaml(docs), nl=False)
+
     @app.command()
     def worker(
         name: Annotated[str, typer.Option(help="Stable per worker: its transactional id.")] = "1",
@@ -236,42 +305,64 @@ def register(app: typer.Typer) -> None:
         runtime: Annotated[
             str, typer.Option(help="native (confluent-kafka transactions) or faust (mambo.agents).")
         ] = "native",
+        health_port: HealthPortOpt = None,
+        ready_max_lag: MaxLagOpt = 100_000,
         config: ConfigOpt = None,
         data_dir: DataDirOpt = None,
     ) -> None:
         """Run the pipeline's stages on this worker's share of md.trades' and md.candles' partitions,
         exactly once (or at least once: kafka.processing_guarantee)."""
-        from mambo.streams.kafka.worker import Worker
+        from mambo.streams.health import kafka_check, kafka_lag_check
+        from mambo.streams.kafka.worker import INPUTS, Worker
 
         settings = _settings(config, data_dir)
         if runtime not in ("native", "faust"):
             typer.echo(f"error: --runtime must be native or faust, not {runtime!r}", err=True)
             raise typer.Exit(2)
+        try:
+            engine = settings.per_market_config()
+        except ValueError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from exc
+        name = socket.gethostname() if name == "@hostname" else name
+        bootstrap = _bootstrap(settings)
         if runtime == "faust":
+            health_server(health_port, {"kafka": lambda: kafka_check(bootstrap)})
             from mambo.agents.app import faust_worker
 
             faust_worker(settings, name=name, batch_size=batch_size, prefix=prefix, idle_exit=idle_exit)
             return
-        Worker(
-            _bootstrap(settings),
-            settings.engine.to_config(),
+        w = Worker(
+            bootstrap,
+            engine,
             name=name,
             batch_size=batch_size,
             prefix=prefix,
             guarantee=settings.kafka.processing_guarantee,
             trace=trace,
-        ).run(_until_signal(), idle_exit)
+        )
+
+        def assigned() -> list[tuple[str, int]]:
+            return [(prefix + t, p) for t in INPUTS for p in list(w.assigned)]
+
+        health_server(
+            health_port, {"partitions": lambda: kafka_lag_check(bootstrap, w.group, assigned, ready_max_lag)}
+        )
+        w.run(_until_signal(), idle_exit)
 
     @app.command()
     def sink(
         batch_size: Annotated[int, typer.Option(help="Messages per insert-and-commit, at most.")] = 20_000,
         idle_exit: IdleOpt = None,
         prefix: PrefixOpt = "",
+        health_port: HealthPortOpt = None,
+        ready_max_lag: MaxLagOpt = 100_000,
         config: ConfigOpt = None,
         data_dir: DataDirOpt = None,
     ) -> None:
         """Consume every topic into ClickHouse (offsets committed after each good insert)."""
         from mambo.connectors.clickhouse import ClickHouseSink, connect, ensure_schema
+        from mambo.streams.health import clickhouse_check, kafka_lag_check
         from mambo.streams.kafka.sink import KafkaSink
 
         settings = _settings(config, data_dir)
@@ -280,6 +371,17 @@ def register(app: typer.Typer) -> None:
         client = connect(settings.clickhouse_dsn, db)
         ensure_schema(client, db)
         ch = ClickHouseSink(client, db, batch_rows=settings.clickhouse.batch_rows)
-        KafkaSink(_bootstrap(settings), ch, batch_size=batch_size, prefix=prefix).run(
-            _until_signal(), idle_exit
+        group, bootstrap = "mambo-sink", _bootstrap(settings)
+        sink = KafkaSink(bootstrap, ch, group=group, batch_size=batch_size, prefix=prefix)
+
+        def assigned() -> list[tuple[str, int]]:
+            return [(tp.topic, tp.partition) for tp in sink.consumer.assignment()]
+
+        health_server(
+            health_port,
+            {
+                "partitions": lambda: kafka_lag_check(bootstrap, prefix + group, assigned, ready_max_lag),
+                "clickhouse": lambda: clickhouse_check(settings.clickhouse_dsn),
+            },
         )
+        sink.run(_until_signal(), idle_exit)

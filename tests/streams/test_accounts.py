@@ -140,3 +140,15 @@ def test_the_kafka_runtime_refuses_accounts_it_cannot_honour() -> None:
     assert MamboSettings().per_market_config() == MamboSettings().engine.to_config()
     with pytest.raises(ValueError, match="trades each market as its own account"):
         MamboSettings(accounts={"spot": {"markets": [BTC]}}).per_market_config()
+
+
+def test_mambo_worker_refuses_accounts_with_the_reason(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from mambo.cli import app
+
+    config = tmp_path / "mambo.toml"
+    config.write_text('[accounts.spot]\nmarkets = ["binance:BTC/USDT"]\n')
+    done = CliRunner().invoke(app, ["worker", "--config", str(config)])
+    assert done.exit_code == 2
+    assert "trades each market as its own account" in done.output
