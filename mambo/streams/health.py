@@ -22,6 +22,7 @@ import json
 import os
 import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Collection
@@ -47,11 +48,17 @@ DEFAULT_PORT = 8080
 class HealthServer:
     """Serves ``/health`` and ``/ready`` on ``host:port`` (port 0: any free port, see :attr:`port`)."""
 
-    def __init__(self, port: int, host: str = "0.0.0.0") -> None:
+    def __init__(self, port: int, host: str = "0.0.0.0", cache_seconds: float = 5.0) -> None:
+        """``cache_seconds``: a readiness answer is reused this long, and probes arriving while the
+        checks run wait for that one run (a lag check over a hundred partitions took seconds on a
+        loaded machine; probes every few seconds must not pile up behind it)."""
         if not 0 <= port < 65536:
             raise ValueError(f"health port {port}: must be 0..65535")
         self._checks: dict[str, Check] = {}
         self._lock = threading.Lock()
+        self._running = threading.Lock()  # one run of the checks at a time
+        self._cache_seconds = cache_seconds
+        self._answer: tuple[float, tuple[bool, dict[str, dict[str, Any]]]] | None = None
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -89,9 +96,20 @@ class HealthServer:
         """Register a readiness check (``/ready`` passes when all pass)."""
         with self._lock:
             self._checks[name] = check
+        self._answer = None  # the next probe runs the new set
 
     def readiness(self) -> tuple[bool, dict[str, dict[str, Any]]]:
-        """Run every check: whether all pass, and each one's answer."""
+        """Whether every check passes, and each one's answer: from a run at most ``cache_seconds``
+        old, else from a new run (one at a time)."""
+        with self._running:
+            answer = self._answer
+            if answer is not None and time.monotonic() - answer[0] < self._cache_seconds:
+                return answer[1]
+            result = self._run_checks()
+            self._answer = (time.monotonic(), result)
+            return result
+
+    def _run_checks(self) -> tuple[bool, dict[str, dict[str, Any]]]:
         with self._lock:
             checks = dict(self._checks)
         answers: dict[str, dict[str, Any]] = {}

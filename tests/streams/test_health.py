@@ -7,6 +7,8 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -18,7 +20,7 @@ from mambo.streams.health import HealthServer, probe
 
 @pytest.fixture
 def server() -> Iterator[HealthServer]:
-    s = HealthServer(0, host="127.0.0.1").start()
+    s = HealthServer(0, host="127.0.0.1", cache_seconds=0).start()  # every probe runs the checks
     yield s
     s.stop()
 
@@ -50,6 +52,32 @@ def test_ready_only_when_every_check_passes_and_says_why_not(server: HealthServe
     state["lag"] = 3
     assert get(server, "/ready")[0] == 200
     assert get(server, "/health")[0] == 200  # liveness does not depend on readiness
+
+
+def test_probes_share_one_run_of_the_checks_within_the_cache_time() -> None:
+    """A slow check (a lag check over many partitions) runs once for the probes that come while it
+    runs and within the cache time, not once per probe."""
+    calls = []
+
+    def slow() -> tuple[bool, str]:
+        calls.append(time.monotonic())
+        time.sleep(0.3)
+        return True, "fine"
+
+    s = HealthServer(0, host="127.0.0.1", cache_seconds=30).start()
+    try:
+        s.add_check("lag", slow)
+        probes = [threading.Thread(target=get, args=(s, "/ready")) for _ in range(5)]
+        for p in probes:
+            p.start()
+        for p in probes:
+            p.join()
+        assert get(s, "/ready")[0] == 200
+        assert len(calls) == 1
+        s.add_check("clickhouse", lambda: (False, "down"))  # a new check: the next probe runs them
+        assert get(s, "/ready")[0] == 503 and len(calls) == 2
+    finally:
+        s.stop()
 
 
 def test_a_check_that_raises_is_not_ready_with_the_error(server: HealthServer) -> None:
