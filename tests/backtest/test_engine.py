@@ -98,6 +98,12 @@ CONFIGS = {
         strategy_params={"rsi_reversion": {"period": 7, "lower": 35.0, "upper": 65.0}},
         allow_short=True,
     ),
+    # the EMA crossover, with shorts
+    "ema_cross_short": EngineConfig(
+        strategies=("ema_cross",),
+        strategy_params={"ema_cross": {"fast": 9, "slow": 21}},
+        allow_short=True,
+    ),
     # limits that reject entries: rejections must match too
     "rejections": EngineConfig(
         strategies=("macd_cross",),

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import talib
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -22,6 +23,7 @@ from mambo.core.strategies import (
     BollingerBreakout,
     Crossing,
     Decision,
+    EmaCross,
     MacdCross,
     RsiReversion,
     SmaCross,
@@ -222,6 +224,48 @@ def test_sma_cross_matches_reference_on_any_path(pairs: list[tuple[float, float]
     assert all((d.side == "hold") == (d.confidence == 0.0) for d in decisions)
 
 
+# --- ema_cross ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("fast", "slow"), [(12, 26), (5, 20), (2, 3)])
+def test_ema_cross_matches_reference_on_btc_candles(btc: pd.DataFrame, fast: int, slow: int) -> None:
+    """On TA-Lib's EMAs of the real closes, the crosses are the reference semantics' crosses."""
+    close = btc["close"].to_numpy(dtype=np.float64)
+    ema_fast, ema_slow = talib.EMA(close, fast), talib.EMA(close, slow)
+    bars = [
+        Bar(b.candle, {f"ema_{fast}": float(ema_fast[i]), f"ema_{slow}": float(ema_slow[i])})
+        for i, b in enumerate(fixture_bars(btc, 1, 2))
+    ]
+    strategy = EmaCross(fast=fast, slow=slow)
+    assert strategy.indicators() == (f"ema:{fast}", f"ema:{slow}")
+    decisions = [strategy.on_bar(bar) for bar in bars]
+    got = [(i, d.side) for i, d in enumerate(decisions) if d.side != "hold"]
+    expected = reference_crosses(pd.Series(ema_fast), pd.Series(ema_slow))
+    assert got == expected
+    assert len(expected) >= 30
+    buy = next(d for d in decisions if d.side == "buy")
+    assert set(buy.values) == {"ema_fast", "ema_slow", f"ema_{fast}", f"ema_{slow}"}
+
+
+def test_ema_cross_by_hand() -> None:
+    rows = [
+        {},  # warming up
+        {"ema_12": 9.0, "ema_26": 10.0},  # first sign (below): no signal
+        {"ema_12": 10.0, "ema_26": 10.0},  # zero: stays below
+        {"ema_12": 10.5, "ema_26": 10.0},  # crosses above: buy
+        {"ema_12": 10.0, "ema_26": 10.0},  # zero: stays above
+        {"ema_12": 9.0, "ema_26": 10.0},  # crosses below: sell
+        {"sma_12": 11.0, "sma_26": 10.0},  # an SMA is not what it reads: nothing changes
+    ]
+    decisions = run(EmaCross(), rows)
+    assert sides(decisions) == ["hold"] * 3 + ["buy", "hold", "sell", "hold"]
+    assert decisions[3].values == {"ema_fast": 10.5, "ema_slow": 10.0, "ema_12": 10.5, "ema_26": 10.0}
+    assert decisions[3].confidence == pytest.approx(0.005 / 0.0052)  # gap 0.5 on a close of 100
+    assert EmaCross() != SmaCross(fast=12, slow=26)
+    with pytest.raises(ValueError, match="must be shorter than slow"):
+        EmaCross(fast=26, slow=12)
+
+
 # --- the other strategies by hand ---------------------------------------------------------------
 
 
@@ -387,6 +431,7 @@ def test_registry_names() -> None:
         "rsi_reversion": RsiReversion,
         "macd_cross": MacdCross,
         "bollinger_breakout": BollingerBreakout,
+        "ema_cross": EmaCross,
     } == STRATEGIES
     assert load_strategy("sma_cross") == SmaCross(fast=50, slow=200)
     assert load_strategy("rsi_reversion", period=7, lower=20, upper=80) == RsiReversion(
@@ -397,7 +442,11 @@ def test_registry_names() -> None:
 @pytest.mark.parametrize(
     ("ref", "params", "message"),
     [
-        ("smacross", {}, "unknown strategy 'smacross'; registered: bollinger_breakout, macd_cross"),
+        (
+            "smacross",
+            {},
+            "unknown strategy 'smacross'; registered: bollinger_breakout, ema_cross, macd_cross",
+        ),
         (
             "sma_cross",
             {"fats": 5},
@@ -483,6 +532,8 @@ def test_every_strategy_restores_from_a_pickle(name: str, path: list[float], cut
     names = [
         "sma_50",
         "sma_200",
+        "ema_12",
+        "ema_26",
         "rsi_14",
         "macd_12_26_9",
         "macd_signal_12_26_9",

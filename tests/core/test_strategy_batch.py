@@ -65,6 +65,8 @@ CASES = [
     ("sma_cross", {}),
     ("sma_cross", {"fast": 5, "slow": 21, "half_gap": 0.001}),
     ("macd_cross", {}),
+    ("ema_cross", {}),
+    ("ema_cross", {"fast": 5, "slow": 21, "half_gap": 0.001}),
     ("bollinger_breakout", {"period": 14, "k": 1.5}),
     ("rsi_reversion", {}),
     ("rsi_reversion", {"period": 5, "lower": 40.0, "upper": 60.0}),

@@ -1,7 +1,9 @@
 """Technical indicators: pure, incremental, checked against TA-Lib.
 
-SMA, EMA, WMA, RSI, MACD, Bollinger Bands, ATR, Stochastic, Williams %R, CCI, OBV, session VWAP and
-ADX, named by spec strings (``"sma:50"``, ``"macd:12:26:9"``; see :mod:`.specs`). Where to start:
+SMA, EMA, WMA, RSI, MACD, Bollinger Bands, ATR, Stochastic, Williams %R, CCI, OBV, session VWAP,
+ADX, standard deviation, MFI, Ichimoku, Donchian and Keltner channels, parabolic SAR, SuperTrend and a
+rolling volume profile, named by spec strings (``"sma:50"``, ``"macd:12:26:9"``; see :mod:`.specs`).
+Where to start:
 
 - :class:`IndicatorSet`: the per-market state; ``update`` takes one closed candle and returns every
   output by name (NaN while warming up). It pickles and compares, for Faust tables and checkpoints.

@@ -20,6 +20,10 @@ degenerate windows:
   TA-Lib's ``E[x**2] - sma**2``, which cancels catastrophically on prices like 47,000 and which it
   then zeroes below 1e-14.
 - A CCI window of one repeated price gives 0 (see :func:`_cci`).
+- MFI sums its window afresh each bar, so a window without flow gives exactly 0 (see :func:`_mfi`).
+
+Indicators TA-Lib lacks (Ichimoku, Donchian and Keltner channels, SuperTrend, the volume profile) are
+defined at their kernels; the tests check them against pandas and hand-worked references.
 
 Inputs must be finite; counts are kept as float64 (exact up to 2**53 bars).
 """
@@ -34,12 +38,20 @@ __all__ = [
     "ATR",
     "BBANDS",
     "CCI",
+    "DONCHIAN",
     "EMA",
+    "ICHIMOKU",
+    "KELTNER",
     "MACD",
+    "MFI",
     "OBV",
     "RSI",
+    "SAR",
     "SMA",
+    "STDDEV",
     "STOCH",
+    "SUPERTREND",
+    "VPROFILE",
     "VWAP",
     "WILLR",
     "WMA",
@@ -50,6 +62,9 @@ __all__ = [
 
 # Indicator kinds.
 SMA, EMA, WMA, RSI, MACD, BBANDS, ATR, STOCH, WILLR, CCI, OBV, VWAP, ADX = range(13)
+STDDEV, MFI, ICHIMOKU, DONCHIAN, KELTNER, SAR, SUPERTREND, VPROFILE = range(13, 21)
+#: The share of a window's volume the volume profile's value area holds.
+VALUE_AREA = 0.7
 
 NS_PER_DAY = 86_400_000_000_000
 # TA-Lib's TA_IS_ZERO: a denominator this close to zero gives 0 instead of a division.
@@ -60,8 +75,17 @@ _NAN = np.nan
 def state_size(kind: int, params: tuple[float, ...]) -> int:
     """Length of the state array of an indicator (the layouts are at the kernels)."""
     n = int(params[0]) if params else 0
-    if kind in (SMA, BBANDS):
+    if kind in (SMA, BBANDS, STDDEV):
         return 2 + n
+    if kind == MFI:
+        return 2 + 2 * n
+    if kind == ICHIMOKU:
+        tenkan, kijun, senkou = (int(x) for x in params)
+        return (1 + 2 * tenkan) + (1 + 2 * kijun) + (1 + 2 * senkou) + (1 + 2 * kijun)
+    if kind == DONCHIAN:
+        return 1 + 2 * n
+    if kind == VPROFILE:
+        return 1 + 4 * n
     if kind == WMA:
         return 3 + n
     if kind == STOCH:
@@ -71,7 +95,7 @@ def state_size(kind: int, params: tuple[float, ...]) -> int:
         return 1 + 2 * n
     if kind == CCI:
         return 1 + n
-    return {EMA: 2, RSI: 4, MACD: 4, ATR: 3, OBV: 3, VWAP: 3, ADX: 8}[kind]
+    return {EMA: 2, RSI: 4, MACD: 4, ATR: 3, OBV: 3, VWAP: 3, ADX: 8, KELTNER: 5, SAR: 7, SUPERTREND: 7}[kind]
 
 
 # --- shared pieces -----------------------------------------------------------------------------
@@ -152,6 +176,17 @@ def _push_range(w, n, high, low):
         highest = max(highest, w[1 + j])
         lowest = min(lowest, w[1 + n + j])
     return pushed, highest, lowest
+
+
+@njit(cache=True)
+def _window_deviation(ring, n, mean):
+    """The population standard deviation of a full window ``ring`` of n values about ``mean``:
+    ``sqrt(mean((x - mean)**2))``, two passes."""
+    squares = 0.0
+    for j in range(n):
+        d = ring[j] - mean
+        squares += d * d
+    return np.sqrt(squares / n)
 
 
 # --- kernels: (params, state, input arrays..., out[n_outputs, n_bars]) ------------------------
@@ -300,11 +335,7 @@ def _bbands(p, s, close, out):
         if np.isnan(middle):
             out[0, i] = out[1, i] = out[2, i] = _NAN
             continue
-        squares = 0.0
-        for j in range(n):
-            d = ring[j] - middle
-            squares += d * d
-        width = np.sqrt(squares / n) * k
+        width = _window_deviation(ring, n, middle) * k
         out[0, i] = middle + width
         out[1, i] = middle
         out[2, i] = middle - width
@@ -494,6 +525,290 @@ def _adx(p, s, high, low, close, out):
     s[4], s[5], s[6], s[7] = plus_dm, minus_dm, tr, adx
 
 
+@njit(cache=True)
+def _stddev(p, s, close, out):
+    """``[pushed, partial, ring(n)]``: TA-Lib STDDEV with nbdev 1, the population deviation, taken in
+    two passes as the Bollinger bands take it."""
+    n = int(p[0])
+    for i in range(len(close)):
+        mean = _window_mean(s, n, close[i])
+        out[0, i] = _NAN if np.isnan(mean) else _window_deviation(s[2:], n, mean)
+
+
+@njit(cache=True)
+def _mfi(p, s, high, low, close, volume, out):
+    """``[count, prev_typical, positive flows(n), negative flows(n)]``: TA-Lib MFI.
+
+    A bar's money flow is typical price times volume, positive when the typical price rose, negative
+    when it fell, neither when it stayed; MFI = 100 * positive / (positive + negative) over the last n
+    flows, from bar n; 0 for a window without flow (as the TA-Lib 0.8 C library does; its older
+    releases gave 0 below a total flow of 1.0). The sums are taken from the rings each bar (n
+    additions): TA-Lib's running sums leave residue after a burst of volume, up to an MFI of 100
+    where the window has no flow at all.
+    """
+    n = int(p[0])
+    count, prev = s[0], s[1]
+    ups, downs = s[2 : 2 + n], s[2 + n :]
+    for i in range(len(close)):
+        typical = _typical_price(high[i], low[i], close[i])
+        change = typical - prev
+        prev = typical
+        count += 1
+        out[0, i] = _NAN
+        if count == 1:
+            continue
+        flows = int(count) - 1
+        pos = (flows - 1) % n
+        flow = typical * volume[i]
+        ups[pos] = flow if change > 0 else 0.0
+        downs[pos] = flow if change < 0 else 0.0
+        if flows < n:
+            continue
+        positive = 0.0
+        negative = 0.0
+        for j in range(n):
+            positive += ups[j]
+            negative += downs[j]
+        total = positive + negative
+        out[0, i] = 0.0 if _is_zero(total) else 100.0 * (positive / total)
+    s[0], s[1] = count, prev
+
+
+@njit(cache=True)
+def _midpoint(w, n, high, low):
+    """Push a bar into the high/low rings ``w`` (see :func:`_push_range`); the midpoint of the last n
+    bars' highest high and lowest low, NaN until n bars were pushed."""
+    pushed, highest, lowest = _push_range(w, n, high, low)
+    return (highest + lowest) / 2.0 if pushed >= n else _NAN
+
+
+@njit(cache=True)
+def _ichimoku(p, s, high, low, out):
+    """``[tenkan rings, kijun rings, senkou B rings, pushed, span A ring(kijun), span B ring(kijun)]``.
+
+    Outputs ``(tenkan, kijun, senkou_a, senkou_b)``. Tenkan and kijun are the midpoints of the last
+    ``tenkan`` and ``kijun`` bars' ranges. The spans are displaced ``kijun`` bars forward, as charts
+    draw them, and given as known at the bar: the cloud that sits under bar t, computed from bars up
+    to t - kijun (span A = the mean of tenkan and kijun then, span B = the midpoint of the
+    ``senkou`` bars then). Nothing reads past bar t. (The other convention, the spans computed at t
+    that the chart draws at t + kijun, is these outputs kijun bars later; span A of it is simply
+    (tenkan + kijun) / 2 at t.) The chikou span, the close drawn kijun bars back, is left out: its
+    value at bar t is the close of bar t + kijun, the future by definition.
+    """
+    tenkan, kijun, senkou = int(p[0]), int(p[1]), int(p[2])
+    at_k = 1 + 2 * tenkan
+    at_s = at_k + 1 + 2 * kijun
+    at_d = at_s + 1 + 2 * senkou
+    t_ring, k_ring, s_ring, delay = s[:at_k], s[at_k:at_s], s[at_s:at_d], s[at_d:]
+    for i in range(len(high)):
+        t_mid = _midpoint(t_ring, tenkan, high[i], low[i])
+        k_mid = _midpoint(k_ring, kijun, high[i], low[i])
+        s_mid = _midpoint(s_ring, senkou, high[i], low[i])
+        pushed = int(delay[0])
+        pos = pushed % kijun
+        out[0, i] = t_mid
+        out[1, i] = k_mid
+        # the value pushed kijun bars ago sits where today's goes
+        out[2, i] = delay[1 + pos] if pushed >= kijun else _NAN
+        out[3, i] = delay[1 + kijun + pos] if pushed >= kijun else _NAN
+        delay[1 + pos] = (t_mid + k_mid) / 2.0
+        delay[1 + kijun + pos] = s_mid
+        delay[0] = pushed + 1
+
+
+@njit(cache=True)
+def _donchian(p, s, high, low, out):
+    """``[pushed, highs(n), lows(n)]``: outputs ``(upper, middle, lower)``, the highest high and lowest
+    low of the last n bars (this one included) and their midpoint."""
+    n = int(p[0])
+    for i in range(len(high)):
+        pushed, highest, lowest = _push_range(s, n, high[i], low[i])
+        if pushed < n:
+            out[0, i] = out[1, i] = out[2, i] = _NAN
+            continue
+        out[0, i] = highest
+        out[1, i] = (highest + lowest) / 2.0
+        out[2, i] = lowest
+
+
+@njit(cache=True)
+def _keltner(p, s, high, low, close, out):
+    """``[ema state(2), atr state(3)]``: outputs ``(upper, middle, lower)``.
+
+    middle = EMA(close, n) as :func:`_ema` (TA-Lib's, seeded by the SMA); bands = middle +/- k *
+    ATR(a), the ATR as :func:`_atr` (TA-Lib's: Wilder's smoothing seeded by the mean of the first a
+    true ranges). All three start when both the EMA and the ATR have.
+    """
+    k = p[1]
+    _ema(p[0:1], s[0:2], close, out[1:2])
+    _atr(p[2:3], s[2:5], high, low, close, out[2:3])
+    for i in range(len(close)):
+        middle, width = out[1, i], out[2, i] * k
+        if np.isnan(middle) or np.isnan(width):
+            out[0, i] = out[1, i] = out[2, i] = _NAN
+            continue
+        out[0, i] = middle + width
+        out[2, i] = middle - width
+
+
+@njit(cache=True)
+def _sar(p, s, high, low, out):
+    """``[count, is_long, af, ep, sar, last_high, last_low]``: TA-Lib SAR, from bar 1.
+
+    As TA-Lib: the first trend is short if bar 1's minus DM (period 1) is positive, else long; the
+    first SAR is bar 0's low (long) or high (short) and the extreme point bar 1's high or low; an
+    acceleration above the maximum is lowered to it. The SAR output on bar t is the stop in force
+    during bar t (computed at t-1), or on a reversal the overriding extreme point.
+    """
+    step = min(p[0], p[1])
+    maximum = p[1]
+    count, is_long, af, ep, sar, last_high, last_low = s[0], s[1], s[2], s[3], s[4], s[5], s[6]
+    for i in range(len(high)):
+        count += 1
+        new_high, new_low = high[i], low[i]
+        if count == 1:
+            last_high, last_low = new_high, new_low
+            out[0, i] = _NAN
+            continue
+        if count == 2:
+            up, down = new_high - last_high, last_low - new_low
+            is_long = 0.0 if (down > 0 and up < down) else 1.0
+            af = step
+            if is_long == 1.0:
+                ep, sar = new_high, last_low
+            else:
+                ep, sar = new_low, last_high
+            last_high, last_low = new_high, new_low  # TA-Lib's first step sees bar 1 as yesterday
+        prev_high, prev_low = last_high, last_low
+        last_high, last_low = new_high, new_low
+        if is_long == 1.0:
+            if new_low <= sar:  # reversal to short
+                is_long = 0.0
+                sar = max(ep, prev_high, new_high)
+                out[0, i] = sar
+                af = step
+                ep = new_low
+                sar = max(sar + af * (ep - sar), prev_high, new_high)
+            else:
+                out[0, i] = sar
+                if new_high > ep:
+                    ep = new_high
+                    af = min(af + step, maximum)
+                sar = min(sar + af * (ep - sar), prev_low, new_low)
+        elif new_high >= sar:  # reversal to long
+            is_long = 1.0
+            sar = min(ep, prev_low, new_low)
+            out[0, i] = sar
+            af = step
+            ep = new_high
+            sar = min(sar + af * (ep - sar), prev_low, new_low)
+        else:
+            out[0, i] = sar
+            if new_low < ep:
+                ep = new_low
+                af = min(af + step, maximum)
+            sar = max(sar + af * (ep - sar), prev_high, new_high)
+    s[0], s[1], s[2], s[3], s[4], s[5], s[6] = count, is_long, af, ep, sar, last_high, last_low
+
+
+@njit(cache=True)
+def _supertrend(p, s, high, low, close, out):
+    """``[atr state(3), upper, lower, prev_close, direction]``: outputs ``(supertrend, direction)``.
+
+    With the ATR as :func:`_atr` (TA-Lib's, Wilder) and hl2 = (high + low) / 2, the basic bands are
+    hl2 +/- k * ATR. The final upper band only falls (it takes the basic one when that is lower, or
+    when the previous close broke above the previous final band), the final lower band only rises
+    (mirror). On the first bar with an ATR the trend is down (as TradingView's ``ta.supertrend``); a
+    down trend turns up when the close ends above the final upper band, an up trend turns down when
+    it ends below the final lower band; as there, a last value equal to the last upper band counts as
+    a down trend (the two bands can meet). SuperTrend is the final lower band in an up trend (direction
+    +1) and the final upper band in a down trend (direction -1).
+    """
+    k = p[1]
+    _atr(p[0:1], s[0:3], high, low, close, out[0:1])
+    upper, lower, prev_close, direction = s[3], s[4], s[5], s[6]
+    for i in range(len(close)):
+        atr = out[0, i]
+        if np.isnan(atr):
+            out[0, i] = out[1, i] = _NAN
+            prev_close = close[i]
+            continue
+        mid = (high[i] + low[i]) / 2.0
+        basic_upper, basic_lower = mid + k * atr, mid - k * atr
+        if direction == 0.0:  # the first bar with an ATR
+            upper, lower, direction = basic_upper, basic_lower, -1.0
+        else:
+            # TradingView reads the last trend off the last value: down if it was the upper band
+            # (so also up-trend bands that met: lower == upper)
+            was_down = direction < 0 or lower == upper
+            if basic_upper < upper or prev_close > upper:
+                upper = basic_upper
+            if basic_lower > lower or prev_close < lower:
+                lower = basic_lower
+            up = close[i] > upper if was_down else close[i] >= lower
+            direction = 1.0 if up else -1.0
+        out[0, i] = lower if direction > 0 else upper
+        out[1, i] = direction
+        prev_close = close[i]
+    s[3], s[4], s[5], s[6] = upper, lower, prev_close, direction
+
+
+@njit(cache=True)
+def _vprofile(p, s, high, low, close, volume, out):
+    """``[pushed, highs(n), lows(n), typicals(n), volumes(n)]``: the volume profile of the last n bars.
+
+    Outputs ``(poc, vah, val)``. The window's range, lowest low to highest high, is cut into b equal
+    bins, edge j at ``lo + (hi - lo) * j / b``; each bar puts its whole volume in the bin of its
+    typical price (h+l+c)/3 (bin ``floor((typical - lo) / (hi - lo) * b)``, the top edge in the top
+    bin). The point of control is the middle of the fullest bin (the lowest of equals). The value area
+    grows from it one bin at a time towards the fuller neighbour (up on a tie) until it holds 70%
+    (:data:`VALUE_AREA`) of the window's volume; vah and val are its outer edges. NaN until n bars,
+    and for a window without volume. A window of one price gives that price for all three.
+    """
+    n, b = int(p[0]), int(p[1])
+    ring = s[1:]
+    bins = np.zeros(b)
+    for i in range(len(close)):
+        pushed, hi, lo = _push_range(s[: 1 + 2 * n], n, high[i], low[i])
+        pos = (pushed - 1) % n
+        ring[2 * n + pos] = _typical_price(high[i], low[i], close[i])
+        ring[3 * n + pos] = volume[i]
+        out[0, i] = out[1, i] = out[2, i] = _NAN
+        if pushed < n:
+            continue
+        span = hi - lo
+        bins[:] = 0.0
+        total = 0.0
+        for j in range(n):
+            at = 0
+            if span > 0.0:
+                at = min(int((ring[2 * n + j] - lo) / span * b), b - 1)
+            bins[at] += ring[3 * n + j]
+            total += ring[3 * n + j]
+        if not total > 0.0:
+            continue
+        poc = 0
+        for j in range(1, b):
+            if bins[j] > bins[poc]:
+                poc = j
+        bottom, top, held = poc, poc, bins[poc]
+        while held < VALUE_AREA * total and (bottom > 0 or top < b - 1):
+            above = bins[top + 1] if top < b - 1 else -1.0
+            below = bins[bottom - 1] if bottom > 0 else -1.0
+            if above >= below:
+                top += 1
+                held += above
+            else:
+                bottom -= 1
+                held += below
+        if span > 0.0:
+            out[0, i] = lo + span * (poc + 0.5) / b
+            out[1, i] = lo + span * (top + 1) / b
+            out[2, i] = lo + span * bottom / b
+        else:
+            out[0, i] = out[1, i] = out[2, i] = lo
+
+
 # --- entry points ------------------------------------------------------------------------------
 
 
@@ -525,6 +840,22 @@ def _advance(kind, p, s, ts, open_, high, low, close, volume, out):
         _vwap(s, ts, high, low, close, volume, out)
     elif kind == ADX:
         _adx(p, s, high, low, close, out)
+    elif kind == STDDEV:
+        _stddev(p, s, close, out)
+    elif kind == MFI:
+        _mfi(p, s, high, low, close, volume, out)
+    elif kind == ICHIMOKU:
+        _ichimoku(p, s, high, low, out)
+    elif kind == DONCHIAN:
+        _donchian(p, s, high, low, out)
+    elif kind == KELTNER:
+        _keltner(p, s, high, low, close, out)
+    elif kind == SAR:
+        _sar(p, s, high, low, out)
+    elif kind == SUPERTREND:
+        _supertrend(p, s, high, low, close, out)
+    elif kind == VPROFILE:
+        _vprofile(p, s, high, low, close, volume, out)
 
 
 @njit(cache=True)

@@ -3,6 +3,14 @@
 ``"sma:50"`` gives ``sma_50``; ``"macd:12:26:9"`` gives ``macd_12_26_9``, ``macd_signal_12_26_9`` and
 ``macd_hist_12_26_9``; ``"bbands:20:2"`` gives ``bb_upper_20_2``, ``bb_middle_20_2``, ``bb_lower_20_2``
 (the multiplier as written); ``"obv"`` and ``"vwap"`` take no parameters. Period limits are TA-Lib's.
+
+The rest: ``"stddev:N"`` (``stddev_N``), ``"mfi:N"`` (``mfi_N``), ``"ichimoku:T:K:S"`` (tenkan, kijun,
+senkou spans: ``ichimoku_tenkan_9_26_52``, ``ichimoku_kijun_...``, ``ichimoku_senkou_a_...``,
+``ichimoku_senkou_b_...``), ``"donchian:N"`` (``dc_upper_N``, ``dc_middle_N``, ``dc_lower_N``),
+``"keltner:N:K:A"`` (EMA period, ATR multiplier, ATR period: ``kc_upper_20_2_10``...), ``"sar:A:M"``
+(acceleration and its maximum: ``sar_0.02_0.2``), ``"supertrend:N:K"`` (ATR period, multiplier:
+``supertrend_10_3``, ``supertrend_dir_10_3``) and ``"vprofile:N:B"`` (window, bins: ``vp_poc_N_B``,
+``vp_vah_N_B``, ``vp_val_N_B``). What each computes is written at its kernel in :mod:`.kernels`.
 """
 
 from __future__ import annotations
@@ -59,6 +67,28 @@ _FORMS: dict[str, _Form] = {
     "obv": _Form(kernels.OBV, (), ("obv",)),
     "vwap": _Form(kernels.VWAP, (), ("vwap",)),
     "adx": _Form(kernels.ADX, _N, ("adx", "plus_di", "minus_di")),
+    "stddev": _Form(kernels.STDDEV, _N, ("stddev",)),
+    "mfi": _Form(kernels.MFI, _N, ("mfi",)),
+    "ichimoku": _Form(
+        kernels.ICHIMOKU,
+        (_Param("T", minimum=1), _Param("K", minimum=1), _Param("S", minimum=1)),
+        ("ichimoku_tenkan", "ichimoku_kijun", "ichimoku_senkou_a", "ichimoku_senkou_b"),
+    ),
+    "donchian": _Form(kernels.DONCHIAN, (_Param("N", minimum=1),), ("dc_upper", "dc_middle", "dc_lower")),
+    "keltner": _Form(
+        kernels.KELTNER,
+        (_Param("N"), _Param("K", integer=False), _Param("A", minimum=1)),
+        ("kc_upper", "kc_middle", "kc_lower"),
+    ),
+    "sar": _Form(kernels.SAR, (_Param("A", integer=False), _Param("M", integer=False)), ("sar",)),
+    "supertrend": _Form(
+        kernels.SUPERTREND,
+        (_Param("N", minimum=1), _Param("K", integer=False)),
+        ("supertrend", "supertrend_dir"),
+    ),
+    "vprofile": _Form(
+        kernels.VPROFILE, (_Param("N", minimum=1), _Param("B", minimum=1)), ("vp_poc", "vp_vah", "vp_val")
+    ),
 }
 
 #: Every accepted form, e.g. ``"macd:F:S:G"``.

@@ -2,8 +2,8 @@
 
 Start with :mod:`~mambo.core.strategies.base` (:class:`Bar`, :class:`Decision`, :class:`Strategy`,
 :func:`make_signal`), then the reference strategy :mod:`~mambo.core.strategies.sma_cross`. The
-other built-ins (``rsi_reversion``, ``macd_cross``, ``bollinger_breakout``) follow the same shape;
-:mod:`~mambo.core.strategies.registry` finds them by name, or loads a user's own class from
+other built-ins (``ema_cross``, ``rsi_reversion``, ``macd_cross``, ``bollinger_breakout``) follow the
+same shape; :mod:`~mambo.core.strategies.registry` finds them by name, or loads a user's own class from
 ``package.module:ClassName``.
 """
 
@@ -27,6 +27,7 @@ from mambo.core.strategies.crossing import (
     gap_confidence,
     gap_confidences,
 )
+from mambo.core.strategies.ema_cross import EmaCross
 from mambo.core.strategies.macd_cross import MacdCross
 from mambo.core.strategies.registry import STRATEGIES, StrategyConfigError, load_strategy, strategy_class
 from mambo.core.strategies.rsi_reversion import RsiReversion
@@ -41,6 +42,7 @@ __all__ = [
     "BollingerBreakout",
     "Crossing",
     "Decision",
+    "EmaCross",
     "MacdCross",
     "RsiReversion",
     "SmaCross",

@@ -33,9 +33,14 @@ class SmaCross(Strategy):
 
     Values: ``sma_fast``, ``sma_slow`` and the same averages named by their periods (``sma_50``,
     ``sma_200``), as clients of ``GET /signal`` read them.
+
+    :class:`~mambo.core.strategies.ema_cross.EmaCross` is this strategy on exponential averages: a
+    subclass sets :attr:`average` to another moving-average indicator of the set.
     """
 
     name: ClassVar[str] = "sma_cross"
+    #: The moving-average indicator both lines are (``sma`` here): ``"<average>:<period>"`` specs.
+    average: ClassVar[str] = "sma"
 
     fast: int = 50
     slow: int = 200
@@ -49,15 +54,16 @@ class SmaCross(Strategy):
         check_positive(half_gap=self.half_gap)
 
     def indicators(self) -> tuple[str, ...]:
-        return (f"sma:{self.fast}", f"sma:{self.slow}")
+        return (f"{self.average}:{self.fast}", f"{self.average}:{self.slow}")
 
     def on_bar(self, bar: Bar) -> Decision:
-        fast, slow = bar.value(f"sma_{self.fast}"), bar.value(f"sma_{self.slow}")
+        avg = self.average
+        fast, slow = bar.value(f"{avg}_{self.fast}"), bar.value(f"{avg}_{self.slow}")
         values = {
-            "sma_fast": fast,
-            "sma_slow": slow,
-            f"sma_{self.fast}": fast,
-            f"sma_{self.slow}": slow,
+            f"{avg}_fast": fast,
+            f"{avg}_slow": slow,
+            f"{avg}_{self.fast}": fast,
+            f"{avg}_{self.slow}": slow,
         }
         cross = self._trend.update(fast - slow)
         if not cross:
@@ -68,6 +74,6 @@ class SmaCross(Strategy):
     def decide_batch(
         self, close: npt.NDArray[np.float64], values: Mapping[str, npt.NDArray[np.float64]]
     ) -> BatchDecisions:
-        diff = values[f"sma_{self.fast}"] - values[f"sma_{self.slow}"]
+        diff = values[f"{self.average}_{self.fast}"] - values[f"{self.average}_{self.slow}"]
         sides = crosses(diff)
         return sides, cross_confidences(sides, diff, close, self.half_gap)
