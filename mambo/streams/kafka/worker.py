@@ -23,7 +23,12 @@ The processing guarantee (``kafka.processing_guarantee``):
   failover outlasted ``transaction.timeout.ms``, 10 s as in Kafka Streams) is aborted, and the worker
   does in process what a restart would: a new producer under the same id, its partitions' markets
   restored from the changelog, its consumer sought to the committed offsets; the batch is processed
-  again. Calls that failed with a retriable error (the coordinator moving) are retried.
+  again. So is one the coordinator aborted itself for its timeout while the worker waited on it
+  (the coordinator died mid-commit, its successor loaded the transaction too late), which librdkafka
+  reports as a fatal fence (:func:`_timed_out_by_broker`); a fence by another process stays fatal.
+  So is one whose ``send_offsets_to_transaction`` librdkafka never returns from (the group
+  coordinator's broker died: :func:`_bounded`). Calls that failed with a retriable error (the
+  coordinator moving) are retried.
 - ``at_least_once``: no transactions, and the loop never waits for the broker. A batch's outputs
   are produced (idempotent producer) as the stages publish them; once all of them, and all of every
   earlier batch's, are acknowledged, its state is produced, each record carrying the input offsets
@@ -133,6 +138,7 @@ INPUTS: tuple[str, ...] = (TRADES.name, EXCHANGE_CANDLES.name)
 _OFFSETS_HEADER = "mambo-offsets"  # on a state record: {input topic: next offset} it includes
 _StateRecord = tuple[str, bytes, Headers, int]  # a market's state: key, blob, headers, partition
 _PARTITION_EOF = KafkaError._PARTITION_EOF
+TRANSACTION_TIMEOUT_MS = 10_000  # as Kafka Streams' exactly once (see the module's docstring)
 _T = TypeVar("_T")
 
 
@@ -278,10 +284,18 @@ class Worker:
             "retry.backoff.ms": 1,
         }
         if transactional_id is not None:
-            config |= {"transactional.id": transactional_id, "transaction.timeout.ms": 10_000}
+            # librdkafka 2.10+ hangs send_offsets_to_transaction, whatever its timeout, when the group
+            # coordinator's broker died and left the metadata (librdkafka issues 5511 and 5456, fixes
+            # not released in 2.16): the request waits for that broker's state to change, and its
+            # thread is gone. Any broker's connection going up or down makes it look for the new
+            # coordinator, so idle connections are closed after this (less a jitter of up to 2 s): a
+            # worker blocked there has them idle, which can end its wait sooner; _bounded gives up on
+            # it after SEND_OFFSETS_BOUND in any case. A worker idle that long reconnects (a few ms).
+            config["connections.max.idle.ms"] = 5_000
+            config |= {"transactional.id": transactional_id, "transaction.timeout.ms": TRANSACTION_TIMEOUT_MS}
         producer = Producer(config)
         if transactional_id is not None:
-            producer.init_transactions(30)
+            _retrying(lambda: producer.init_transactions(30))  # the coordinator may be moving
         return producer
 
     def run(self, stop: threading.Event | None = None, idle_exit: float | None = None) -> None:
@@ -343,6 +357,7 @@ class Worker:
                     self._process_exactly_once(consumer, producers, self.batches % 2, msgs, t_poll)
                 else:
                     self._process_at_least_once(msgs, t_poll)
+                last = time.monotonic()  # idle from the batch's end (an undone one takes seconds)
         finally:
             collector.close()
             try:
@@ -374,6 +389,7 @@ class Worker:
         t_got = time.time_ns()
         counts = self.processed, self.candles
         producer.begin_transaction()
+        begun, waiting = time.monotonic(), float("inf")  # waiting: since the first call to the broker
         try:
             ts_inits: list[int] = []
             states, offsets = self._process_batch(producer, msgs, ts_inits)
@@ -381,11 +397,15 @@ class Worker:
                 self._send_state(producer, record, None)
             t_done = time.time_ns()
             group = consumer.consumer_group_metadata()
-            _retrying(lambda: producer.send_offsets_to_transaction(offsets, group, 30))
+            waiting = time.monotonic()
+            _bounded(lambda: _retrying(lambda: producer.send_offsets_to_transaction(offsets, group, 30)))
             _retrying(lambda: producer.commit_transaction(30))
         except KafkaException as ex:
-            if ex.args[0].fatal():  # fenced: another process took this worker's transactional id
-                log.exception("worker.batch_failed", worker=self.name)
+            # produce() on a producer in a fatal state (fenced) raises _FATAL, not flagged fatal
+            fatal = ex.args[0].fatal() or ex.args[0].code() == KafkaError._FATAL
+            timeout = TRANSACTION_TIMEOUT_MS / 1000
+            if fatal and not _timed_out_by_broker(ex.args[0], begun, waiting, timeout):
+                log.exception("worker.batch_failed", worker=self.name)  # fenced by another process
                 raise
             log.warning("worker.batch_aborted", worker=self.name, reason=ex.args[0].str(), messages=len(msgs))
             self.processed, self.candles = counts
@@ -726,6 +746,59 @@ class _Collector:
     def close(self) -> None:
         gc.unfreeze()
         gc.set_threshold(*self.threshold)
+
+
+def _timed_out_by_broker(error: KafkaError, begun: float, waiting: float, timeout: float) -> bool:
+    """Whether a fatal ``_FENCED`` is the coordinator aborting the transaction for its timeout while
+    the worker waited for the broker, not another process taking the transactional id.
+
+    A transaction the broker cannot end in ``transaction.timeout.ms`` (its coordinator died, and the
+    new one loaded the transaction state only after the timeout) is aborted by the coordinator with
+    a bump of the producer's epoch (KAFKA-6119); the retried EndTxn (or AddOffsetsToTxn) then gets
+    ``PRODUCER_FENCED``, which librdkafka 2.16 (no KIP-588 ``TRANSACTION_TIMED_OUT``, no KIP-890
+    transactions v2) makes a fatal ``_FENCED``, as for a real fence. Kafka Streams treats a fenced
+    producer as its tasks migrated and carries on; the worker likewise undoes the batch and goes on
+    with a new producer, but only when the timeout passed while it was waiting for the broker
+    (``send_offsets_to_transaction``/``commit_transaction`` called before it, failed after it): a
+    zombie fenced by its restarted successor, paused before its commit, still stops, so it never
+    fences the successor back. ``begun``/``waiting``: monotonic times of ``begin_transaction`` and of
+    the first call to the broker; ``timeout``: the transaction's, in seconds."""
+    if error.code() != KafkaError._FENCED:
+        return False
+    return waiting - begun < timeout <= time.monotonic() - begun
+
+
+#: s: how long send_offsets_to_transaction may take before the worker gives its producer up (see
+#: :func:`_bounded`); beyond the transaction's timeout the broker has aborted the transaction anyway.
+SEND_OFFSETS_BOUND = 30.0
+
+
+def _bounded(call: Callable[[], None]) -> None:
+    """``call()`` (send_offsets_to_transaction), given at most SEND_OFFSETS_BOUND seconds.
+
+    librdkafka (2.16) may block in it for as long as the group coordinator's dead broker stays out
+    of the metadata, whatever its timeout (issues 5456 and 5511; the producer's idle connections
+    closing usually ends the wait, see :meth:`Worker._producer`). A blocked call cannot be cancelled,
+    so it runs on a thread of its own; when the bound passes, an abortable error sends the batch to
+    :meth:`Worker._undo`, whose new producer under the same id fences this one (the thread, holding
+    it, ends when librdkafka returns)."""
+    done = threading.Event()
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            call()
+        except BaseException as ex:  # handed to the worker's thread
+            failed.append(ex)
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name="send-offsets", daemon=True).start()
+    if not done.wait(SEND_OFFSETS_BOUND):
+        reason = f"send_offsets_to_transaction did not return in {SEND_OFFSETS_BOUND:.0f} s"
+        raise KafkaException(KafkaError(KafkaError._TIMED_OUT, reason, txn_requires_abort=True))
+    if failed:
+        raise failed[0]
 
 
 def _retrying(call: Callable[[], _T], timeout: float = 120.0) -> _T:
