@@ -7,7 +7,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 UV     := $(VENV)/bin/uv
 
-.PHONY: demo test lint typecheck unit install clean bench browser kafka-jars deploy-tools deploy-render
+.PHONY: demo test lint typecheck unit install clean bench browser kafka-jars deploy-tools deploy-render prometheus
 
 install: $(VENV)/.installed
 
@@ -31,7 +31,7 @@ typecheck: install
 kafka-jars: install
 	$(VENV)/bin/mambo kafka fetch
 
-unit: install kafka-jars deploy-tools
+unit: install kafka-jars deploy-tools prometheus
 	$(PY) -m pytest
 
 test: lint typecheck browser unit
@@ -44,6 +44,11 @@ bench: install
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 browser:
 	@test -x /usr/bin/chromium || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium)
+
+# Debian's prometheus (prometheus and promtool) for tests/ops: promtool checks the metrics expositions
+# and the alert rules, and a real Prometheus scrapes a demo run. Skipped when already installed.
+prometheus:
+	@test -x /usr/bin/promtool || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq prometheus)
 
 # The deployment files' validators for tests/deploy (no container engine or cluster needed): Debian's
 # docker-compose (`docker-compose config`) and helm built from the Go module proxy, cached in

@@ -37,6 +37,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from mambo import metrics
 from mambo.schemas.events import Event
 
 __all__ = ["CHANNELS", "PROTOCOL", "Client", "Gap", "Hub", "HubMessage", "Subscription", "channel_of"]
@@ -326,6 +327,7 @@ class Hub:
         client.dropped = reason
         client.cursor = None
         self.dropped_clients += 1
+        metrics.WS_DROPPED.inc()
         while not client.queue.empty():
             client.queue.get_nowait()
         client.queue.put_nowait(json.dumps({"type": "dropped", "reason": reason}))
@@ -336,10 +338,13 @@ class Hub:
     def connect(self) -> Client:
         client = Client(asyncio.Queue(maxsize=self.queue_size + 2))  # + room for the dropped frames
         self.clients.add(client)
+        metrics.WS_CLIENTS.inc()
         return client
 
     def disconnect(self, client: Client) -> None:
-        self.clients.discard(client)
+        if client in self.clients:
+            self.clients.discard(client)
+            metrics.WS_CLIENTS.dec()
 
     def subscribe(self, client: Client, sub: Subscription, resume_from: int | None = None) -> int:
         """Add a subscription covering the events after ``resume_from`` (default: from now on).

@@ -7,16 +7,18 @@ area), each a thin call into :class:`~mambo.api.service.SignalService`.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
+from mambo import metrics
 from mambo.api.analytics import QueryError
 from mambo.api.auth import AuthError, Authorizer, KeyStore
 from mambo.api.hub import PROTOCOL
@@ -38,7 +40,7 @@ Mambo's signals, market data, trading state and analytics.
 **Access.** Send an API key (`mambo keys create`) in the `X-API-Key` header. Scopes: `signals:read`
 (everything but analytics), `analytics:read` (`/analytics`), `admin` (all). Tiers limit requests per
 minute per key: basic 60, pro 600, enterprise 6000 (429 with `Retry-After` past it). A missing or bad
-key is 401, a missing scope 403. `/health`, `/ready`, `/docs` and the dashboard need no key.
+key is 401, a missing scope 403. `/health`, `/ready`, `/metrics`, `/docs` and the dashboard need no key.
 
 **Numbers.** Timestamps are integer nanoseconds since the epoch, UTC (`ts_event`: exchange time,
 `ts_init`: when the event entered Mambo); prices and quantities of market data are floats; order
@@ -94,6 +96,21 @@ def create_app(
             allow_methods=["GET", "POST"],
             allow_headers=["X-API-Key", "Content-Type"],
         )
+
+    @app.middleware("http")
+    async def _count(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        """mambo_http_requests_total and the request time, by route template (never the raw path)."""
+        began = time.perf_counter()
+        status = 500
+        try:
+            response = await call_next(request)
+            status = response.status_code
+            return response
+        finally:
+            route = request.scope.get("route")
+            name = getattr(route, "path", None) or "unmatched"
+            metrics.HTTP_REQUESTS.labels(name, request.method, str(status)).inc()
+            metrics.HTTP_SECONDS.labels(name).observe(time.perf_counter() - began)
 
     @app.exception_handler(AuthError)
     async def _auth_error(_: Request, ex: AuthError) -> JSONResponse:

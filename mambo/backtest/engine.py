@@ -237,7 +237,7 @@ def run_events(
 ) -> BacktestResult:
     """The reference path: every candle through the embedded runtime, one at a time."""
     config = backtest_config(config, frame.timeframe)
-    runtime = EmbeddedRuntime(config, frame_markets(frame, market))
+    runtime = EmbeddedRuntime(config, frame_markets(frame, market), metrics=False)  # no live metrics
     rec = Recorder()
     runtime.observe(rec)
     n, every = len(frame), progress_every(len(frame))

@@ -75,7 +75,7 @@ def run_portfolio(
     for f in frames:
         given = (markets or {}).get(f.key)
         rules.update(frame_markets(f, given))
-    runtime = EmbeddedRuntime(config, rules)
+    runtime = EmbeddedRuntime(config, rules, metrics=False)  # a backtest exports no live metrics
     rec = Recorder()
     runtime.observe(rec)
     # every candle as (close time, market key, index): the event-time order of the module docstring

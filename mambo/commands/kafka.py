@@ -40,7 +40,9 @@ IdleOpt = Annotated[float | None, typer.Option(help="Exit after this many idle s
 PartitionsOpt = Annotated[int | None, typer.Option(help="Partitions of keyed topics (kafka.partitions).")]
 HealthPortOpt = Annotated[
     int | None,
-    typer.Option(envvar="MAMBO_HEALTH_PORT", help="Serve /health and /ready on this port (default: none)."),
+    typer.Option(
+        envvar="MAMBO_HEALTH_PORT", help="Serve /health, /ready and /metrics on this port (default: none)."
+    ),
 ]
 MaxLagOpt = Annotated[
     int, typer.Option(envvar="MAMBO_READY_MAX_LAG", min=0, help="/ready: most messages of lag allowed.")
@@ -345,9 +347,12 @@ def register(app: typer.Typer) -> None:
         def assigned() -> list[tuple[str, int]]:
             return [(prefix + t, p) for t in INPUTS for p in list(w.assigned)]
 
-        health_server(
+        if health_server(
             health_port, {"partitions": lambda: kafka_lag_check(bootstrap, w.group, assigned, ready_max_lag)}
-        )
+        ):
+            from mambo.metrics import watch_group
+
+            watch_group(bootstrap, w.group, INPUTS, lambda: bool(w.assigned), prefix)  # lag on /metrics
         w.run(_until_signal(), idle_exit)
 
     @app.command()
@@ -375,13 +380,16 @@ def register(app: typer.Typer) -> None:
         sink = KafkaSink(bootstrap, ch, group=group, batch_size=batch_size, prefix=prefix)
 
         def assigned() -> list[tuple[str, int]]:
-            return [(tp.topic, tp.partition) for tp in sink.consumer.assignment()]
+            return list(sink.assigned)  # kept by the sink's own thread: never call into its consumer
 
-        health_server(
+        if health_server(
             health_port,
             {
                 "partitions": lambda: kafka_lag_check(bootstrap, prefix + group, assigned, ready_max_lag),
                 "clickhouse": lambda: clickhouse_check(settings.clickhouse_dsn),
             },
-        )
+        ):
+            from mambo.metrics import watch_group
+
+            watch_group(bootstrap, prefix + group, sink.topics, lambda: sink.messages > 0, prefix)  # lag
         sink.run(_until_signal(), idle_exit)

@@ -41,6 +41,13 @@ def register(app: typer.Typer) -> None:
             bool, typer.Option("--api", help="Also serve the API (needs a ClickHouse server).")
         ] = False,
         prefix: Annotated[str, typer.Option(help="Namespace for topic and group names.")] = "",
+        health_ports: Annotated[
+            int | None,
+            typer.Option(
+                help="Serve /health, /ready and /metrics on each child from this port on: the sink on it, "
+                "worker i on it + i, the source after the workers (the API's are on its own port)."
+            ),
+        ] = None,
         config: ConfigOpt = None,
         data_dir: DataDirOpt = None,
     ) -> None:
@@ -88,6 +95,13 @@ def register(app: typer.Typer) -> None:
         env = {"MAMBO_KAFKA_BOOTSTRAP": bootstrap, "MAMBO_LOG_FORMAT": "json"}
         mambo = [sys.executable, "-m", "mambo.cli"]
         sup = Supervisor(data / "logs", typer.echo)
+
+        def health(offset: int, child: str) -> list[str]:
+            if health_ports is None:
+                return []
+            typer.echo(f"{child}: /health, /ready and /metrics on port {health_ports + offset}")
+            return ["--health-port", str(health_ports + offset)]
+
         try:
             topo = sup.start(
                 ChildSpec(
@@ -98,22 +112,27 @@ def register(app: typer.Typer) -> None:
                 typer.echo(f"error: topology apply failed, see {sup.log_file('topology')}", err=True)
                 raise typer.Exit(1)
             sup.check()
-            sup.start(ChildSpec("sink", [*mambo, "sink", "--prefix", prefix, *common], env))
+            sup.start(
+                ChildSpec("sink", [*mambo, "sink", "--prefix", prefix, *common, *health(0, "sink")], env)
+            )
             if api:
                 sup.start(ChildSpec("api", [*mambo, "api", *common], env))
             for i in range(1, workers + 1):
+                worker_health = health(i, f"worker-{i}")
                 sup.start(
                     ChildSpec(
                         f"worker-{i}",
-                        [*mambo, "worker", "--name", f"up-{i}", "--prefix", prefix, *common],
+                        [*mambo, "worker", "--name", f"up-{i}", "--prefix", prefix, *common, *worker_health],
                         env,
                     )
                 )
+            source_health = health(workers + 1, "source") if source != "none" else []
             if source == "replay":
-                args = ["kafka", "replay", "--speed", str(speed), "--prefix", prefix, *common]
+                args = ["kafka", "replay", "--speed", str(speed), "--prefix", prefix, *common, *source_health]
                 sup.start(ChildSpec("source", [*mambo, *args], env, restart=False))
             elif source == "exchange":
                 args = ["source", "--exchange", exchange, "--symbols", symbols, "--prefix", prefix, *common]
+                args += source_health
                 sup.start(
                     ChildSpec("source", [*mambo, *args, *(["--base-url", base_url] if base_url else [])], env)
                 )

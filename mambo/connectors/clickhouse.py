@@ -45,6 +45,7 @@ import hashlib
 import io
 import re
 import threading
+import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from decimal import Context, Decimal
@@ -59,6 +60,7 @@ import structlog
 from clickhouse_connect.driver.client import Client
 from pydantic_core import PydanticUndefined
 
+from mambo import metrics
 from mambo.schemas.ddl import (
     DECIMAL_TYPE,
     TIMESTAMP_FIELDS,
@@ -380,6 +382,7 @@ class ClickHouseSink:
             return
         batch = pa.concat_tables(chunks).combine_chunks()
         self._chunks[table] = [batch]
+        began = time.perf_counter()
         try:
             self.client.insert_arrow(
                 table,
@@ -390,10 +393,13 @@ class ClickHouseSink:
                 settings={"insert_deduplication_token": _dedup_token(table, batch), "optimize_on_insert": 0},
             )
         except Exception as ex:
+            metrics.SINK_FAILURES.labels(table).inc()
             raise ClickHouseWriteError(
                 f"insert of {batch.num_rows} rows into {self.database}.{table} failed ({ex}); "
                 "the rows stay buffered and the next flush retries them"
             ) from ex
+        metrics.SINK_SECONDS.labels(table).observe(time.perf_counter() - began)
+        metrics.SINK_ROWS.labels(table).inc(batch.num_rows)
         del self._chunks[table]
         self._pending.pop(table, None)
         self._written[table] += batch.num_rows

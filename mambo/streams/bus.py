@@ -5,6 +5,10 @@ every stage that reads the topic, in registration order; whatever a stage return
 turn before the next stage runs. So one input event is processed to the end, through every stage,
 before the next: the order of a live run and of a backtest are the same by construction.
 
+Metrics: unless ``metrics=False`` (or ``MAMBO_METRICS=0``), a :class:`~mambo.metrics.BusMetrics` sees
+every message before the observers, and each trade batch is timed through every stage and per stage
+(see :mod:`mambo.metrics`).
+
 Errors: a stage that raises does not stop the run. The message goes to ``<topic>.dlq`` as a
 :class:`~mambo.schemas.events.DeadLetter` with the stage and the reason, the failure is logged and
 counted, and dispatch goes on with the next stage and the next message.
@@ -13,12 +17,14 @@ counted, and dispatch goes on with the next stage and the next message.
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from typing import Any
 
 import structlog
 
+from mambo import metrics as _metrics
 from mambo.core.stages import Stage
 from mambo.schemas.batches import TradeBatch
 from mambo.schemas.events import DeadLetter, Event, make_id
@@ -41,10 +47,14 @@ def _describe(payload: Any) -> tuple[str, str, int]:
 
 
 class EventBus:
-    def __init__(self) -> None:
+    def __init__(self, metrics: bool | None = None) -> None:
+        """``metrics``: instrument this bus (default: unless ``MAMBO_METRICS=0``)."""
         self._stages: dict[str, list[Stage]] = defaultdict(list)
         self._observers: list[Observer] = []
         self.counts: Counter[str] = Counter()
+        on = _metrics.ENABLED if metrics is None else metrics
+        self.metrics: _metrics.BusMetrics | None = _metrics.BusMetrics(self.counts) if on else None
+        self._handlers = self.metrics.handlers if self.metrics is not None else None
 
     def add_stage(self, stage: Stage) -> None:
         """Deliver the topics of ``stage.inputs`` to it, each once (a topic listed twice is refused: it
@@ -64,23 +74,45 @@ class EventBus:
         self._observers.append(observer)
 
     def publish(self, topic: str, payload: Any) -> None:
-        self.counts[topic] += len(payload) if isinstance(payload, TradeBatch) else 1
+        if isinstance(payload, TradeBatch):
+            self._publish_batch(topic, payload)
+            return
+        self.counts[topic] += 1
+        if self._handlers is not None:
+            handler = self._handlers.get(type(payload))
+            if handler is not None:
+                handler(payload)
         for obs in self._observers:
             obs(topic, payload)
         stages = self._stages.get(topic)
-        if not stages:
-            return
-        if isinstance(payload, TradeBatch) and stages[0].splits_batches:
-            self._publish_split(topic, payload, stages[0], stages[1:])
-        else:
+        if stages:
             self._deliver(stages, topic, payload)
 
+    def _publish_batch(self, topic: str, batch: TradeBatch) -> None:
+        t0 = time.perf_counter()
+        self.counts[topic] += len(batch)
+        m = self.metrics
+        if m is not None:
+            m.on_trades(topic, batch)
+        for obs in self._observers:
+            obs(topic, batch)
+        stages = self._stages.get(topic)
+        if stages and stages[0].splits_batches:
+            self._publish_split(topic, batch, stages[0], stages[1:])
+        elif stages:
+            self._deliver(stages, topic, batch)
+        if m is not None:  # the batch's time through every stage, with the events it caused
+            m.on_batch(topic, time.perf_counter() - t0)
+
     def _publish_split(self, topic: str, batch: TradeBatch, splitter: Stage, rest: list[Stage]) -> None:
+        t0 = time.perf_counter()
         try:
             positioned = splitter.split(batch)  # type: ignore[attr-defined]
         except Exception as exc:  # an operator fault must not stop the pipeline
             self.dead_letter(topic, batch, f"{splitter.name}: {exc!r}")
             positioned = []
+        if self.metrics is not None:
+            self.metrics.on_stage(splitter.name, time.perf_counter() - t0)
         prev = 0
         for idx, out_topic, event in positioned:
             if idx > prev:
@@ -91,12 +123,19 @@ class EventBus:
             self._deliver(rest, topic, batch.slice(prev, len(batch)) if prev else batch)
 
     def _deliver(self, stages: list[Stage], topic: str, payload: Any) -> None:
+        # stages are timed over trade batches only: per event, the clock would cost more than many
+        # stages (the batch's time covers the events it causes)
+        m = self.metrics if isinstance(payload, TradeBatch) else None
         for stage in stages:
+            t0 = time.perf_counter() if m is not None else 0.0
             try:
                 outs = stage.handle(topic, payload)
             except Exception as exc:
                 self.dead_letter(topic, payload, f"{stage.name}: {exc!r}")
                 continue
+            finally:
+                if m is not None:
+                    m.on_stage(stage.name, time.perf_counter() - t0)
             for out_topic, event in outs:
                 self.publish(out_topic, event)
 

@@ -34,13 +34,15 @@ class EmbeddedRuntime:
         markets: Mapping[str, Market] | None = None,
         known_markets: Sequence[str] | None = None,
         venue: Venue | None = None,
+        metrics: bool | None = None,
     ) -> None:
         """``config``: one account over every market, or several accounts (see
-        :func:`~mambo.core.stages.build_stages`)."""
+        :func:`~mambo.core.stages.build_stages`). ``metrics``: the bus's Prometheus metrics (default:
+        unless ``MAMBO_METRICS=0``; backtests turn them off)."""
         self.accounts = [Account(config)] if isinstance(config, EngineConfig) else list(config)
         self.markets = dict(markets or {})
         self.known_markets = set(known_markets) if known_markets is not None else None
-        self.bus = EventBus()
+        self.bus = EventBus(metrics)
         self.stages = build_stages(self.accounts, self.markets, venue)
         self.config = self.accounts[0].config  # the first account's (the only one's, as a rule)
         for stage in self.stages:

@@ -6,6 +6,7 @@ by default): what Kubernetes' probes, compose's healthchecks and the image's ``H
 - ``GET /health``: 200 while the process's main thread runs (liveness: restart me if not).
 - ``GET /ready``: 200 when every readiness check the process registered passes, 503 otherwise, with
   each check's answer as JSON (readiness: send me no work, do not count me as up, if not).
+- ``GET /metrics``: the process's Prometheus metrics (:mod:`mambo.metrics`), in the text format.
 
 A check is a function returning ``(ok, detail)``; the factories here build the ones the commands use:
 :func:`kafka_lag_check` (partitions assigned, and their lag under a bound),
@@ -49,9 +50,11 @@ class HealthServer:
     """Serves ``/health`` and ``/ready`` on ``host:port`` (port 0: any free port, see :attr:`port`)."""
 
     def __init__(self, port: int, host: str = "0.0.0.0", cache_seconds: float = 5.0) -> None:
-        """``cache_seconds``: a readiness answer is reused this long, and probes arriving while the
-        checks run wait for that one run (a lag check over a hundred partitions took seconds on a
-        loaded machine; probes every few seconds must not pile up behind it)."""
+        """``cache_seconds``: a readiness answer is reused this long, and a probe arriving while the
+        checks run gets the last answer at once (not ready before there is one) instead of starting
+        another run or waiting for this one (a lag check over a hundred partitions took seconds, at
+        times over a minute, on a loaded machine: probes every few seconds must neither pile up
+        behind it nor time out)."""
         if not 0 <= port < 65536:
             raise ValueError(f"health port {port}: must be 0..65535")
         self._checks: dict[str, Check] = {}
@@ -70,13 +73,19 @@ class HealthServer:
                 elif path == "/ready":
                     ok, checks = server.readiness()
                     self._answer(200 if ok else 503, {"ready": ok, "checks": checks})
+                elif path == "/metrics":
+                    from mambo.metrics import CONTENT_TYPE_LATEST, exposition
+
+                    self._send(200, exposition(), CONTENT_TYPE_LATEST)
                 else:
-                    self._answer(404, {"error": f"no {path}: /health or /ready"})
+                    self._answer(404, {"error": f"no {path}: /health, /ready or /metrics"})
 
             def _answer(self, status: int, body: dict[str, Any]) -> None:
-                data = json.dumps(body).encode()
+                self._send(status, json.dumps(body).encode(), "application/json")
+
+            def _send(self, status: int, data: bytes, content_type: str) -> None:
                 self.send_response(status)
-                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
@@ -100,14 +109,20 @@ class HealthServer:
 
     def readiness(self) -> tuple[bool, dict[str, dict[str, Any]]]:
         """Whether every check passes, and each one's answer: from a run at most ``cache_seconds``
-        old, else from a new run (one at a time)."""
-        with self._running:
-            answer = self._answer
-            if answer is not None and time.monotonic() - answer[0] < self._cache_seconds:
+        old, else from a new run; while another probe's run goes on, the last answer."""
+        answer = self._answer
+        if answer is not None and time.monotonic() - answer[0] < self._cache_seconds:
+            return answer[1]
+        if not self._running.acquire(blocking=False):  # a run is under way: do not wait for it
+            if answer is not None:
                 return answer[1]
+            return False, {"checks": {"ok": False, "detail": "the first readiness checks are running"}}
+        try:
             result = self._run_checks()
             self._answer = (time.monotonic(), result)
             return result
+        finally:
+            self._running.release()
 
     def _run_checks(self) -> tuple[bool, dict[str, dict[str, Any]]]:
         with self._lock:

@@ -36,7 +36,7 @@ def get(server: HealthServer, path: str) -> tuple[int, dict[str, object]]:
 def test_alive_and_ready_with_no_checks(server: HealthServer) -> None:
     assert get(server, "/health") == (200, {"alive": True})
     assert get(server, "/ready") == (200, {"ready": True, "checks": {}})
-    assert get(server, "/metrics")[0] == 404
+    assert get(server, "/nope")[0] == 404  # (/metrics is served: tests/ops)
 
 
 def test_ready_only_when_every_check_passes_and_says_why_not(server: HealthServer) -> None:
@@ -56,7 +56,8 @@ def test_ready_only_when_every_check_passes_and_says_why_not(server: HealthServe
 
 def test_probes_share_one_run_of_the_checks_within_the_cache_time() -> None:
     """A slow check (a lag check over many partitions) runs once for the probes that come while it
-    runs and within the cache time, not once per probe."""
+    runs and within the cache time, not once per probe; those that come while it runs are answered
+    at once, not ready, rather than waiting for it."""
     calls = []
 
     def slow() -> tuple[bool, str]:
@@ -67,12 +68,24 @@ def test_probes_share_one_run_of_the_checks_within_the_cache_time() -> None:
     s = HealthServer(0, host="127.0.0.1", cache_seconds=30).start()
     try:
         s.add_check("lag", slow)
-        probes = [threading.Thread(target=get, args=(s, "/ready")) for _ in range(5)]
-        for p in probes:
+        answers: list[tuple[int, float]] = []
+
+        def probe_once() -> None:
+            start = time.monotonic()
+            status, _ = get(s, "/ready")
+            answers.append((status, time.monotonic() - start))
+
+        first = threading.Thread(target=probe_once)
+        first.start()
+        time.sleep(0.1)  # the first probe's run is under way
+        others = [threading.Thread(target=probe_once) for _ in range(4)]
+        for p in others:
             p.start()
-        for p in probes:
+        for p in [first, *others]:
             p.join()
-        assert get(s, "/ready")[0] == 200
+        assert sorted(status for status, _ in answers) == [200, 503, 503, 503, 503]
+        assert all(took < 0.25 for status, took in answers if status == 503)  # not held behind the run
+        assert get(s, "/ready")[0] == 200  # from the cache
         assert len(calls) == 1
         s.add_check("clickhouse", lambda: (False, "down"))  # a new check: the next probe runs them
         assert get(s, "/ready")[0] == 503 and len(calls) == 2

@@ -1,12 +1,13 @@
-"""Liveness and readiness: no key needed."""
+"""Liveness, readiness and the Prometheus metrics: no key needed."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
+from mambo import metrics
 from mambo.api.deps import Service
 
 router = APIRouter(tags=["system"])
@@ -29,3 +30,10 @@ def ready(service: Service) -> JSONResponse:
     """200 when ClickHouse answers, 503 otherwise."""
     ok = service.ready()
     return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
+
+
+@router.get("/metrics", include_in_schema=False)
+def prometheus_metrics() -> Response:
+    """This process's Prometheus metrics (:mod:`mambo.metrics`): the API's requests and WebSocket
+    clients, and with ``--demo`` the embedded pipeline's too."""
+    return Response(metrics.exposition(), media_type=metrics.CONTENT_TYPE_LATEST)

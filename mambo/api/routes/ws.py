@@ -11,6 +11,7 @@ from typing import Any
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
+from mambo import metrics
 from mambo.api.auth import AuthError, Authorizer
 from mambo.api.hub import CHANNELS, Client, Gap, Hub, Subscription
 from mambo.api.service import SignalService, iso
@@ -115,6 +116,7 @@ async def _writer(websocket: WebSocket, hub: Hub, client: Client) -> None:
             for item in hub.catch_up(client, CATCH_UP_SCAN):
                 await websocket.send_text(item if isinstance(item, str) else gap_frame(item, hub.strategies))
                 client.sent += 1
+                metrics.WS_FRAMES.inc()
             client.last_sent = time.monotonic()
             await asyncio.sleep(0)
             continue
@@ -124,6 +126,7 @@ async def _writer(websocket: WebSocket, hub: Hub, client: Client) -> None:
             return
         await websocket.send_text(frame)
         client.sent += 1
+        metrics.WS_FRAMES.inc()
         client.last_sent = time.monotonic()
 
 

@@ -102,11 +102,26 @@ class KafkaSink:
         self.dead = 0
         self.retries = 0  # commits retried while the coordinator moved
         self.lost_commits = 0  # commits given up: the partitions had gone to a new assignment
+        #: the partitions held, as (topic, partition), kept by the rebalance callbacks: what other
+        #: threads (the health server) read, since calling into the consumer from a thread of its
+        #: own can hang on librdkafka's locks while the consumer's thread is in a rebalance
+        self.assigned: frozenset[tuple[str, int]] = frozenset()
+
+    def _on_assign(self, _consumer: Consumer, parts: list[TopicPartition]) -> None:
+        self.assigned = self.assigned | {(tp.topic, tp.partition) for tp in parts}
+
+    def _on_revoke(self, _consumer: Consumer, parts: list[TopicPartition]) -> None:
+        self.assigned = self.assigned - {(tp.topic, tp.partition) for tp in parts}
 
     def run(self, stop: threading.Event | None = None, idle_exit: float | None = None) -> None:
         """Consume until ``stop`` is set (or nothing came for ``idle_exit`` seconds)."""
         stop = stop or threading.Event()
-        self.consumer.subscribe([self.prefix + t for t in self.topics])
+        self.consumer.subscribe(
+            [self.prefix + t for t in self.topics],
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_revoke,
+        )
         last = time.monotonic()
         try:
             while not stop.is_set():

@@ -1,0 +1,109 @@
+"""/metrics of real `mambo worker` and `mambo sink` processes on the session broker after the bundled
+recording went through them: the pipeline's counters and latencies in the worker, rows per table in
+the sink, consumer lag per partition in both, and `promtool check metrics` over each exposition."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from mambo.streams.kafka.broker import free_port
+from mambo.streams.kafka.replay import publish_recording
+
+from .conftest import mambo
+
+pytestmark = pytest.mark.kafka
+
+
+def scrape(port: int) -> tuple[bytes, dict[tuple[str, tuple[tuple[str, str], ...]], float]]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as answer:
+            body = answer.read()
+    except (urllib.error.URLError, OSError):
+        return b"", {}
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(body.decode())
+        for s in family.samples
+    }
+    return body, samples
+
+
+def total(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str) -> float:
+    want = set(labels.items())
+    return sum(v for (n, ls), v in samples.items() if n == name and want <= set(ls))
+
+
+def wait_for(condition: Callable[[], bool], what: str, procs: list[subprocess.Popen[bytes]]) -> None:
+    deadline = time.monotonic() + 120
+    while not condition():
+        for p in procs:
+            assert p.poll() is None, f"{p.args} exited ({p.returncode}) waiting for {what}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.5)
+
+
+def test_worker_and_sink_metrics_after_a_replay(bootstrap: str, kafka_prefix: str, tmp_path: Path) -> None:
+    worker_port, sink_port = free_port(), free_port()
+    env = {"MAMBO_KAFKA_BOOTSTRAP": bootstrap}
+    procs = [
+        mambo(
+            "worker", "--prefix", kafka_prefix, "--health-port", str(worker_port),
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        ),
+        mambo(
+            "sink", "--prefix", kafka_prefix, "--data-dir", str(tmp_path / "sink"),
+            "--health-port", str(sink_port), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        ),
+    ]  # fmt: skip
+    try:
+        # scraped at once, before the consumers have joined: the scrape must not wait on them
+        wait_for(lambda: bool(scrape(worker_port)[0]) and bool(scrape(sink_port)[0]), "/metrics", procs)
+        trades = publish_recording(bootstrap, prefix=kafka_prefix)
+
+        def worker_done() -> bool:
+            return total(scrape(worker_port)[1], "mambo_messages_total", topic="md.trades") >= trades
+
+        wait_for(worker_done, "the worker's trades", procs)
+        body, worker = scrape(worker_port)
+        assert total(worker, "mambo_messages_total", topic="md.trades") == trades  # exactly once
+        assert total(worker, "mambo_orders_total", status="new") > 0
+        assert total(worker, "mambo_fills_total") > 0
+        assert total(worker, "mambo_processing_latency_seconds_count", stage="fill") > 0
+        assert any(n == "mambo_equity" for n, _ in worker)
+        lag = {dict(ls)["partition"] for (n, ls), _ in worker.items() if n == "mambo_consumer_lag_messages"}
+        assert lag, "the worker's lag per partition"
+        assert all(dict(ls)["topic"] in ("md.trades", "md.candles") for (n, ls) in worker if "lag" in n)
+        # the worker eventually catches up: zero lag on every partition it holds
+        wait_for(
+            lambda: total(scrape(worker_port)[1], "mambo_consumer_lag_messages") == 0,
+            "the worker's lag",
+            procs,
+        )
+
+        def sink_done() -> bool:
+            return total(scrape(sink_port)[1], "mambo_sink_rows_total", table="trades") >= trades
+
+        wait_for(sink_done, "the sink's trade rows", procs)
+        sink_body, sink = scrape(sink_port)
+        assert total(sink, "mambo_sink_insert_seconds_count", table="trades") > 0
+        assert any(dict(ls).get("group", "").endswith("mambo-sink") for (n, ls) in sink if "lag" in n)
+        promtool = shutil.which("promtool")
+        if promtool is not None:
+            for exposition in (body, sink_body):
+                out = subprocess.run([promtool, "check", "metrics"], input=exposition, capture_output=True)
+                assert out.returncode == 0, out.stdout + out.stderr
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            assert p.wait(timeout=60) == 0
