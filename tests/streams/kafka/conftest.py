@@ -9,8 +9,9 @@ import io
 import os
 import subprocess
 import sys
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -124,3 +125,13 @@ def clickhouse_counts(data: Path) -> dict[str, tuple[int, int]]:
         check=True,
     ).stdout.decode()
     return {r[0]: (int(r[1]), int(r[2])) for r in csv.reader(io.StringIO(out)) if r and r[0] in TABLES}
+
+
+def wait_for(condition: Callable[[], bool], what: str, procs: list[subprocess.Popen[bytes]]) -> None:
+    """Until ``condition()`` holds: at most 120 s, and only while every one of ``procs`` runs."""
+    deadline = time.monotonic() + 120
+    while not condition():
+        for p in procs:
+            assert p.poll() is None, f"{p.args} exited ({p.returncode}) waiting for {what}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)

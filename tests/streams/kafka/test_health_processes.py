@@ -11,7 +11,6 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,7 @@ from mambo.schemas.topics import TRADES
 from mambo.streams.health import kafka_lag_check
 from mambo.streams.kafka.broker import free_port
 
-from .conftest import mambo
+from .conftest import mambo, wait_for
 
 pytestmark = pytest.mark.kafka
 
@@ -34,15 +33,6 @@ def get(port: int, path: str) -> tuple[int, dict[str, object]]:
         return ex.code, json.loads(ex.read())
     except (urllib.error.URLError, OSError):
         return 0, {}
-
-
-def wait_for(condition: Callable[[], bool], what: str, procs: list[subprocess.Popen[bytes]]) -> None:
-    deadline = time.monotonic() + 120
-    while not condition():
-        for p in procs:
-            assert p.poll() is None, f"{p.args} exited ({p.returncode}) waiting for {what}"
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
 
 
 def test_the_lag_check_reads_the_groups_offsets_on_the_broker(bootstrap: str, kafka_prefix: str) -> None:

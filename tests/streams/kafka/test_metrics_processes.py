@@ -7,10 +7,8 @@ from __future__ import annotations
 import shutil
 import signal
 import subprocess
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -19,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from mambo.streams.kafka.broker import free_port
 from mambo.streams.kafka.replay import publish_recording
 
-from .conftest import mambo
+from .conftest import mambo, wait_for
 
 pytestmark = pytest.mark.kafka
 
@@ -41,15 +39,6 @@ def scrape(port: int) -> tuple[bytes, dict[tuple[str, tuple[tuple[str, str], ...
 def total(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str) -> float:
     want = set(labels.items())
     return sum(v for (n, ls), v in samples.items() if n == name and want <= set(ls))
-
-
-def wait_for(condition: Callable[[], bool], what: str, procs: list[subprocess.Popen[bytes]]) -> None:
-    deadline = time.monotonic() + 120
-    while not condition():
-        for p in procs:
-            assert p.poll() is None, f"{p.args} exited ({p.returncode}) waiting for {what}"
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.5)
 
 
 def test_worker_and_sink_metrics_after_a_replay(bootstrap: str, kafka_prefix: str, tmp_path: Path) -> None:
