@@ -3,23 +3,21 @@ every alert covered firing and not firing, and a broken rule caught by the same 
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
+from tests.ops import installed
+
 ROOT = Path(__file__).parents[2]
 RULES = ROOT / "deploy" / "prometheus" / "alerts.yml"
 TESTS = Path(__file__).parent / "alerts_test.yml"
-PROMTOOL = shutil.which("promtool")
-pytestmark = pytest.mark.skipif(PROMTOOL is None, reason="promtool missing: run `make prometheus`")
 
 
 def promtool(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
-    assert PROMTOOL is not None
-    return subprocess.run([PROMTOOL, *args], capture_output=True, text=True, timeout=60, cwd=cwd)
+    return subprocess.run([installed("promtool"), *args], capture_output=True, text=True, timeout=60, cwd=cwd)
 
 
 def alerts() -> list[str]:

@@ -5,7 +5,6 @@ matches hand-worked cases."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import time
 import urllib.request
@@ -36,11 +35,10 @@ from mambo.schemas.events import (
 )
 from mambo.streams.embedded import EmbeddedRuntime
 from mambo.streams.health import HealthServer
+from tests.ops import installed, promtool_check
 
 MARKETS = ("binance:BTC/USDT", "binance:ETH/USDT")
 STRATEGIES = ("sma_cross", "rsi_reversion", "macd_cross", "bollinger_breakout")
-PROMTOOL = shutil.which("promtool")
-needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason="promtool missing: run `make prometheus`")
 
 
 def value(name: str, **labels: str) -> float:
@@ -244,13 +242,6 @@ def test_group_lag_per_partition_from_committed_and_end_offsets() -> None:
     assert registry.get_sample_value("mambo_consumer_lag_messages", labels | {"partition": "0"}) is None
 
 
-def promtool_check(exposition: bytes) -> None:
-    assert PROMTOOL is not None
-    out = subprocess.run([PROMTOOL, "check", "metrics"], input=exposition, capture_output=True, timeout=30)
-    assert out.returncode == 0, out.stdout.decode() + out.stderr.decode()
-
-
-@needs_promtool
 def test_health_server_metrics_pass_promtool(trading_run: Any) -> None:
     server = HealthServer(0, host="127.0.0.1").start()
     try:
@@ -266,9 +257,10 @@ def test_health_server_metrics_pass_promtool(trading_run: Any) -> None:
     promtool_check(body)
 
 
-@needs_promtool
 def test_promtool_catches_a_bad_exposition() -> None:
     """The check can fail: a counter without the _total suffix."""
     bad = b"# HELP x_requests Requests.\n# TYPE x_requests counter\nx_requests 1\n"
-    out = subprocess.run([PROMTOOL, "check", "metrics"], input=bad, capture_output=True, timeout=30)
+    out = subprocess.run(
+        [installed("promtool"), "check", "metrics"], input=bad, capture_output=True, timeout=30
+    )
     assert out.returncode != 0

@@ -20,9 +20,9 @@ from typing import Any
 
 import pytest
 
+from tests.ops import installed
+
 ROOT = Path(__file__).parents[2]
-PROMETHEUS = shutil.which("prometheus")
-pytestmark = pytest.mark.skipif(PROMETHEUS is None, reason="prometheus missing: run `make prometheus`")
 
 
 def free_port() -> int:
@@ -94,7 +94,7 @@ def query(port: int, promql: str) -> list[dict[str, Any]]:
 
 
 def test_prometheus_scrapes_the_demo_and_answers_promql(api: int, tmp_path: Path) -> None:
-    assert PROMETHEUS is not None
+    prometheus = installed("prometheus")
     port = free_port()
     config = tmp_path / "prometheus.yml"
     shutil.copy(ROOT / "deploy" / "prometheus" / "alerts.yml", tmp_path / "alerts.yml")
@@ -107,7 +107,7 @@ def test_prometheus_scrapes_the_demo_and_answers_promql(api: int, tmp_path: Path
     log = (tmp_path / "prometheus.log").open("wb")
     proc = subprocess.Popen(
         [
-            PROMETHEUS,
+            prometheus,
             f"--config.file={config}",
             f"--storage.tsdb.path={tmp_path / 'tsdb'}",
             f"--web.listen-address=127.0.0.1:{port}",
