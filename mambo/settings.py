@@ -89,7 +89,8 @@ class EngineSettings(BaseModel):
     fee_maker: Decimal = Decimal("0.001")
     fee_taker: Decimal = Decimal("0.001")
     slippage_bps: Decimal = Decimal(0)
-    fill_on: Literal["trades", "candles"] = "trades"
+    fill_on: Literal["candles"] = "candles"  # see EngineConfig.fill_on
+    ordering: Literal["event_time", "arrival"] = "event_time"  # see EngineConfig.ordering
     risk: RiskConfig = Field(default_factory=RiskConfig)
 
     @field_validator("timeframes", "strategies", "indicators", mode="before")
@@ -197,16 +198,23 @@ class MamboSettings(BaseSettings):
                     seen[key] = name
         return v
 
-    def per_market_config(self) -> EngineConfig:
-        """The engine of the Kafka runtime, which trades each market as its own account
-        (:mod:`mambo.streams.markets`); ValueError when accounts are configured, which it cannot honour
-        yet (they run in ``mambo demo`` and backtests)."""
-        if set(self.accounts) != {DEFAULT_ACCOUNT} or self.accounts[DEFAULT_ACCOUNT] != AccountSettings():
-            raise ValueError(
-                "the Kafka runtime trades each market as its own account: [accounts] settings run in mambo "
-                "demo and backtests, not on Kafka yet"
-            )
-        return self.engine.to_config()
+    def run_markets(self, listed: str | None = None) -> list[str] | None:
+        """The run's markets (the distributed runtime's ``--markets``): ``listed`` (comma-separated
+        ``exchange:symbol`` keys), else every account's own markets when each names them, else None (an
+        account over every market then waits for the markets it has seen). ValueError on a bad key or
+        an account's market outside the list."""
+        if listed:
+            keys = reject_repeats("markets", [k.strip() for k in listed.split(",") if k.strip()])
+            for key in keys:
+                split_key(key)
+            for name, a in self.accounts.items():
+                outside = sorted(set(a.markets) - set(keys))
+                if outside:
+                    raise ValueError(f"account {name} trades {', '.join(outside)}, not in --markets")
+            return list(keys)
+        if all(a.markets for a in self.accounts.values()):
+            return sorted({k for a in self.accounts.values() for k in a.markets})
+        return None
 
     def account_configs(self) -> list[Account]:
         """Each account as the core's :class:`~mambo.core.stages.Account`: ``[engine]`` with what the

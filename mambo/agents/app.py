@@ -52,11 +52,12 @@ crashes and the app idles: :meth:`FaustPipeline.run` raises instead).
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import sys
 import time
 from collections import Counter, defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -67,10 +68,19 @@ from faust.types import TP
 
 from mambo.agents.order import InputOrder, Verdict
 from mambo.core.market import Market
-from mambo.core.stages import EngineConfig
+from mambo.core.stages import Account, EngineConfig
 from mambo.schemas.batches import TradeBatch
-from mambo.schemas.topics import TRADES, by_name, dlq_topic
-from mambo.streams.kafka.codec import check_trades, dead_letter, decode_trades, encode, headers_for
+from mambo.schemas.events import AccountFeed
+from mambo.schemas.topics import ACCOUNT_FEED, TRADES, by_name, dlq_topic
+from mambo.streams.kafka.codec import (
+    DecodeError,
+    check_trades,
+    dead_letter,
+    decode,
+    decode_trades,
+    encode,
+    headers_for,
+)
 from mambo.streams.markets import MarketPipelines
 
 if TYPE_CHECKING:
@@ -98,7 +108,7 @@ class FaustPipeline:
     def __init__(
         self,
         bootstrap: str,
-        config: EngineConfig,
+        config: EngineConfig | Sequence[Account],
         datadir: Path,
         *,
         guarantee: str = "exactly_once",
@@ -118,15 +128,17 @@ class FaustPipeline:
         self.batch_size = batch_size
         self.within = within
         self.processed = 0  # trades
+        self.feeds = 0  # account feed messages
         self.dead = 0
         self.batches = 0
         self.last_activity = time.monotonic()
         self._out: list[tuple[str, Any]] = []
-        self._partition_of: dict[str, int] = {}  # market key -> its input (and changelog) partition
+        # state key (market, or account/<id>) -> its input topic and partition (= its changelog's)
+        self._partition_of: dict[str, tuple[str, int]] = {}
         self.commit_interval = commit_interval
         self.redelivered = 0  # records Faust delivered again after they were processed
         self.dropped = 0  # records Faust delivered out of log order (sought back and delivered again)
-        self._order = InputOrder(self._start_offset, self._first_at)
+        self._orders: dict[str, InputOrder] = {}  # by input topic (prefixed), filled below
         self._reader: Consumer | None = None  # asks the broker what InputOrder needs
         self._last_commit = time.monotonic()
         self._headers: dict[str, list[tuple[str, bytes]]] = {}
@@ -158,8 +170,22 @@ class FaustPipeline:
         self.source = self.app.topic(
             prefix + TRADES.name, partitions=partitions, key_serializer="raw", value_serializer="raw"
         )
+        # the account stages' input: the market stages' feed, keyed by account (mambo.core.stages)
+        self.feed = self.app.topic(
+            prefix + ACCOUNT_FEED.name, partitions=partitions, key_serializer="raw", value_serializer="raw"
+        )
+        #: input topic (prefixed) -> its registry name
+        self._inputs = {
+            self.source.get_topic_name(): TRADES.name,
+            self.feed.get_topic_name(): ACCOUNT_FEED.name,
+        }
+        for topic in self._inputs:
+            self._orders[topic] = InputOrder(
+                functools.partial(self._start_offset, topic), functools.partial(self._first_at, topic)
+            )
         self.table = self.app.Table("state", partitions=partitions, key_type=bytes, value_type=bytes)
         self.app.agent(self.source, name=prefix + "mambo-markets")(self._agent)
+        self.app.agent(self.feed, name=prefix + "mambo-accounts")(self._agent)
         self.app.on_partitions_revoked.connect(self._on_revoked)
         self.app.on_partitions_assigned.connect(self._on_assigned)
 
@@ -177,19 +203,19 @@ class FaustPipeline:
         state, which is restored if the partition stays here (Faust revokes everything at a
         rebalance and does not replay a partition it gives back to the same worker)."""
         revoked = args[0]  # the revoked set of TP
-        gone = {tp.partition for tp in revoked if tp.topic == self.source.get_topic_name()}
-        keys = [k for k, p in self._partition_of.items() if p in gone]
+        gone = {(tp.topic, tp.partition) for tp in revoked if tp.topic in self._inputs}
+        keys = [k for k, tp in self._partition_of.items() if tp in gone]
         self.pipelines.drop(keys)
-        self._order.revoke(gone)  # what it processed is committed by now (Faust waits for it)
-        log.info("faust.revoked", partitions=sorted(gone), markets=len(keys))
+        for topic, order in self._orders.items():  # what it processed is committed by now
+            order.revoke(p for t, p in gone if t == topic)
+        log.info("faust.revoked", partitions=sorted(gone), keys=len(keys))
 
     async def _on_assigned(self, sender: Any, /, *args: Any, signal: Any, **_: Any) -> None:
         """Drop the table's state of markets whose partition went elsewhere (if it comes back, Faust
         replays its changelog, which then holds the other worker's later state)."""
         assigned = args[0]  # the whole new assignment (set of TP)
-        topic = self.source.get_topic_name()
-        mine = {tp.partition for tp in assigned if tp.topic == topic}
-        for k in [k for k, p in self._partition_of.items() if p not in mine]:
+        mine = {(tp.topic, tp.partition) for tp in assigned if tp.topic in self._inputs}
+        for k in [k for k, tp in self._partition_of.items() if tp not in mine]:
             del self._partition_of[k]
             self.table.data.pop(k.encode(), None)
         log.info("faust.assigned", partitions=sorted(mine))
@@ -211,8 +237,9 @@ class FaustPipeline:
             await consumer.maybe_wait_for_commit_to_finish()  # type: ignore[attr-defined]  # on the class
             guard = consumer._commit_fut = asyncio.get_running_loop().create_future()  # type: ignore[attr-defined]
             try:
+                topic = events[0].message.topic if events else ""
                 for partition, part in by_part.items():
-                    await self._publish(partition, self._process(partition, part))
+                    await self._publish(topic, partition, self._process(topic, partition, part))
                 for ev in events:  # acked here, inside the guard (take_events' own acks are then no-ops)
                     await stream.ack(ev)
             except Exception as ex:
@@ -234,10 +261,12 @@ class FaustPipeline:
         also resets Faust's read-offset filter); Faust's gaps from there on go too, since they were
         taken from the stale records. A real gap is handed to Faust as its own would be."""
         consumer = self.app.consumer
+        if not events:
+            return {}
         records = [(ev.message.partition, ev.message.offset) for ev in events]
-        topic = self.source.get_topic_name()
+        topic = events[0].message.topic  # one agent, one input topic
         assigned = {tp.partition for tp in consumer.assignment() if tp.topic == topic}
-        verdicts, reseek, gaps = await asyncio.to_thread(self._order.admit, records, assigned)
+        verdicts, reseek, gaps = await asyncio.to_thread(self._orders[topic].admit, records, assigned)
         by_part: dict[int, list[faust.types.EventT]] = defaultdict(list)
         dropped: Counter[int] = Counter()
         for ev, verdict in zip(events, verdicts, strict=True):
@@ -258,18 +287,22 @@ class FaustPipeline:
             log.warning("faust.out_of_order", partition=p, resume_at=offset, dropped=dropped[p])
         return by_part
 
-    def _process(self, partition: int, part: list[faust.types.EventT]) -> list[Outgoing]:
+    def _process(self, topic: str, partition: int, part: list[faust.types.EventT]) -> list[Outgoing]:
         """The messages one partition's slice of a batch produces (outputs, dead letters, state)."""
         self._out.clear()
+        name = self._inputs[topic]
         try:
-            touched = self._run_stages(partition, part)
+            if name == TRADES.name:
+                touched = self._run_stages(partition, part)
+            else:
+                touched = self._run_accounts(partition, part)
         except Exception as ex:  # a Faust agent that raises still acks: dead-letter the slice instead
-            log.exception("faust.batch_failed", topic=TRADES.name, partition=partition)
+            log.exception("faust.batch_failed", topic=name, partition=partition)
             self._out.clear()
-            # the slice's markets go back to their last good state (the table's) before the next batch
-            self.pipelines.drop([k for k, p in self._partition_of.items() if p == partition])
+            # the slice's keys go back to their last good state (the table's) before the next batch
+            self.pipelines.drop([k for k, tp in self._partition_of.items() if tp == (topic, partition)])
             for ev in part:
-                self._dead(partition, ev, f"processing failed: {type(ex).__name__}: {ex}")
+                self._dead(name, partition, ev, f"processing failed: {type(ex).__name__}: {ex}")
             touched = []
         out = [self._encode(topic, event) for topic, event in self._out if not isinstance(event, TradeBatch)]
         self._out.clear()
@@ -277,7 +310,7 @@ class FaustPipeline:
         for key in touched:
             blob = self.pipelines.state(key)
             self.table.data[key.encode()] = blob
-            self._partition_of[key] = partition
+            self._partition_of[key] = (topic, partition)
             out.append((changelog, key.encode(), blob, [], partition))
         return out
 
@@ -287,29 +320,45 @@ class FaustPipeline:
         decoded = [ev for i, ev in enumerate(part) if i not in skip] if undecodable else part
         rows, invalid = check_trades(batch, self.pipelines.known_markets)
         for i, reason in undecodable:
-            self._dead(partition, part[i], reason)
+            self._dead(TRADES.name, partition, part[i], reason)
         for i, reason in invalid:
-            self._dead(partition, decoded[i], reason)
+            self._dead(TRADES.name, partition, decoded[i], reason)
         if invalid:
             batch = batch.take(rows)
-        held = set(self.pipelines.keys)
-        for key in batch.keys:  # a market not in memory: from the table (recovered from the changelog)
-            if key not in held:
-                blob = self.table.data.get(key.encode())
-                if blob is not None:
-                    self.pipelines.restore(key, blob)
-                    log.info("faust.restored", market=key, partition=partition)
+        self._held(batch.keys, partition)
         touched = self.pipelines.ingest_trades(batch)
         self.processed += len(batch)
         return touched
 
-    def _dead(self, partition: int, ev: faust.types.EventT, reason: str) -> None:
+    def _run_accounts(self, partition: int, part: list[faust.types.EventT]) -> list[str]:
+        feeds: list[AccountFeed] = []
+        for ev in part:
+            try:
+                feeds.append(decode(ACCOUNT_FEED, ev.message.value, ev.message.headers))  # type: ignore[arg-type]
+            except DecodeError as ex:
+                self._dead(ACCOUNT_FEED.name, partition, ev, str(ex))
+        self._held([f.stream_key for f in feeds], partition)
+        touched = self.pipelines.ingest_feed(feeds)
+        self.feeds += len(feeds)
+        return touched
+
+    def _held(self, keys: Iterable[str], partition: int) -> None:
+        """A key (market or account) not in memory: from the table (recovered from the changelog)."""
+        held = set(self.pipelines.keys)
+        for key in dict.fromkeys(keys):
+            if key not in held:
+                blob = self.table.data.get(key.encode())
+                if blob is not None:
+                    self.pipelines.restore(key, blob)
+                    log.info("faust.restored", key=key, partition=partition)
+
+    def _dead(self, topic: str, partition: int, ev: faust.types.EventT, reason: str) -> None:
         m = ev.message
         ts = int(m.timestamp * 1e9)
-        letter = dead_letter(TRADES.name, partition, m.offset, m.key, m.value, reason, ts)
-        self._out.append((dlq_topic(TRADES.name), letter))
+        letter = dead_letter(topic, partition, m.offset, m.key, m.value, reason, ts)
+        self._out.append((dlq_topic(topic), letter))
         self.dead += 1
-        log.warning("dead letter", topic=TRADES.name, partition=partition, offset=m.offset, reason=reason)
+        log.warning("dead letter", topic=topic, partition=partition, offset=m.offset, reason=reason)
 
     def _encode(self, topic: str, event: Any) -> Outgoing:
         t = by_name(topic)
@@ -319,12 +368,12 @@ class FaustPipeline:
             headers = self._headers[topic] = [(k, v) for k, v in headers_for(t.model) if isinstance(v, bytes)]
         return self.prefix + topic, key.encode(), value, headers, None
 
-    async def _publish(self, partition: int, out: list[Outgoing]) -> None:
+    async def _publish(self, topic: str, partition: int, out: list[Outgoing]) -> None:
         """Send a partition's batch: in its input partition's transaction (exactly_once, holding that
         transaction's lock throughout) or through the plain producer (at_least_once)."""
         driver = self.app.producer
         if self.transactional:
-            group = self.app.assignor.group_for_topic(self.source.get_topic_name())
+            group = self.app.assignor.group_for_topic(topic)
             tid = f"{self.app.conf.id}-{group}-{partition}"
             producer = driver._transaction_producers.get(tid)  # type: ignore[attr-defined]
             if producer is None:
@@ -362,33 +411,49 @@ class FaustPipeline:
         )
 
     def _drained(self) -> bool:
-        """Whether the app's group has committed md.trades to its end on every partition (an idle
-        exit must not leave input behind: a rebalance or a table recovery also looks idle)."""
-        topic = self.source.get_topic_name()
+        """Whether the app's group has committed md.trades and the account feed to their ends on
+        every partition (an idle exit must not leave input behind: a rebalance or a table recovery
+        also looks idle). The feed is written in transactions: its end is its last record's offset
+        + 1 (the offsets after it are transaction markers)."""
         c = self._consumer()
         try:
-            parts = c.list_topics(topic, timeout=10).topics[topic].partitions
-            for tp in c.committed([TopicPartition(topic, p) for p in parts], timeout=10):
-                _, high = c.get_watermark_offsets(tp, timeout=10)
-                if high > 0 and tp.offset < high:
-                    return False
+            for topic in self._inputs:
+                parts = c.list_topics(topic, timeout=10).topics[topic].partitions
+                for tp in c.committed([TopicPartition(topic, p) for p in parts], timeout=10):
+                    end = self._end(topic, tp.partition)
+                    if end > 0 and tp.offset < end:
+                        return False
             return True
         finally:
             c.close()
 
-    def _start_offset(self, partition: int) -> int:
+    def _end(self, topic: str, partition: int) -> int:
+        """The offset after the partition's last record that a read_committed consumer sees."""
+        reader = self._broker()
+        low, high = reader.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
+        if high <= low or topic == self.source.get_topic_name():  # md.trades: no transactions
+            return high
+        last = None
+        at = max(low, high - 50)  # a few transactions back: the last record is among them
+        while True:
+            nxt = self._first_at(topic, partition, at, wait=1.0)
+            if nxt is None or nxt >= high:
+                return low if last is None else last + 1
+            last, at = nxt, nxt + 1
+
+    def _start_offset(self, topic: str, partition: int) -> int:
         """Where the group resumes a partition: its committed offset, else the log start."""
         reader = self._broker()
-        tp = TopicPartition(self.source.get_topic_name(), partition)
+        tp = TopicPartition(topic, partition)
         [got] = reader.committed([tp], timeout=10)
         return got.offset if got.offset >= 0 else reader.get_watermark_offsets(tp, timeout=10)[0]
 
-    def _first_at(self, partition: int, offset: int) -> int | None:
-        """The offset of the first record at or after ``offset`` (None if none came within 10 s)."""
+    def _first_at(self, topic: str, partition: int, offset: int, wait: float = 10.0) -> int | None:
+        """The offset of the first record at or after ``offset`` (None if none came within ``wait`` s)."""
         reader = self._broker()
-        reader.assign([TopicPartition(self.source.get_topic_name(), partition, offset)])
+        reader.assign([TopicPartition(topic, partition, offset)])
         try:
-            deadline = time.monotonic() + 10
+            deadline = time.monotonic() + wait
             while time.monotonic() < deadline:
                 m = reader.poll(0.5)
                 if m is not None and m.error() is None and m.offset() is not None:
@@ -409,10 +474,10 @@ class FaustPipeline:
         records not yet processed. For md.trades :meth:`_admit` reports the real gaps instead."""
         consumer = self.app.consumer
         add_gap = self._faust_add_gap = consumer._add_gap  # type: ignore[attr-defined]
-        topic = self.source.get_topic_name()
+        inputs = set(self._inputs)
 
         async def _add_gap(tp: TP, offset_from: int, offset_to: int) -> None:
-            if tp.topic != topic:
+            if tp.topic not in inputs:
                 await add_gap(tp, offset_from, offset_to)
 
         consumer._add_gap = _add_gap  # type: ignore[attr-defined]  # on this instance only
@@ -446,6 +511,7 @@ class FaustPipeline:
             log.info(
                 "faust.stopped",
                 trades=self.processed,
+                feeds=self.feeds,
                 batches=self.batches,
                 dead=self.dead,
                 redelivered=self.redelivered,
@@ -471,6 +537,7 @@ def faust_worker(
     batch_size: int = 5_000,
     prefix: str = "",
     idle_exit: float | None = None,
+    markets: Sequence[str] | None = None,
 ) -> FaustPipeline:
     """``mambo worker --runtime faust``: run a :class:`FaustPipeline` with ``settings`` (bootstrap,
     partitions, ``kafka.processing_guarantee``, the engine) until SIGINT/SIGTERM, or drained and idle
@@ -481,13 +548,14 @@ def faust_worker(
     folder.mkdir(parents=True, exist_ok=True)
     pipeline = FaustPipeline(
         settings.kafka.bootstrap or "127.0.0.1:9092",
-        settings.per_market_config(),
+        settings.account_configs(),
         folder,
         guarantee=settings.kafka.processing_guarantee,
         prefix=prefix,
         partitions=settings.kafka.partitions,
         batch_size=batch_size,
         name=name,
+        known_markets=markets,
     )
 
     async def main() -> None:

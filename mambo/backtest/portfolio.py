@@ -89,6 +89,7 @@ def run_portfolio(
     for done, (t, _, i, n) in enumerate(order, start=1):
         runtime.ingest_candles([frames[n].candle(i)])
         if done == total or order[done][0] != t:  # the last market closing at t: the account at t
+            runtime.close_candles(t)  # every market is as far as t (one may have no bar at t)
             times.append(t)
             equity.append(portfolio.equity)
         if progress is not None and done % every == 0:

@@ -309,11 +309,20 @@ def register(app: typer.Typer) -> None:
         ] = "native",
         health_port: HealthPortOpt = None,
         ready_max_lag: MaxLagOpt = 100_000,
+        markets: Annotated[
+            str | None,
+            typer.Option(
+                help="The run's markets, comma-separated exchange:symbol keys: an account over every "
+                "market waits for each of them (event-time order; trades of others are dead-lettered). "
+                "Default: the accounts' own markets, else the markets seen so far."
+            ),
+        ] = None,
         config: ConfigOpt = None,
         data_dir: DataDirOpt = None,
     ) -> None:
-        """Run the pipeline's stages on this worker's share of md.trades' and md.candles' partitions,
-        exactly once (or at least once: kafka.processing_guarantee)."""
+        """Run the pipeline's stages on this worker's share of the partitions: the market stages on
+        md.trades' and md.candles', the account stages on account.feed's, exactly once (or at least
+        once: kafka.processing_guarantee)."""
         from mambo.streams.health import kafka_check, kafka_lag_check
         from mambo.streams.kafka.worker import INPUTS, Worker
 
@@ -322,7 +331,8 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"error: --runtime must be native or faust, not {runtime!r}", err=True)
             raise typer.Exit(2)
         try:
-            engine = settings.per_market_config()
+            accounts = settings.account_configs()
+            known = settings.run_markets(markets)
         except ValueError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from exc
@@ -332,11 +342,14 @@ def register(app: typer.Typer) -> None:
             health_server(health_port, {"kafka": lambda: kafka_check(bootstrap)})
             from mambo.agents.app import faust_worker
 
-            faust_worker(settings, name=name, batch_size=batch_size, prefix=prefix, idle_exit=idle_exit)
+            faust_worker(
+                settings, name=name, batch_size=batch_size, prefix=prefix, idle_exit=idle_exit, markets=known
+            )
             return
         w = Worker(
             bootstrap,
-            engine,
+            accounts,
+            known_markets=known,
             name=name,
             batch_size=batch_size,
             prefix=prefix,

@@ -2,21 +2,32 @@
 
 A stage is pure: ``handle(topic, payload)`` returns the ``(topic, event)`` pairs it produces, in
 causal order, and touches no I/O. The embedded bus (:mod:`mambo.streams.bus`) dispatches them depth
-first; the Faust agents call the same ``handle``. State is per market key inside each stage's
-operators, so each stage can be partitioned by ``exchange:symbol``.
+first; the Kafka worker and the Faust agents call the same ``handle``.
 
-Order on a candle topic matters and is the registration order of :func:`build_stages`: execution
-(candle-driven fills at the next candle's open), portfolio (mark and equity), risk (stops), signals
-(keeps the candle), then indicators → strategies → aggregation → intents → risk → orders. So an
-order decided on candle t always fills on later data, never on candle t itself.
+Two stage groups (issue 13):
+
+- **Market stages**, keyed by ``exchange:symbol`` (:func:`market_stages`): candles, indicators, each
+  account's strategies and aggregation, and watermarks. They hold no account state, so a market can
+  run on any worker. Their output for an account is its feed (``account.feed``, keyed by account):
+  each closed candle of the account's trading timeframe with the aggregated signal decided on it,
+  and how far the market has come (its watermark).
+- **Account stages**, keyed by account (:class:`AccountStage`, :func:`account_stages`): intents,
+  risk, execution and portfolio of one account over all its markets. It merges its markets' feeds in
+  event time, so its results do not depend on where and in which interleaving the markets ran: one
+  account's rules (sizing from the whole equity, open positions, total exposure, the drawdown kill
+  switch, the order rate) bind across its markets in every runtime, with the same orders.
+
+Inside an account step, the candle goes to execution (fills at its open of what was ordered before),
+portfolio (mark and equity) and risk (stops), then its signal to intents → risk → orders → execution.
+So an order decided on candle t always fills on later data, never on candle t itself.
 
 Execution goes to a :class:`Venue`. The paper broker is one (synchronous: its answers come back
 from the call, so a run is deterministic). An exchange venue queues the order and answers later, out
-of band: whoever receives the exchange's answers hands them to :meth:`ExecutionStage.on_reports`,
+of band: whoever receives the exchange's answers hands them to :meth:`AccountStage.on_reports`,
 which books and publishes them exactly as it does the paper broker's.
 
 The candle stage is the one *splitting* stage: it returns, with each candle, the index in the trade
-batch of the trade that closed it, and the bus hands the later md.trades subscribers (execution) the
+batch of the trade that closed it, and the bus hands the later md.trades subscribers (watermarks) the
 batch in slices between those indices. Processing a batch whole, in pieces or one trade at a time
 therefore gives identical outputs.
 """
@@ -24,7 +35,7 @@ therefore gives identical outputs.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Literal, Protocol
@@ -38,6 +49,7 @@ from mambo.core.execution import PaperBroker
 from mambo.core.indicators import IndicatorSet
 from mambo.core.intents import IntentPolicy
 from mambo.core.market import Market
+from mambo.core.merge import EventTimeMerge
 from mambo.core.portfolio import Portfolio
 from mambo.core.risk import RiskConfig, RiskEngine
 from mambo.core.strategies import Bar, Strategy, load_strategy, make_signal
@@ -45,8 +57,10 @@ from mambo.schemas.batches import TradeBatch
 from mambo.schemas.events import (
     DEFAULT_ACCOUNT,
     FINAL_STATUSES,
+    AccountFeed,
     AggregatedSignal,
     Candle,
+    DeadLetter,
     Fill,
     IndicatorValues,
     Order,
@@ -58,6 +72,7 @@ from mambo.schemas.events import (
     timeframe_ns,
 )
 from mambo.schemas.topics import (
+    ACCOUNT_FEED,
     EQUITY,
     EXCHANGE_CANDLES,
     FILLS,
@@ -70,21 +85,28 @@ from mambo.schemas.topics import (
     SIGNALS_RAW,
     TRADES,
     candle_topic,
+    dlq_topic,
 )
 
 __all__ = [
     "DEFAULT_INDICATORS",
     "Account",
+    "AccountStage",
     "CandleStage",
     "EngineConfig",
     "ExecutionStage",
     "IndicatorStage",
+    "IntentStage",
     "Out",
     "RiskStage",
-    "SignalStage",
     "Stage",
+    "StrategyStage",
     "Venue",
+    "WatermarkStage",
+    "account_markets",
+    "account_stages",
     "build_stages",
+    "market_stages",
     "reject_repeats",
 ]
 
@@ -109,13 +131,26 @@ class EngineConfig:
     fee_maker: Decimal = Decimal("0.001")
     fee_taker: Decimal = Decimal("0.001")
     slippage_bps: Decimal = Decimal(0)
-    fill_on: Literal["trades", "candles"] = "trades"
+    #: paper orders fill on the closed candles of the trading timeframe, the one form every runtime
+    #: can give the account stage (``"trades"``, filling on the next trade, was the embedded runtime's
+    #: alone: a market order's price is the same, the next candle's open being that trade)
+    fill_on: Literal["candles"] = "candles"
+    #: how an account orders its markets' steps: in event time (the same orders in every runtime) or
+    #: as they arrive (no wait for the slowest market, live); see :class:`AccountStage`
+    ordering: Literal["event_time", "arrival"] = "event_time"
     risk: RiskConfig = field(default_factory=RiskConfig)
     #: the account these stages trade for: its id is on every intent, order, fill, position and
     #: equity snapshot they make
     account: str = DEFAULT_ACCOUNT
 
     def __post_init__(self) -> None:
+        if self.fill_on != "candles":
+            raise ValueError(
+                f"fill_on {self.fill_on!r}: paper orders fill on the trading timeframe's candles "
+                '(fill_on = "candles"), the form every runtime gives the account stage'
+            )
+        if self.ordering not in ("event_time", "arrival"):
+            raise ValueError(f"ordering {self.ordering!r}: event_time or arrival")
         for tf in (*self.timeframes, self.trading_timeframe):
             timeframe_ns(tf)
         for name in ("timeframes", "strategies", "indicators"):
@@ -220,15 +255,20 @@ class Venue(Protocol):
 
 
 class ExecutionStage(Stage):
-    """orders → venue; market data → fills (applied to the portfolio), order updates, positions."""
+    """orders → venue; closed candles of the trading timeframe → fills (applied to the portfolio),
+    order updates, positions.
+
+    The paper broker fills on candles (:meth:`~mambo.core.execution.PaperBroker.on_candle`: a market
+    order at the next candle's open, which is the first trade at or after the decision; a limit when a
+    candle's range reaches it), since candles are what the account stage sees of its markets (see
+    :class:`AccountStage`). An exchange fills on its own and reports through :meth:`on_reports`."""
 
     name = "execution"
 
-    def __init__(self, broker: Venue, portfolio: Portfolio, trading_timeframe: str, fill_on: str) -> None:
+    def __init__(self, broker: Venue, portfolio: Portfolio, trading_timeframe: str) -> None:
         self.broker = broker
         self.portfolio = portfolio
-        self.fill_on = fill_on
-        self.inputs = (ORDERS.name, TRADES.name, candle_topic(trading_timeframe))
+        self.inputs = (ORDERS.name, candle_topic(trading_timeframe))
 
     def handle(self, topic: str, payload: Any) -> Out:
         if topic == ORDERS.name:
@@ -240,24 +280,6 @@ class ExecutionStage(Stage):
             return self._publish(
                 [o for o in acks if isinstance(o, Fill) or o.status != "new"], payload.ts_init
             )
-        if topic == TRADES.name:
-            if self.fill_on != "trades":
-                return []
-            batch: TradeBatch = payload
-            out: Out = []
-            for code, key in enumerate(batch.keys):
-                if not self.broker.has_pending(key):
-                    continue
-                sel = batch.market == code
-                out += self._publish(
-                    self.broker.on_trades(
-                        key, batch.ts[sel], batch.price[sel], batch.qty[sel], batch.ts_init
-                    ),
-                    batch.ts_init,
-                )
-            return out
-        if self.fill_on != "candles":
-            return []
         return self._publish(self.broker.on_candle(payload), payload.ts_init)
 
     def on_reports(self, events: Sequence[Order | Fill], ts_init: int) -> Out:
@@ -327,31 +349,22 @@ class IndicatorStage(Stage):
         return [(INDICATORS.name, ev)]
 
 
-class SignalStage(Stage):
-    """indicators (+ the candle they belong to) → signals.raw → signals (aggregated) → intents.
+class StrategyStage(Stage):
+    """One account's strategies on its markets: indicators (+ the candle they belong to) →
+    signals.raw → signals (aggregated), and the account's feed (:class:`AccountFeed`: the candle and
+    its aggregated signal) to its account stage. A market stage: it reads nothing of the account."""
 
-    While a market's last intent is still being carried out (its order not yet filled, canceled,
-    rejected or expired, or the intent not yet refused by risk), the market gets no new intent: the
-    position it reads does not show the order yet. A paper order fills on the next trade, before
-    the next candle can close, so this only ever holds back an exchange's order still in flight."""
+    name = "strategies"
 
-    name = "signals"
-
-    def __init__(
-        self, config: EngineConfig, portfolio: Portfolio, markets: frozenset[str] | None = None
-    ) -> None:
+    def __init__(self, config: EngineConfig, markets: frozenset[str] | None = None) -> None:
         self.config = config
-        self.portfolio = portfolio
+        self.account = config.account
         self.markets = markets  # the account's markets; None: every market
         self.timeframe = config.trading_timeframe
-        self.inputs = (candle_topic(self.timeframe), INDICATORS.name, ORDERS.name, REJECTIONS.name)
-        self.in_flight: dict[str, str] = {}  # market key -> client order id of its last intent
+        self.inputs = (candle_topic(self.timeframe), INDICATORS.name)
         self.last_candle: dict[str, Candle] = {}
         self.strategies: dict[str, list[Strategy]] = {}
         self.aggregators: dict[str, SignalAggregator] = {}
-        self.policy = IntentPolicy(
-            qty=config.order_qty, allow_short=config.allow_short, account=config.account
-        )
 
     def _strategies(self, key: str) -> list[Strategy]:
         s = self.strategies.get(key)
@@ -367,13 +380,6 @@ class SignalStage(Stage):
 
     def handle(self, topic: str, payload: Any) -> Out:
         if self.markets is not None and payload.key not in self.markets:
-            return []
-        if topic == ORDERS.name or topic == REJECTIONS.name:
-            if payload.account != self.config.account:
-                return []
-            done = topic == REJECTIONS.name or payload.status in FINAL_STATUSES
-            if done and self.in_flight.get(payload.key) == payload.client_order_id:
-                del self.in_flight[payload.key]
             return []
         if topic != INDICATORS.name:
             self.last_candle[payload.key] = payload
@@ -391,12 +397,108 @@ class SignalStage(Stage):
             agg = self.aggregators[ind.key].on_signal(sig, ind.ts_init) or agg
         if agg is not None:
             out.append((SIGNALS.name, agg))
-            if ind.key not in self.in_flight:
-                intent = self.policy.on_signal(agg, self.portfolio.position(ind.key), ind.ts_init)
-                if intent is not None:
-                    self.in_flight[ind.key] = intent.client_order_id
-                    out.append((INTENTS.name, intent))
+        feed = AccountFeed.model_construct(
+            event_id=make_id("feed", self.account, candle.event_id),
+            ts_event=candle.ts_event,
+            ts_init=ind.ts_init,
+            account=self.account,
+            exchange=candle.exchange,
+            symbol=candle.symbol,
+            watermark=candle.ts_event,  # every earlier candle of the market is out already
+            candle=candle,
+            signal=agg,
+        )
+        out.append((ACCOUNT_FEED.name, feed))
         return out
+
+
+class WatermarkStage(Stage):
+    """md.trades → watermark-only :class:`AccountFeed` events: how far each market's trades have come,
+    for each account trading it, so an account's merge need not wait for a market's next candle to
+    move on past it (a market that skips bars). One every ``step_ns`` of event time per market and
+    account at most. A market stage."""
+
+    name = "watermarks"
+
+    def __init__(self, accounts: Sequence[tuple[str, frozenset[str] | None]], step_ns: int) -> None:
+        self.accounts = tuple(accounts)
+        self.step_ns = step_ns
+        self.inputs = (TRADES.name,)
+        self.sent: dict[tuple[str, str], int] = {}  # (account, market) -> last watermark sent
+
+    def handle(self, topic: str, payload: Any) -> Out:
+        batch: TradeBatch = payload
+        out: Out = []
+        for code, key in enumerate(batch.keys):
+            ts = batch.ts if len(batch.keys) == 1 else batch.ts[batch.market == code]
+            if len(ts):
+                out += self._marks(key, int(ts.max()), batch.ts_init, self.step_ns)
+        return out
+
+    def advance(self, watermark: int, keys: Iterable[str], ts_init: int) -> Out:
+        """Every market of ``keys`` has come as far as ``watermark`` (the source's word: no trade
+        before it is still to come, and the candle stage has closed what ends by then)."""
+        return [f for key in keys for f in self._marks(key, watermark, ts_init, 1)]
+
+    def _marks(self, key: str, last: int, ts_init: int, step: int) -> Out:
+        out: Out = []
+        for account, markets in self.accounts:
+            if markets is not None and key not in markets:
+                continue
+            if last < self.sent.get((account, key), -(2**63)) + step:
+                continue
+            self.sent[(account, key)] = last
+            exchange, symbol = split_key(key)
+            feed = AccountFeed.model_construct(
+                event_id=make_id("feed", account, key, "watermark", last),
+                ts_event=last,
+                ts_init=ts_init,
+                account=account,
+                exchange=exchange,
+                symbol=symbol,
+                watermark=last,
+                candle=None,
+                signal=None,
+            )
+            out.append((ACCOUNT_FEED.name, feed))
+        return out
+
+
+class IntentStage(Stage):
+    """signals (aggregated) → intents, by the account's position. An account stage.
+
+    While a market's last intent is still being carried out (its order not yet filled, canceled,
+    rejected or expired, or the intent not yet refused by risk), the market gets no new intent: the
+    position it reads does not show the order yet. A paper order fills on the next candle, before the
+    next signal, so this only ever holds back an exchange's order still in flight."""
+
+    name = "intents"
+
+    def __init__(self, config: EngineConfig, portfolio: Portfolio) -> None:
+        self.account = config.account
+        self.portfolio = portfolio
+        self.inputs = (SIGNALS.name, ORDERS.name, REJECTIONS.name)
+        self.in_flight: dict[str, str] = {}  # market key -> client order id of its last intent
+        self.policy = IntentPolicy(
+            qty=config.order_qty, allow_short=config.allow_short, account=config.account
+        )
+
+    def handle(self, topic: str, payload: Any) -> Out:
+        if topic != SIGNALS.name:
+            if payload.account != self.account:
+                return []
+            done = topic == REJECTIONS.name or payload.status in FINAL_STATUSES
+            if done and self.in_flight.get(payload.key) == payload.client_order_id:
+                del self.in_flight[payload.key]
+            return []
+        agg: AggregatedSignal = payload
+        if agg.key in self.in_flight:
+            return []
+        intent = self.policy.on_signal(agg, self.portfolio.position(agg.key), agg.ts_init)
+        if intent is None:
+            return []
+        self.in_flight[agg.key] = intent.client_order_id
+        return [(INTENTS.name, intent)]
 
 
 class RiskStage(Stage):
@@ -429,6 +531,124 @@ class RiskStage(Stage):
         return [(INTENTS.name, i) for i in self.engine.on_candle(payload, self.portfolio, payload.ts_init)]
 
 
+class AccountStage(Stage):
+    """One account's trading: its markets' feeds (account.feed) → intents, orders, fills, positions,
+    equity, rejections. The account stage group of the pipeline, keyed by account.
+
+    It merges its markets' feeds in event time (:class:`~mambo.core.merge.EventTimeMerge`): a candle
+    (with the signal decided on it) goes on once every market of the account has come as far, in the
+    order (candle end, market key). Each released step runs through the account's own stages, depth
+    first, as the bus would: execution (fills at this candle), portfolio (mark), risk (stops) on the
+    candle, then intents → risk → orders → execution on its signal. So an account's orders, fills and
+    equity depend on its markets' candles and signals alone, never on how the markets' streams
+    interleaved: one process, one Kafka worker or several, and a backtest over the same candles give
+    the same events, id for id.
+
+    ``ordering="arrival"`` takes each step as it comes instead (no waiting for the slowest market:
+    the lowest latency live, where no replay is compared); the parity holds for ``event_time`` only.
+    A step that comes after its time was passed (a market broke its watermark's promise, as an
+    exchange's late candle can) is taken at once and counted in ``merge.late``."""
+
+    name = "account"
+
+    def __init__(
+        self,
+        config: EngineConfig,
+        venue: Venue,
+        markets: Mapping[str, Market],
+        account_markets: frozenset[str] | None = None,
+    ) -> None:
+        if config.ordering not in ("event_time", "arrival"):
+            raise ValueError(f"ordering {config.ordering!r}: event_time or arrival")
+        self.config = config
+        self.account = config.account
+        self.markets = account_markets
+        self.timeframe = config.trading_timeframe
+        self.inputs = (ACCOUNT_FEED.name,)
+        self.portfolio = Portfolio(config.initial_cash, account=config.account)
+        self.execution = ExecutionStage(venue, self.portfolio, self.timeframe)
+        self.risk = RiskEngine(config.risk, markets, config.fee_taker, config.account)
+        self.stages: list[Stage] = [
+            self.execution,
+            PortfolioStage(self.portfolio, self.timeframe),
+            RiskStage(self.risk, self.portfolio, self.timeframe),
+            IntentStage(config, self.portfolio),
+        ]
+        self._readers: dict[str, list[Stage]] = {}
+        for stage in self.stages:
+            for topic in stage.inputs:
+                self._readers.setdefault(topic, []).append(stage)
+        self.merge: EventTimeMerge[AccountFeed] = EventTimeMerge(account_markets)
+
+    def handle(self, topic: str, payload: Any) -> Out:
+        feed: AccountFeed = payload
+        if feed.account != self.account:
+            return []
+        if self.config.ordering == "arrival":
+            steps = [feed] if feed.candle is not None else []
+        else:
+            time = feed.candle.ts_event if feed.candle is not None else feed.watermark
+            steps = self.merge.push(
+                feed.market, time, feed if feed.candle is not None else None, feed.watermark
+            )
+        out: Out = []
+        for step in steps:
+            out += self._step(step)
+        return out
+
+    def finish(self) -> Out:
+        """Every step still waiting for a watermark, taken (the end of every market's stream: a
+        backtest's last bar)."""
+        out: Out = []
+        for step in self.merge.drain():
+            out += self._step(step)
+        return out
+
+    def on_reports(self, events: Sequence[Order | Fill], ts_init: int) -> Out:
+        """What an exchange reported out of band, booked (:meth:`ExecutionStage.on_reports`) and run
+        through the account's stages (risk frees what it reserved, intents see the order done)."""
+        out: Out = []
+        for topic, event in self.execution.on_reports(events, ts_init):
+            self._dispatch(topic, event, out)
+        return out
+
+    def _step(self, feed: AccountFeed) -> Out:
+        out: Out = []
+        assert feed.candle is not None
+        self._dispatch(candle_topic(self.timeframe), feed.candle, out, own=False)
+        if feed.signal is not None:
+            self._dispatch(SIGNALS.name, feed.signal, out, own=False)
+        return out
+
+    def _dispatch(self, topic: str, payload: Any, out: Out, own: bool = True) -> None:
+        """Depth first through the account's stages, as :class:`~mambo.streams.bus.EventBus` does;
+        what they publish goes to ``out`` (``own``: not the candle and signal taken from the feed,
+        which are on their topics already). A stage that raises gives a dead letter and the rest goes on."""
+        if own:
+            out.append((topic, payload))
+        for stage in self._readers.get(topic, ()):
+            try:
+                made = stage.handle(topic, payload)
+            except Exception as exc:
+                out.append((dlq_topic(topic), _dead_letter(topic, payload, f"{stage.name}: {exc!r}")))
+                continue
+            for t, e in made:
+                self._dispatch(t, e, out)
+
+
+def _dead_letter(topic: str, payload: Any, reason: str) -> DeadLetter:
+    body = payload.model_dump_json()
+    return DeadLetter(
+        event_id=make_id("dlq", topic, getattr(payload, "key", ""), body, reason),
+        ts_event=payload.ts_event,
+        ts_init=payload.ts_init,
+        topic=topic,
+        key=str(getattr(payload, "key", "")),
+        reason=reason,
+        payload=body,
+    )
+
+
 @dataclass(frozen=True)
 class Account:
     """One account of a run: its configuration (``config.account`` is its id) and its markets."""
@@ -438,28 +658,62 @@ class Account:
     markets: frozenset[str] | None = None
 
 
-def build_stages(
-    config: EngineConfig | Sequence[Account], markets: Mapping[str, Market], venue: Venue | None = None
-) -> list[Stage]:
-    """Every stage of the trading pipeline, in dispatch order: one account (``config``) over every
-    market, or several accounts, each over its own markets.
-
-    The market stages (candles, indicators) are shared and build the union of what the accounts need;
-    each account has its own execution, portfolio, risk and signal stages, which take only their
-    account's orders, fills and rejections and their markets' candles. ``venue``: where orders go, for
-    a single account; None is a paper broker per account with its config's fees and slippage."""
+def _accounts(config: EngineConfig | Sequence[Account]) -> list[Account]:
     accounts = [Account(config)] if isinstance(config, EngineConfig) else list(config)
     if not accounts:
         raise ValueError("no account to trade for")
     reject_repeats("accounts", [a.config.account for a in accounts])
-    if venue is not None and len(accounts) > 1:
-        raise ValueError("one venue serves one account; several accounts trade on paper")
+    return accounts
+
+
+def account_markets(account: Account, known: Collection[str] | None) -> frozenset[str] | None:
+    """The markets an account's merge waits for: its own, else every market the run knows (None when
+    the run does not say: the markets seen so far, which one process feeding in time order allows)."""
+    if account.markets is not None:
+        return account.markets
+    return frozenset(known) if known else None
+
+
+def market_stages(
+    config: EngineConfig | Sequence[Account], known: Collection[str] | None = None
+) -> list[Stage]:
+    """The market stage group, in dispatch order: candles, watermarks, each account's strategies,
+    indicators. Keyed by market: no state of an account, so each market can run anywhere. ``known``:
+    the run's markets (see :func:`account_markets`)."""
+    accounts = _accounts(config)
     timeframes = tuple(dict.fromkeys(tf for a in accounts for tf in a.config.timeframes))
     specs: list[str] = []
-    stages: list[Stage] = []
+    strategies: list[Stage] = []
     for a in accounts:
         cfg = a.config
-        portfolio = Portfolio(cfg.initial_cash, account=cfg.account)
+        specs += [
+            spec
+            for name in cfg.strategies
+            for spec in load_strategy(name, **cfg.strategy_params.get(name, {})).indicators()
+        ]
+        specs += cfg.indicators
+        # before indicators: it keeps the candle the values belong to
+        strategies.append(StrategyStage(cfg, a.markets))
+    step = min(timeframe_ns(a.config.trading_timeframe) for a in accounts)
+    watermarks = WatermarkStage([(a.config.account, account_markets(a, known)) for a in accounts], step)
+    return [CandleStage(timeframes), watermarks, *strategies, IndicatorStage(timeframes, specs)]
+
+
+def account_stages(
+    config: EngineConfig | Sequence[Account],
+    markets: Mapping[str, Market],
+    venue: Venue | None = None,
+    known: Collection[str] | None = None,
+) -> list[AccountStage]:
+    """The account stage group: one :class:`AccountStage` per account. ``venue``: where orders go, for
+    a single account; None is a paper broker per account with its config's fees and slippage."""
+    accounts = _accounts(config)
+    if venue is not None and len(accounts) > 1:
+        raise ValueError("one venue serves one account; several accounts trade on paper")
+    known = known if known is not None else (list(markets) or None)
+    out = []
+    for a in accounts:
+        cfg = a.config
         broker: Venue = (
             venue
             if venue is not None
@@ -470,18 +724,19 @@ def build_stages(
                 markets=markets,
             )
         )
-        tf = cfg.trading_timeframe
-        specs += [
-            spec
-            for name in cfg.strategies
-            for spec in load_strategy(name, **cfg.strategy_params.get(name, {})).indicators()
-        ]
-        specs += cfg.indicators
-        stages += [
-            ExecutionStage(broker, portfolio, tf, cfg.fill_on),
-            PortfolioStage(portfolio, tf),
-            RiskStage(RiskEngine(cfg.risk, markets, cfg.fee_taker, cfg.account), portfolio, tf),
-            # before indicators: it keeps the candle the values belong to
-            SignalStage(cfg, portfolio, a.markets),
-        ]
-    return [CandleStage(timeframes), *stages, IndicatorStage(timeframes, specs)]
+        out.append(AccountStage(cfg, broker, markets, account_markets(a, known)))
+    return out
+
+
+def build_stages(
+    config: EngineConfig | Sequence[Account],
+    markets: Mapping[str, Market],
+    venue: Venue | None = None,
+    known: Collection[str] | None = None,
+) -> list[Stage]:
+    """Every stage of the trading pipeline, in dispatch order: the market group
+    (:func:`market_stages`), then the account group (:func:`account_stages`). One account (``config``)
+    over every market, or several accounts, each over its own markets. ``known``: the run's markets
+    (default: those of ``markets``), which an account over every market waits for."""
+    known = known if known is not None else (list(markets) or None)
+    return [*market_stages(config, known), *account_stages(config, markets, venue, known)]

@@ -29,6 +29,7 @@ __all__ = [
     "OPEN_STATUSES",
     "TIMEFRAMES",
     "AccountEvent",
+    "AccountFeed",
     "AggregatedSignal",
     "Candle",
     "DeadLetter",
@@ -211,6 +212,32 @@ class AccountEvent(MarketEvent):
     """An event of one account's trading in one market: intents, orders, fills, positions, rejections."""
 
     account: str = Field(DEFAULT_ACCOUNT, min_length=1)
+
+
+class AccountFeed(Event):
+    """One market's progress as one account sees it (the internal ``account.feed`` topic, keyed by
+    account): a closed candle of the account's trading timeframe with the aggregated signal decided
+    on it (None when the strategies gave none), or only a watermark.
+
+    ``watermark``: the market has published every candle of this account that ends at or before it
+    (a candle's own end, or the last trade its market stage has seen). The account stage merges its
+    markets' feeds in event time up to the least of their watermarks (:mod:`mambo.core.accounts`)."""
+
+    account: str = Field(min_length=1)
+    exchange: str = Field(min_length=1)
+    symbol: str = Field(min_length=1)
+    watermark: TsNs
+    candle: Candle | None = None
+    signal: AggregatedSignal | None = None
+
+    @property
+    def market(self) -> str:
+        return market_key(self.exchange, self.symbol)
+
+    @property
+    def stream_key(self) -> str:
+        """Its Kafka key (and the key of the account stage's state): ``account/<id>``."""
+        return f"account/{self.account}"
 
 
 class OrderIntent(AccountEvent):

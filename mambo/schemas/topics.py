@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from mambo.schemas.backtests import BacktestRun, BacktestTrial
 from mambo.schemas.events import (
     TIMEFRAMES,
+    AccountFeed,
     AggregatedSignal,
     Candle,
     DeadLetter,
@@ -37,8 +38,10 @@ from mambo.schemas.events import (
 )
 
 __all__ = [
+    "ACCOUNT_FEED",
     "ALL_TOPICS",
     "DLQ_SUFFIX",
+    "INTERNAL_TOPICS",
     "TABLES",
     "Topic",
     "by_name",
@@ -110,12 +113,18 @@ _MAIN: tuple[Topic, ...] = (
     EQUITY,
     FEED_HEALTH,
 )
+#: The market stages' feed to the account stages (:class:`~mambo.schemas.events.AccountFeed`), keyed by
+#: account (``account/<id>``): a repartition topic between the two stage groups, like Kafka Streams'
+#: ``-repartition`` topics. Internal: no ClickHouse table (``table`` empty), no API channel; what the
+#: account stage makes of it (orders, fills, equity) is in the history.
+ACCOUNT_FEED = Topic("account.feed", AccountFeed, "", key_field="stream_key")
+INTERNAL_TOPICS: tuple[Topic, ...] = (ACCOUNT_FEED,)
 _DLQ: tuple[Topic, ...] = tuple(
     Topic(dlq_topic(t.name), DeadLetter, "dead_letters", partitions=1, retention_ms=30 * DAY_MS)
-    for t in _MAIN
+    for t in (*_MAIN, ACCOUNT_FEED)  # the feed's dead letters are history like any other
 )
 ALL_TOPICS: tuple[Topic, ...] = _MAIN + _DLQ
-_BY_NAME = {t.name: t for t in ALL_TOPICS}
+_BY_NAME = {t.name: t for t in (*ALL_TOPICS, *INTERNAL_TOPICS)}
 #: ClickHouse table name -> model. Several topics may share one table (all candle topics -> candles).
 TABLES: dict[str, type[Event]] = {t.table: t.model for t in ALL_TOPICS}
 # Tables no topic feeds: the records of parameter searches (mambo optimize).

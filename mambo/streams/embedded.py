@@ -16,7 +16,16 @@ from typing import Any
 
 from mambo.core.market import Market
 from mambo.core.portfolio import Portfolio
-from mambo.core.stages import Account, CandleStage, EngineConfig, ExecutionStage, Venue, build_stages
+from mambo.core.stages import (
+    Account,
+    AccountStage,
+    CandleStage,
+    EngineConfig,
+    ExecutionStage,
+    Venue,
+    WatermarkStage,
+    build_stages,
+)
 from mambo.schemas.batches import TradeBatch, validate_trades
 from mambo.schemas.events import Candle, DeadLetter, Fill, Order, Quote
 from mambo.schemas.topics import EXCHANGE_CANDLES, FILLS, ORDERS, QUOTES, TRADES, by_name, dlq_topic
@@ -43,15 +52,21 @@ class EmbeddedRuntime:
         self.markets = dict(markets or {})
         self.known_markets = set(known_markets) if known_markets is not None else None
         self.bus = EventBus(metrics)
-        self.stages = build_stages(self.accounts, self.markets, venue)
+        known = sorted(self.known_markets) if self.known_markets is not None else None
+        self.stages = build_stages(self.accounts, self.markets, venue, known)
         self.config = self.accounts[0].config  # the first account's (the only one's, as a rule)
         for stage in self.stages:
             self.bus.add_stage(stage)
 
     @property
+    def account_stages(self) -> list[AccountStage]:
+        """Every account's stage, in the order of the accounts."""
+        return [s for s in self.stages if isinstance(s, AccountStage)]
+
+    @property
     def execution(self) -> ExecutionStage:
         """The execution stage of the first account (the only one, unless several were given)."""
-        return next(s for s in self.stages if isinstance(s, ExecutionStage))
+        return self.account_stages[0].execution
 
     @property
     def portfolio(self) -> Portfolio:
@@ -61,21 +76,29 @@ class EmbeddedRuntime:
     @property
     def portfolios(self) -> dict[str, Portfolio]:
         """Every account's portfolio, by account id."""
-        return {s.portfolio.account: s.portfolio for s in self.stages if isinstance(s, ExecutionStage)}
+        return {s.account: s.portfolio for s in self.account_stages}
 
     def report(self, events: Sequence[Order | Fill], ts_init: int | None = None) -> None:
-        """Publish what an exchange venue reported (fills, order states) through the execution stage;
+        """Publish what an exchange venue reported (fills, order states) through the account stage;
         one it cannot book goes to its dead-letter topic with the reason, like a stage's input."""
         stamp = time.time_ns() if ts_init is None else ts_init
+        account = self.account_stages[0]
         for ev in events:
             try:
-                outs = self.execution.on_reports([ev], stamp)
+                outs = account.on_reports([ev], stamp)
             except Exception as exc:  # a bad report must not stop the pipeline
                 self.bus.dead_letter(
                     FILLS.name if isinstance(ev, Fill) else ORDERS.name, ev, f"execution: {exc!r}"
                 )
                 continue
             for topic, event in outs:
+                self.bus.publish(topic, event)
+
+    def finish(self) -> None:
+        """The end of every market's stream (a backtest's last bar): each account takes the steps
+        still waiting for a market's watermark (see :class:`~mambo.core.stages.AccountStage`)."""
+        for account in self.account_stages:
+            for topic, event in account.finish():
                 self.bus.publish(topic, event)
 
     def observe(self, observer: Observer) -> None:
@@ -109,10 +132,15 @@ class EmbeddedRuntime:
             self.bus.publish(dlq_topic(d.topic), d)
 
     def close_candles(self, watermark: int) -> None:
-        """Close the candles that end at or before ``watermark`` (a watermark from the source)."""
+        """Close the candles that end at or before ``watermark`` (a watermark from the source: no trade
+        of any market before it is still to come), and tell the accounts every market got that far."""
         stage = next(s for s in self.stages if isinstance(s, CandleStage))
         for topic, candle in stage.flush(watermark):
             self.bus.publish(topic, candle)
+        marks = next(s for s in self.stages if isinstance(s, WatermarkStage))
+        keys = sorted({*self.markets, *(self.known_markets or ()), *stage.builders})
+        for topic, feed in marks.advance(watermark, keys, time.time_ns()):
+            self.bus.publish(topic, feed)
 
     @property
     def dead_letter_count(self) -> int:
@@ -130,6 +158,8 @@ class SinkObserver:
         table = self._tables.get(topic)
         if table is None:
             table = self._tables[topic] = by_name(topic).table
+        if not table:  # an internal topic (account.feed): its results are in the history
+            return
         if isinstance(payload, TradeBatch):
             self.sink.write_columns(table, payload.columns())
         else:

@@ -1,65 +1,80 @@
-"""One pipeline, and one paper account, per market: the form both runtimes share for parity.
+"""The two stage groups of the distributed runtimes: market stages per market, account stages per
+account (see :mod:`mambo.core.stages`).
 
-Why (the determinism decision of issue 3): in :class:`~mambo.streams.embedded.EmbeddedRuntime` one
-:class:`~mambo.core.portfolio.Portfolio` is shared by every market, so equity-fraction sizing and the
-exposure and drawdown rules depend on how the markets' events interleave. Kafka keeps order only
-within a partition, and partitions run independently, on as many workers as there are; no interleaving
-across them is reproducible without funnelling every market through one partition (one core, the
-throughput of one worker, and a merge by event time that has to guess how long to wait for a slow
-partition). So the distributed runtime gives each market its own account: every stage of
-:func:`~mambo.core.stages.build_stages` runs per ``exchange:symbol`` key on its own
-:class:`~mambo.streams.bus.EventBus`, as an account named after the key (``account`` on every intent,
-order, fill, position and equity snapshot is the market key). A market's orders and fills then depend
-on that market's trades alone, in their order, which one partition keeps, so any partition count and
-any number of workers give exactly the same orders and fills. :class:`MarketPipelines` is that
-runtime; the Kafka worker holds one for the keys of its partitions and the parity tests run the same
-recording through it in one process. The shared-account embedded runtime stays the default of ``mambo
-demo``; its results differ from these only where the account-level rules bind across markets.
+Each market key runs the market stages (candles, watermarks, strategies and aggregation of every
+account trading it, indicators) on its own :class:`~mambo.streams.bus.EventBus`; what they publish
+goes to ``emit(topic, event)``, the account feed (``account.feed``, keyed by account) among it. Each
+account runs one :class:`~mambo.core.stages.AccountStage`, fed by :meth:`MarketPipelines.ingest_feed`:
+the Kafka worker produces the feed to its topic and consumes it back, so a market and its account
+may live on different workers; with ``loopback`` the feed goes straight to the account stages in
+process (the parity tests, and one process holding everything).
 
-Each market's state is its stage objects (candle builders, indicator sets, strategies, aggregator,
-risk engine, broker, portfolio), which pickle: :meth:`MarketPipelines.state` and
-:meth:`MarketPipelines.restore` move it to and from the worker's changelog.
+The account merges its markets' feeds in event time, so any partition count, any number of workers
+and any interleaving of the markets give exactly the same orders and fills as the embedded runtime,
+where the same stages run on one bus (:class:`~mambo.streams.embedded.EmbeddedRuntime`).
+
+State is the stage objects (candle builders, indicator sets, strategies, aggregators; an account's
+merge, risk engine, broker and portfolio), which pickle: :meth:`MarketPipelines.state` and
+:meth:`MarketPipelines.restore` move one key's state (a market key, or ``account/<id>``) to and from
+the worker's changelog.
 """
 
 from __future__ import annotations
 
 import pickle
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from dataclasses import replace
 from typing import Any
 
 from mambo.core.market import Market
-from mambo.core.stages import EngineConfig, Stage, build_stages
+from mambo.core.stages import (
+    Account,
+    AccountStage,
+    EngineConfig,
+    Stage,
+    account_stages,
+    market_stages,
+)
 from mambo.schemas.batches import TradeBatch, validate_trades
-from mambo.schemas.events import Candle, DeadLetter, make_id
-from mambo.schemas.topics import EXCHANGE_CANDLES, TRADES, dlq_topic
+from mambo.schemas.events import AccountFeed, Candle, DeadLetter, make_id
+from mambo.schemas.topics import ACCOUNT_FEED, EXCHANGE_CANDLES, TRADES, dlq_topic
 from mambo.streams.bus import EventBus
 
-__all__ = ["MarketPipelines"]
+__all__ = ["ACCOUNT_PREFIX", "MarketPipelines"]
 
 Emit = Callable[[str, Any], None]
+#: The state key of an account stage (market keys are ``exchange:symbol``).
+ACCOUNT_PREFIX = "account/"
 
 
 class MarketPipelines:
-    """Every stage, per market key; ``emit(topic, event)`` receives every event they publish."""
+    """Market stages per market key, account stages per account; ``emit(topic, event)`` receives
+    every event they publish."""
 
     def __init__(
         self,
-        config: EngineConfig,
+        config: EngineConfig | Sequence[Account],
         emit: Emit,
         markets: Mapping[str, Market] | None = None,
         known_markets: Collection[str] | None = None,
+        loopback: bool = False,
     ) -> None:
-        self.config = config
+        self.accounts = [Account(config)] if isinstance(config, EngineConfig) else list(config)
         self.markets = dict(markets or {})
         self.known_markets = set(known_markets) if known_markets is not None else None
+        self._known = sorted(self.known_markets) if self.known_markets is not None else list(self.markets)
         self.emit = emit
+        self.loopback = loopback
+        # the configuration is checked now, not at the first message
+        self._account_ids = {a.config.account for a in self.accounts}
+        account_stages(self.accounts, self.markets, known=self._known or None)
         self._buses: dict[str, EventBus] = {}
         self._stages: dict[str, list[Stage]] = {}
+        self._account_stages: dict[str, AccountStage] = {}  # by state key, account/<id>
 
     @property
     def keys(self) -> list[str]:
-        return list(self._stages)
+        """The keys whose state this process holds: market keys and ``account/<id>``."""
+        return [*self._stages, *self._account_stages]
 
     def _wire(self, key: str, stages: list[Stage]) -> EventBus:
         bus = EventBus()
@@ -71,14 +86,30 @@ class MarketPipelines:
         return bus
 
     def _forward(self, topic: str, payload: Any) -> None:
-        if topic not in (TRADES.name, EXCHANGE_CANDLES.name):  # the inputs are already on their topics
-            self.emit(topic, payload)
+        if topic in (TRADES.name, EXCHANGE_CANDLES.name):  # the inputs are already on their topics
+            return
+        if topic == ACCOUNT_FEED.name and self.loopback:
+            self.ingest_feed([payload])
+            return
+        self.emit(topic, payload)
 
     def _bus(self, key: str) -> EventBus:
         bus = self._buses.get(key)
         if bus is None:
-            bus = self._wire(key, build_stages(replace(self.config, account=key), self.markets))
+            bus = self._wire(key, market_stages(self.accounts, self._known or None))
         return bus
+
+    def _account(self, account: str) -> AccountStage:
+        key = ACCOUNT_PREFIX + account
+        stage = self._account_stages.get(key)
+        if stage is None:
+            stage = next(
+                s
+                for s in account_stages(self.accounts, self.markets, known=self._known or None)
+                if s.account == account
+            )
+            self._account_stages[key] = stage
+        return stage
 
     def ingest_trades(self, batch: TradeBatch) -> list[str]:
         """Run a batch (any markets, stream order) through each market's pipeline; the keys it touched.
@@ -112,32 +143,69 @@ class MarketPipelines:
             key = c.key
             if self.known_markets is not None and key not in self.known_markets:
                 self.emit(
-                    dlq_topic(EXCHANGE_CANDLES.name),
-                    DeadLetter(
-                        event_id=make_id("dlq", EXCHANGE_CANDLES.name, c.event_id),
-                        ts_event=c.ts_event,
-                        ts_init=c.ts_init,
-                        topic=EXCHANGE_CANDLES.name,
-                        key=key,
-                        reason=f"unknown market {key}",
-                        payload=c.model_dump_json(),
-                    ),
+                    dlq_topic(EXCHANGE_CANDLES.name), _dead(EXCHANGE_CANDLES.name, c, f"unknown market {key}")
                 )
                 continue
             self._bus(key).publish(EXCHANGE_CANDLES.name, c)
             touched[key] = None
         return list(touched)
 
+    def ingest_feed(self, feeds: Sequence[AccountFeed]) -> list[str]:
+        """The account feed through its accounts' stages, in order; the state keys touched
+        (``account/<id>``). A feed of an account this run does not have, or one its stage cannot take,
+        becomes a dead letter with the reason."""
+        touched: dict[str, None] = {}
+        for feed in feeds:
+            if feed.account not in self._account_ids:
+                why = f"unknown account {feed.account!r} (this run's: {', '.join(sorted(self._account_ids))})"
+                self.emit(dlq_topic(ACCOUNT_FEED.name), _dead(ACCOUNT_FEED.name, feed, why))
+                continue
+            stage = self._account(feed.account)
+            try:
+                outs = stage.handle(ACCOUNT_FEED.name, feed)
+            except Exception as exc:  # a stage fault must not stop the pipeline
+                self.emit(
+                    dlq_topic(ACCOUNT_FEED.name), _dead(ACCOUNT_FEED.name, feed, f"{stage.name}: {exc!r}")
+                )
+                continue
+            for topic, event in outs:
+                self.emit(topic, event)
+            touched[ACCOUNT_PREFIX + feed.account] = None
+        return list(touched)
+
+    def finish(self) -> None:
+        """The end of every market's stream: each account takes what still waits for a watermark."""
+        for stage in self._account_stages.values():
+            for topic, event in stage.finish():
+                self.emit(topic, event)
+
     def state(self, key: str) -> bytes:
-        """The market's whole operator state, serialized (for the changelog)."""
-        return pickle.dumps(self._stages[key], protocol=pickle.HIGHEST_PROTOCOL)
+        """One key's whole operator state, serialized (for the changelog)."""
+        obj: Any = self._account_stages[key] if key.startswith(ACCOUNT_PREFIX) else self._stages[key]
+        return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
 
     def restore(self, key: str, blob: bytes) -> None:
-        """Replace the market's state with one saved by :meth:`state`."""
-        self._wire(key, pickle.loads(blob))
+        """Replace one key's state with one saved by :meth:`state`."""
+        if key.startswith(ACCOUNT_PREFIX):
+            self._account_stages[key] = pickle.loads(blob)
+        else:
+            self._wire(key, pickle.loads(blob))
 
     def drop(self, keys: Iterable[str]) -> None:
-        """Forget markets (their partitions moved to another worker)."""
+        """Forget keys (their partitions moved to another worker)."""
         for k in keys:
             self._stages.pop(k, None)
             self._buses.pop(k, None)
+            self._account_stages.pop(k, None)
+
+
+def _dead(topic: str, event: Any, reason: str) -> DeadLetter:
+    return DeadLetter(
+        event_id=make_id("dlq", topic, event.event_id),
+        ts_event=event.ts_event,
+        ts_init=event.ts_init,
+        topic=topic,
+        key=str(getattr(event, "stream_key", None) or getattr(event, "key", "")),
+        reason=reason,
+        payload=event.model_dump_json(),
+    )

@@ -30,7 +30,7 @@ from mambo.commands.api import UVICORN
 from mambo.connectors.clickhouse import ClickHouseSink, ensure_schema
 from mambo.connectors.replay import DEMO_QUOTES, DEMO_TRADES, Recording, load_quotes, load_trades, replay
 from mambo.core.market import Market
-from mambo.core.stages import EngineConfig, SignalStage
+from mambo.core.stages import EngineConfig, StrategyStage
 from mambo.schemas.batches import TradeBatch
 from mambo.schemas.events import split_key
 from mambo.settings import ApiSettings
@@ -76,7 +76,7 @@ class Pipeline:
     database: str
 
     def aggregators(self) -> dict[str, Any]:
-        stage = next(s for s in self.runtime.stages if isinstance(s, SignalStage))
+        stage = next(s for s in self.runtime.stages if isinstance(s, StrategyStage))
         return stage.aggregators
 
 

@@ -136,19 +136,25 @@ def test_bad_accounts_are_refused_with_the_reason(accounts: dict[str, Any], why:
         MamboSettings(accounts=accounts)
 
 
-def test_the_kafka_runtime_refuses_accounts_it_cannot_honour() -> None:
-    assert MamboSettings().per_market_config() == MamboSettings().engine.to_config()
-    with pytest.raises(ValueError, match="trades each market as its own account"):
-        MamboSettings(accounts={"spot": {"markets": [BTC]}}).per_market_config()
+def test_the_run_s_markets_for_the_distributed_runtime() -> None:
+    """What an account over every market waits for: --markets, else the accounts' own markets."""
+    assert MamboSettings().run_markets() is None  # then the markets seen so far
+    assert MamboSettings().run_markets(f"{BTC}, {ETH}") == [BTC, ETH]
+    two = MamboSettings(accounts={"a": {"markets": [ETH]}, "b": {"markets": [BTC]}})
+    assert two.run_markets() == sorted([BTC, ETH])
+    with pytest.raises(ValueError, match="account a trades binance:ETH/USDT, not in --markets"):
+        two.run_markets(BTC)
+    with pytest.raises(ValueError, match="more than once"):
+        MamboSettings().run_markets(f"{BTC},{BTC}")
 
 
-def test_mambo_worker_refuses_accounts_with_the_reason(tmp_path: Path) -> None:
+def test_mambo_worker_refuses_a_bad_market_list_with_the_reason(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
     from mambo.cli import app
 
     config = tmp_path / "mambo.toml"
     config.write_text('[accounts.spot]\nmarkets = ["binance:BTC/USDT"]\n')
-    done = CliRunner().invoke(app, ["worker", "--config", str(config)])
+    done = CliRunner().invoke(app, ["worker", "--config", str(config), "--markets", "binance:ETH/USDT"])
     assert done.exit_code == 2
-    assert "trades each market as its own account" in done.output
+    assert "account spot trades binance:BTC/USDT, not in --markets" in done.output

@@ -30,7 +30,7 @@ from confluent_kafka.admin import (
     NewTopic,
 )
 
-from mambo.schemas.topics import ALL_TOPICS, DAY_MS, TRADES
+from mambo.schemas.topics import ACCOUNT_FEED, ALL_TOPICS, DAY_MS, INTERNAL_TOPICS, TRADES
 from mambo.streams.kafka.broker import min_insync
 
 __all__ = ["STATE_TOPIC", "Change", "TopicSpec", "apply", "plan", "replication_for", "wanted_topics"]
@@ -73,11 +73,11 @@ def wanted_topics(partitions: int = 6, prefix: str = "", replication: int = 1) -
                 "retention.ms": str(t.retention_ms),
                 **_insync(replication),
             },
-            # the worker keeps each market's state in the changelog partition of its input partition
-            keyed_state=t.name == TRADES.name,
+            # the worker keeps each market's (account's) state in the changelog partition of its input
+            keyed_state=t.name in (TRADES.name, ACCOUNT_FEED.name),
             replication=replication,
         )
-        for t in ALL_TOPICS
+        for t in (*ALL_TOPICS, *INTERNAL_TOPICS)
     ]
     specs.append(
         TopicSpec(

@@ -110,10 +110,10 @@ from confluent_kafka import (
 )
 
 from mambo.core.market import Market
-from mambo.core.stages import EngineConfig
+from mambo.core.stages import Account, EngineConfig
 from mambo.schemas.batches import TradeBatch
-from mambo.schemas.events import Candle, Event
-from mambo.schemas.topics import EXCHANGE_CANDLES, TRADES, by_name, dlq_topic
+from mambo.schemas.events import AccountFeed, Candle, Event
+from mambo.schemas.topics import ACCOUNT_FEED, EXCHANGE_CANDLES, TRADES, by_name, dlq_topic
 from mambo.streams.kafka.codec import (
     DecodeError,
     Headers,
@@ -133,8 +133,9 @@ __all__ = ["INPUTS", "Guarantee", "Worker", "WorkerError"]
 log = structlog.get_logger("mambo.kafka.worker")
 
 Guarantee = Literal["exactly_once", "at_least_once"]
-#: The topics a worker reads, all keyed by market: trades, and exchange candles (passed through).
-INPUTS: tuple[str, ...] = (TRADES.name, EXCHANGE_CANDLES.name)
+#: The topics a worker reads: trades and exchange candles (passed through), keyed by market, for the
+#: market stages; the account feed, keyed by account, for the account stages.
+INPUTS: tuple[str, ...] = (TRADES.name, EXCHANGE_CANDLES.name, ACCOUNT_FEED.name)
 _OFFSETS_HEADER = "mambo-offsets"  # on a state record: {input topic: next offset} it includes
 _StateRecord = tuple[str, bytes, Headers, int]  # a market's state: key, blob, headers, partition
 _PARTITION_EOF = KafkaError._PARTITION_EOF
@@ -152,7 +153,7 @@ class Worker:
     def __init__(
         self,
         bootstrap: str,
-        config: EngineConfig,
+        config: EngineConfig | Sequence[Account],
         markets: Mapping[str, Market] | None = None,
         known_markets: Sequence[str] | None = None,
         name: str = "1",
@@ -189,6 +190,7 @@ class Worker:
         self._current: _Pending | None = None  # at least once: the batch being processed
         self.processed = 0  # trades
         self.candles = 0  # exchange candles
+        self.feeds = 0  # account feed messages
         self.batches = 0
         self.aborted = 0  # exactly once: transactions the broker could not finish (batches done again)
         self._aborts_in_a_row = 0
@@ -372,6 +374,7 @@ class Worker:
                 worker=self.name,
                 trades=self.processed,
                 candles=self.candles,
+                feeds=self.feeds,
                 batches=self.batches,
             )
 
@@ -387,7 +390,7 @@ class Worker:
         and input offsets. If the broker cannot finish it, the batch is undone (:meth:`_undo`)."""
         producer = producers[which]
         t_got = time.time_ns()
-        counts = self.processed, self.candles
+        counts = self.processed, self.candles, self.feeds
         producer.begin_transaction()
         begun, waiting = time.monotonic(), float("inf")  # waiting: since the first call to the broker
         try:
@@ -408,7 +411,7 @@ class Worker:
                 log.exception("worker.batch_failed", worker=self.name)  # fenced by another process
                 raise
             log.warning("worker.batch_aborted", worker=self.name, reason=ex.args[0].str(), messages=len(msgs))
-            self.processed, self.candles = counts
+            self.processed, self.candles, self.feeds = counts
             producers[which] = self._undo(consumer, producer, self._txn_ids[which])
             return
         except Exception:
@@ -551,6 +554,8 @@ class Worker:
                 if run:
                     if topic == TRADES.name:
                         touched += self._trades(producer, partition, run, ts_inits)
+                    elif topic == ACCOUNT_FEED.name:
+                        touched += self._feeds(producer, partition, run)
                     else:
                         touched += self._candles(producer, partition, run)
                     self._note_offsets(topic, run)
@@ -613,6 +618,16 @@ class Worker:
             candles.append(candle)
         self.candles += len(candles)
         return self._run(producer, lambda: self.pipelines.ingest_candles(candles))
+
+    def _feeds(self, producer: Producer, partition: int, msgs: list[Message]) -> list[str]:
+        feeds: list[AccountFeed] = []
+        for m in msgs:
+            try:
+                feeds.append(decode(ACCOUNT_FEED, m.value(), m.headers()))  # type: ignore[arg-type]
+            except DecodeError as ex:
+                self._dead_letter(producer, ACCOUNT_FEED.name, partition, m, str(ex))
+        self.feeds += len(feeds)
+        return self._run(producer, lambda: self.pipelines.ingest_feed(feeds))
 
     def _run(self, producer: Producer, ingest: Any) -> list[str]:
         """Run the pipelines and produce what they publish; the market keys they touched."""

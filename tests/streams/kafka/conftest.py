@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import gc
 import io
+import json
 import os
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from mambo.schemas.events import Event
@@ -25,10 +26,24 @@ from mambo.streams.kafka import topology
 from mambo.streams.kafka.broker import KafkaBroker, free_port
 from mambo.streams.kafka.codec import decode
 
+#: The bundled recording's markets: the tests' one account, main, trades all four, its limits binding
+#: across them (two open positions at most, half the equity exposed, a fifth of it per entry), so a
+#: per-market account could not give its orders.
+MARKETS = ("binance:BTC/USDT", "binance:ETH/USDT", "binanceusdm:BTC/USDT:USDT", "binanceusdm:ETH/USDT:USDT")
+ENGINE = {
+    "timeframes": "1s,1m",
+    "trading_timeframe": "1s",
+    "strategies": "sma_cross,rsi_reversion,macd_cross,bollinger_breakout",
+    "risk": {"position_fraction": "0.2", "max_open_positions": 2, "max_total_exposure": "0.5"},
+}
 ENGINE_ENV = {
     "MAMBO_ENGINE__TIMEFRAMES": '["1s", "1m"]',
     "MAMBO_ENGINE__TRADING_TIMEFRAME": "1s",
     "MAMBO_ENGINE__STRATEGIES": '["sma_cross", "rsi_reversion", "macd_cross", "bollinger_breakout"]',
+    "MAMBO_ENGINE__RISK__POSITION_FRACTION": "0.2",
+    "MAMBO_ENGINE__RISK__MAX_OPEN_POSITIONS": "2",
+    "MAMBO_ENGINE__RISK__MAX_TOTAL_EXPOSURE": "0.5",
+    "MAMBO_ACCOUNTS__MAIN__MARKETS": json.dumps(MARKETS),
 }
 
 
@@ -99,15 +114,12 @@ def mambo(*args: str, env: dict[str, str] | None = None, **kw: Any) -> subproces
 
 
 def engine_config() -> Any:
-    from mambo.settings import EngineSettings
+    """The accounts of these tests (:data:`ENGINE`, one account over :data:`MARKETS`), as ``mambo
+    worker`` builds them from :data:`ENGINE_ENV`."""
+    from mambo.settings import MamboSettings
 
-    return EngineSettings.model_validate(
-        {
-            "timeframes": "1s,1m",
-            "trading_timeframe": "1s",
-            "strategies": "sma_cross,rsi_reversion,macd_cross,bollinger_breakout",
-        }
-    ).to_config()
+    settings = MamboSettings(engine=ENGINE, accounts={"main": {"markets": MARKETS}})
+    return settings.account_configs()
 
 
 FIXTURE_ROOT = Path(__file__).parents[2] / "fixtures"
@@ -135,3 +147,50 @@ def wait_for(condition: Callable[[], bool], what: str, procs: list[subprocess.Po
             assert p.poll() is None, f"{p.args} exited ({p.returncode}) waiting for {what}"
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.2)
+
+
+def feed_drained(bootstrap: str, group: str, prefix: str = "") -> bool:
+    """Whether ``group`` has committed the account feed to its end: the account stages have taken
+    every step the market stages sent (a transactional topic: its end is the last data message + 1,
+    the offsets after it being transaction markers)."""
+    from mambo.schemas.topics import ACCOUNT_FEED
+
+    topic = prefix + ACCOUNT_FEED.name
+    c = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": group,
+            "isolation.level": "read_committed",
+            "enable.partition.eof": True,
+            "enable.auto.commit": False,
+            "log_level": 0,
+        }
+    )
+    try:
+        parts = list(c.list_topics(topic, timeout=10).topics[topic].partitions)
+        ends: dict[int, int] = {}
+        for p in parts:
+            low, high = c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            if high > low:
+                ends[p] = max(low, high - 50)
+        if not ends:
+            return True
+        c.assign([TopicPartition(topic, p, o) for p, o in ends.items()])
+        last: dict[int, int] = {}
+        open_parts = set(ends)
+        deadline = time.monotonic() + 10
+        while open_parts and time.monotonic() < deadline:
+            for m in c.consume(1000, 0.5):
+                if m.error() is not None:
+                    if m.error().code() == KafkaError._PARTITION_EOF:
+                        open_parts.discard(m.partition() or 0)
+                    continue
+                last[m.partition() or 0] = (m.offset() or 0) + 1
+        if open_parts:
+            return False
+        done = c.committed([TopicPartition(topic, p) for p in last], timeout=10)
+        return all(tp.offset >= last[tp.partition] for tp in done)
+    except KafkaException:  # the coordinator moving: not known to be drained
+        return False
+    finally:
+        c.close()

@@ -20,7 +20,7 @@ import pytest
 from mambo.connectors.replay import load_trades
 from mambo.schemas.topics import FILLS, ORDERS, TRADES
 
-from .conftest import mambo
+from .conftest import feed_drained, mambo
 from .test_crash import committed
 from .test_up import wait
 
@@ -49,6 +49,7 @@ def test_a_kafka_run_of_mambo_up_passes_the_audit(bootstrap: str, tmp_path: Path
             wait(lambda: out.read_text().count("worker-1: started") == 2, "worker-1's restart", proc)
         wait(lambda: "source: done" in out.read_text(), "the replay", proc, seconds=300)
         wait(lambda: committed(bootstrap, workers, prefix + TRADES.name) == len(batch), "the worker", proc)
+        wait(lambda: feed_drained(bootstrap, workers, prefix), "the account stage", proc)
         last, since = -1, time.monotonic()
         while time.monotonic() - since < 3:  # the sink has taken everything: its offsets stay put
             now = sum(committed(bootstrap, sink, prefix + t) for t in (TRADES.name, ORDERS.name, FILLS.name))

@@ -17,7 +17,7 @@ from mambo.connectors.replay import load_trades
 from mambo.schemas.topics import FILLS, ORDERS, TRADES
 from mambo.streams.kafka.producer import KafkaPublisher
 
-from .conftest import engine_config, mambo, read_topic
+from .conftest import engine_config, feed_drained, mambo, read_topic
 from .test_crash import committed
 from .test_pipeline import SLICE, of, reference
 
@@ -72,9 +72,10 @@ def test_two_workers_share_six_partitions_with_identical_results(
     b = worker("b")
     wait(lambda: any(e["event"] == "worker.assigned" for e in events(logs["b"])))
     publish(half, len(batch))
-    wait(
-        lambda: committed(bootstrap, kafka_prefix + "mambo-workers", kafka_prefix + TRADES.name) == len(batch)
-    )
+    group = kafka_prefix + "mambo-workers"
+    # every trade, then every account step the markets sent (the account stage comes one poll later)
+    wait(lambda: committed(bootstrap, group, kafka_prefix + TRADES.name) == len(batch))
+    wait(lambda: feed_drained(bootstrap, group, kafka_prefix))
     for p in (a, b):
         p.send_signal(signal.SIGTERM)  # a clean stop
     assert a.wait(timeout=60) == 0 and b.wait(timeout=60) == 0
