@@ -23,6 +23,10 @@ COPY mambo ./mambo
 RUN uv pip install --python /opt/mambo/bin/python --no-cache --no-deps .
 
 FROM python:${PYTHON_VERSION}-slim-bookworm AS runtime
+# libgomp1: LightGBM's OpenMP runtime (the ml_signal strategy), not in the slim image
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends libgomp1 \
+    && rm -rf /var/lib/apt/lists/*
 RUN groupadd --system --gid 10001 mambo \
     && useradd --system --uid 10001 --gid mambo --home-dir /home/mambo --create-home mambo \
     && mkdir -p /data /etc/mambo \

@@ -160,6 +160,7 @@ _AREAS: tuple[str, ...] = (
     "mambo.commands.api",
     "mambo.commands.kafka",
     "mambo.commands.backtest",
+    "mambo.commands.train",
     "mambo.commands.exchange",
     "mambo.commands.trade",
     "mambo.commands.up",

@@ -25,6 +25,7 @@ from mambo.core.strategies import (
     Decision,
     EmaCross,
     MacdCross,
+    MlSignal,
     RsiReversion,
     SmaCross,
     Strategy,
@@ -37,6 +38,8 @@ from mambo.schemas.events import Candle, Signal, make_id
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "btc_perp_1m_5000.csv"
 MINUTE_NS = 60_000_000_000
 NAN = math.nan
+#: The strategies that run with their defaults (ml_signal needs a model: tests/ml/test_ml_signal.py).
+DEFAULTS_RUN = sorted(n for n, cls in STRATEGIES.items() if cls is not MlSignal)
 
 
 def candle(i: int, close: float = 100.0, *, closed: bool = True) -> Candle:
@@ -346,7 +349,7 @@ def test_bollinger_breakout_collapsed_bands() -> None:
     assert sides(run(BollingerBreakout(), [flat] * 3, [99.0, 101.0, 99.0])) == ["hold", "buy", "sell"]
 
 
-@pytest.mark.parametrize("name", sorted(STRATEGIES))
+@pytest.mark.parametrize("name", DEFAULTS_RUN)
 def test_every_strategy_holds_while_warming_up(name: str) -> None:
     strategy = load_strategy(name)
     decisions = run(strategy, [{}] * 5)
@@ -432,6 +435,7 @@ def test_registry_names() -> None:
         "macd_cross": MacdCross,
         "bollinger_breakout": BollingerBreakout,
         "ema_cross": EmaCross,
+        "ml_signal": MlSignal,
     } == STRATEGIES
     assert load_strategy("sma_cross") == SmaCross(fast=50, slow=200)
     assert load_strategy("rsi_reversion", period=7, lower=20, upper=80) == RsiReversion(
@@ -525,7 +529,7 @@ def test_pickled_mid_stream_carries_on_identically(btc: pd.DataFrame) -> None:
     assert restored == live
 
 
-@given(st.sampled_from(sorted(STRATEGIES)), st.lists(st.floats(0.0, 100.0), max_size=30), st.integers(0, 30))
+@given(st.sampled_from(DEFAULTS_RUN), st.lists(st.floats(0.0, 100.0), max_size=30), st.integers(0, 30))
 def test_every_strategy_restores_from_a_pickle(name: str, path: list[float], cut: int) -> None:
     # Feed the same number to every indicator name the strategy might read: the state machine runs
     # whatever the numbers mean, and a restored copy must continue exactly like the original.

@@ -3,7 +3,8 @@
 Start with :mod:`~mambo.core.strategies.base` (:class:`Bar`, :class:`Decision`, :class:`Strategy`,
 :func:`make_signal`), then the reference strategy :mod:`~mambo.core.strategies.sma_cross`. The
 other built-ins (``ema_cross``, ``rsi_reversion``, ``macd_cross``, ``bollinger_breakout``) follow the
-same shape; :mod:`~mambo.core.strategies.registry` finds them by name, or loads a user's own class from
+same shape; ``ml_signal`` decides with a model trained by ``mambo train`` (:mod:`mambo.ml`);
+:mod:`~mambo.core.strategies.registry` finds them by name, or loads a user's own class from
 ``package.module:ClassName``.
 """
 
@@ -29,6 +30,7 @@ from mambo.core.strategies.crossing import (
 )
 from mambo.core.strategies.ema_cross import EmaCross
 from mambo.core.strategies.macd_cross import MacdCross
+from mambo.core.strategies.ml_signal import MlSignal
 from mambo.core.strategies.registry import STRATEGIES, StrategyConfigError, load_strategy, strategy_class
 from mambo.core.strategies.rsi_reversion import RsiReversion
 from mambo.core.strategies.sma_cross import SmaCross
@@ -44,6 +46,7 @@ __all__ = [
     "Decision",
     "EmaCross",
     "MacdCross",
+    "MlSignal",
     "RsiReversion",
     "SmaCross",
     "Strategy",

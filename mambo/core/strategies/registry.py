@@ -11,6 +11,7 @@ from mambo.core.strategies.base import Strategy
 from mambo.core.strategies.bollinger_breakout import BollingerBreakout
 from mambo.core.strategies.ema_cross import EmaCross
 from mambo.core.strategies.macd_cross import MacdCross
+from mambo.core.strategies.ml_signal import MlSignal
 from mambo.core.strategies.rsi_reversion import RsiReversion
 from mambo.core.strategies.sma_cross import SmaCross
 
@@ -18,7 +19,7 @@ __all__ = ["STRATEGIES", "StrategyConfigError", "load_strategy", "strategy_class
 
 #: Built-in strategies by name.
 STRATEGIES: dict[str, type[Strategy]] = {
-    cls.name: cls for cls in (SmaCross, RsiReversion, MacdCross, BollingerBreakout, EmaCross)
+    cls.name: cls for cls in (SmaCross, RsiReversion, MacdCross, BollingerBreakout, EmaCross, MlSignal)
 }
 
 
