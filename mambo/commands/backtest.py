@@ -10,6 +10,7 @@ import typer
 
 if TYPE_CHECKING:
     from mambo.backtest.data import CandleFrame
+    from mambo.backtest.engine import BacktestResult
     from mambo.core.stages import EngineConfig
     from mambo.settings import MamboSettings
 
@@ -236,6 +237,40 @@ def _show_portfolio(metrics: dict[str, Any]) -> None:
     Console(width=max(console.width, 120)).print(table, account)
 
 
+def _futures(
+    result: BacktestResult, funding: Path, marks: Path | None, leverage: int, margin_mode: str
+) -> dict[str, Any]:
+    """The perpetual's section of metrics.json: :mod:`mambo.backtest.futures`."""
+    from decimal import Decimal
+
+    from mambo.backtest.futures import (
+        FuturesConfig,
+        futures_metrics,
+        load_funding_rates,
+        load_mark_candles,
+        run_futures,
+    )
+
+    frame = result.frame
+    try:
+        rates = load_funding_rates(funding, frame.exchange, frame.symbol)
+        mark_frame = load_mark_candles(marks, frame.exchange, frame.symbol) if marks else None
+        config = FuturesConfig(
+            leverage=leverage, margin_mode="isolated" if margin_mode == "isolated" else "cross"
+        )
+        futures = futures_metrics(run_futures(result, rates, config, mark_frame))
+    except ValueError as exc:  # CandleDataError is one
+        raise _fail(str(exc)) from exc
+    for note in futures["notes"]:
+        typer.echo(f"futures: {note}")
+    typer.echo(
+        f"futures: {futures['funding_payments']} funding payments, net"
+        f" {Decimal(futures['funding_net']):,.4f}; {futures['liquidations']} liquidations;"
+        f" max margin ratio {futures['max_margin_ratio']:.4f}"
+    )
+    return futures
+
+
 def _run_portfolio(
     frames: list[tuple[CandleFrame, str]],
     engine: EngineConfig,
@@ -325,6 +360,20 @@ def register(app: typer.Typer) -> None:
                 help="With several markets: backtest each on its own account, or all on one (the default).",
             ),
         ] = False,
+        funding: Annotated[
+            Path | None,
+            typer.Option(
+                help="A perpetual: its funding-rate history (freqtrade's *-funding_rate.feather, or a CSV "
+                "with fundingTime, fundingRate[, markPrice]). The fills are booked in a margin account with "
+                "funding and liquidations; metrics.json gains a futures section. One market.",
+            ),
+        ] = None,
+        mark_prices: Annotated[
+            Path | None,
+            typer.Option("--marks", help="With --funding: mark-price candles (else the closes, said so)."),
+        ] = None,
+        leverage: Annotated[int, typer.Option(help="With --funding: the leverage.")] = 1,
+        margin_mode: Annotated[str, typer.Option(help="With --funding: cross or isolated.")] = "cross",
         config: ConfigOpt = None,
         data_dir: DataDirOpt = None,
     ) -> None:
@@ -361,6 +410,13 @@ def register(app: typer.Typer) -> None:
         if len(data) > 1 and len(wanted) == len(data):  # one symbol per file, in order
             per_file = list(zip(data, wanted, strict=True))
         frames = [f for d, w in per_file for f in _load(d, w, exchange, timeframe, start, end, settings)]
+        if funding is not None:
+            # a perpetual is paid with margin, not cash: the margin account refuses what it cannot carry
+            from dataclasses import replace
+
+            if len(frames) != 1 or margin_mode not in ("cross", "isolated"):
+                raise _fail("--funding backtests one market; --margin-mode is cross or isolated")
+            engine = replace(engine, risk=engine.risk.model_copy(update={"cash_only": False}))
         if len(frames) > 1 and not each:
             _run_portfolio(frames, engine, markets_file, settings, out)
             return
@@ -385,6 +441,8 @@ def register(app: typer.Typer) -> None:
             if result.fallback:
                 typer.echo(f"note: ran the event path: {result.fallback}", err=True)
             metrics = compute_metrics(result)
+            if funding is not None:
+                metrics["futures"] = _futures(result, funding, mark_prices, leverage, margin_mode)
             paths = write_outputs(result, metrics, folder)
             _show_metrics(metrics)
             typer.echo(f"wrote {', '.join(str(p) for p in paths.values())}")

@@ -26,6 +26,11 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 __all__ = [
     "DEFAULT_ACCOUNT",
     "FINAL_STATUSES",
+    "FundingPayment",
+    "FundingRate",
+    "Liquidation",
+    "MarginMode",
+    "MarkPrice",
     "OPEN_STATUSES",
     "TIMEFRAMES",
     "AccountEvent",
@@ -341,3 +346,67 @@ class FeedHealth(Event):
     status: FeedStatus
     age_seconds: float = Field(ge=0.0)
     detail: str = ""
+
+
+MarginMode = Literal["isolated", "cross"]
+
+
+def _finite(v: float) -> float:
+    if not math.isfinite(v):
+        raise ValueError(f"must be a finite number, got {v!r}")
+    return v
+
+
+def _positive_or_none(v: float | None) -> float | None:
+    return None if v is None else _finite_positive(v)
+
+
+#: A price a venue may leave out.
+OptionalPrice = Annotated[float | None, AfterValidator(_positive_or_none)]
+
+
+class MarkPrice(MarketEvent):
+    """A perpetual's mark price (Binance ``@markPrice``, ``premiumIndex``): what unrealized PnL,
+    margins and liquidations are measured at. ``index_price`` when the venue gives it."""
+
+    mark_price: Price
+    index_price: OptionalPrice = None
+
+
+class FundingRate(MarketEvent):
+    """A perpetual's funding rate settled at ``ts_event`` (the funding time). A position pays
+    ``qty x mark x rate`` (longs pay when the rate is positive). ``mark_price``: the mark at the funding
+    time when the venue gives it (Binance's ``fundingRate`` history does)."""
+
+    rate: Annotated[float, AfterValidator(_finite)]
+    mark_price: OptionalPrice = None
+
+
+class FundingPayment(AccountEvent):
+    """Funding booked on a position at a funding time (``ts_event``): ``amount`` is the change of the
+    wallet, ``-qty x mark_price x rate`` (negative: paid)."""
+
+    rate: Decimal
+    mark_price: Decimal
+    qty: Decimal = Field(description="the signed position funded")
+    amount: Decimal
+    margin_mode: MarginMode
+
+
+class Liquidation(AccountEvent):
+    """A position closed by the venue at the mark price because its margin balance fell to its
+    maintenance margin (isolated: the position's; cross: the cross account's).
+
+    ``realized_pnl`` is the price PnL of the closed ``qty``; ``fee`` the liquidation (clearance) fee,
+    at most what margin was left; ``insurance`` what the insurance fund covered of a balance that would
+    have gone below zero."""
+
+    side: OrderSide = Field(description="the side of the closing order: sell closes a long")
+    qty: Decimal
+    price: Decimal
+    realized_pnl: Decimal
+    fee: Decimal
+    insurance: Decimal = Decimal(0)
+    margin_mode: MarginMode
+    margin_balance: Decimal = Field(description="the margin balance that triggered it")
+    maintenance_margin: Decimal

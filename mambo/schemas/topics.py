@@ -27,7 +27,11 @@ from mambo.schemas.events import (
     Event,
     FeedHealth,
     Fill,
+    FundingPayment,
+    FundingRate,
     IndicatorValues,
+    Liquidation,
+    MarkPrice,
     Order,
     OrderIntent,
     Position,
@@ -96,6 +100,12 @@ EQUITY = Topic(
 )
 #: Sources' stream health (periodic ages, stalls, reconnects, gap fills), keyed by exchange.
 FEED_HEALTH = Topic("feeds.health", FeedHealth, "feed_health", key_field="exchange", partitions=1)
+#: Perpetuals: mark prices and funding rates are market data (keyed by market); the funding an account
+#: pays or receives and its liquidations are account events, one partition like fills.
+MARK_PRICES = Topic("md.mark", MarkPrice, "mark_prices", retention_ms=DAY_MS)
+FUNDING_RATES = Topic("md.funding", FundingRate, "funding_rates", retention_ms=365 * DAY_MS)
+FUNDING = Topic("funding", FundingPayment, "funding_payments", partitions=1, retention_ms=365 * DAY_MS)
+LIQUIDATIONS = Topic("liquidations", Liquidation, "liquidations", partitions=1, retention_ms=365 * DAY_MS)
 
 _MAIN: tuple[Topic, ...] = (
     TRADES,
@@ -112,6 +122,10 @@ _MAIN: tuple[Topic, ...] = (
     POSITIONS,
     EQUITY,
     FEED_HEALTH,
+    MARK_PRICES,
+    FUNDING_RATES,
+    FUNDING,
+    LIQUIDATIONS,
 )
 #: The market stages' feed to the account stages (:class:`~mambo.schemas.events.AccountFeed`), keyed by
 #: account (``account/<id>``): a repartition topic between the two stage groups, like Kafka Streams'

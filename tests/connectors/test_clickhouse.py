@@ -35,7 +35,11 @@ from mambo.schemas.events import (
     Event,
     FeedHealth,
     Fill,
+    FundingPayment,
+    FundingRate,
     IndicatorValues,
+    Liquidation,
+    MarkPrice,
     Order,
     OrderIntent,
     Position,
@@ -52,6 +56,7 @@ TS = 1_700_000_000_123_456_789  # a timestamp with every nanosecond digit set
 TINY = Decimal("0.000000000000000001")
 BIG = Decimal("123456789.123456789")
 MARKET = dict(exchange="binance", symbol="BTC/USDT")
+PERP = dict(exchange="binanceusdm", symbol="BTC/USDT:USDT")
 
 
 def _base(n: int = 0) -> dict[str, object]:
@@ -182,6 +187,30 @@ SAMPLES: dict[str, Event] = {
         status="stalled",
         age_seconds=30.125,
         detail="silent for more than 30.0s",
+    ),
+    "mark_prices": MarkPrice(**_base(), **PERP, mark_price=43_001.25, index_price=None),
+    "funding_rates": FundingRate(**_base(), **PERP, rate=-0.000125, mark_price=43_001.25),
+    "funding_payments": FundingPayment(
+        **_base(),
+        **PERP,
+        rate=Decimal("-0.000125"),
+        mark_price=Decimal("43001.25"),
+        qty=Decimal("-0.5"),
+        amount=Decimal("-2.687578125"),
+        margin_mode="isolated",
+    ),
+    "liquidations": Liquidation(
+        **_base(),
+        **PERP,
+        side="sell",
+        qty=TINY,
+        price=BIG,
+        realized_pnl=Decimal("-99999999999999999999.999999999999999999"),
+        fee=Decimal("1.5"),
+        insurance=Decimal(0),
+        margin_mode="cross",
+        margin_balance=Decimal("-3.25"),
+        maintenance_margin=Decimal("12.5"),
     ),
     "backtest_runs": BacktestRun(
         **_base(),
