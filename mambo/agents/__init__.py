@@ -1,10 +1,13 @@
 """Faust agents: the pipeline's stages on Kafka through faust-streaming (start at :mod:`mambo.agents.app`).
 
-Topology decision (issue 3): ONE agent on md.trades, and per market it runs the stages fused, in the
-order :mod:`mambo.core.stages` dispatches them (candles, indicators, strategies, aggregation,
-intents, risk, execution, portfolio), as Kafka Streams fuses the processors of a sub-topology into one
-task per partition. The stages' topics (candles, signals, orders, fills, ...) are still written, for
-the sink and the API, but no agent reads them back.
+Topology decision (issue 3, and issue 13's two stage groups): ONE agent on md.trades that runs each
+market's stages fused, in the order :mod:`mambo.core.stages` dispatches them (candles, watermarks,
+strategies, aggregation, indicators), and ONE agent on account.feed that runs each account's stage
+(intents, risk, execution, portfolio, fused as well), as Kafka Streams fuses the processors of a
+sub-topology into one task per partition, with a repartition topic between two sub-topologies. The
+stages' topics (candles, signals, orders, fills, ...) are still written, for the sink and the API,
+but no agent reads them back: account.feed is the one topic read back, and one topic's order is
+all the account stage needs (it merges its markets in event time).
 
 Why not an agent per stage, reading the previous stage's topic: determinism. Execution fills an order
 at the next candle's open, so it must see an order before the candle after it and never before the
@@ -18,8 +21,8 @@ Splitting a stage off is sound only where its input is one topic and nothing dow
 its order relative to another topic (a pure observer, such as the ClickHouse sink, which is a
 consumer of its own).
 
-State: each market's stages, pickled, in the Faust table ``state`` (changelog topic
-``<app id>-state-changelog``, the partition of the market's input), restored on assignment.
+State: each market's stages and each account's stage, pickled, in the Faust table ``state`` (changelog
+topic ``<app id>-state-changelog``, the partition of the key's input), restored on assignment.
 """
 
 from mambo.agents.app import GUARANTEES, FaustPipeline, faust_worker

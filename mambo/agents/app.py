@@ -1,15 +1,17 @@
-"""The pipeline as a Faust app (faust-streaming): one agent running each market's fused stages.
+"""The pipeline as a Faust app (faust-streaming): one agent running each market's fused stages, one
+running each account's stage.
 
 Start here: :class:`FaustPipeline` (``await FaustPipeline(...).run()``; ``mambo worker --runtime
 faust`` runs one). Why one agent and not one per stage: :mod:`mambo.agents`.
 
-The agent takes md.trades in batches (``Stream.take_events``), per input partition: decodes them
-with the Kafka codec (undecodable or invalid messages become dead letters on ``md.trades.dlq`` with
-topic, partition, offset and reason), runs them through
-:class:`~mambo.streams.markets.MarketPipelines` (the same per-market stages as the native worker and
-the in-process reference) and sends every event the stages publish to its registry topic. Each
-touched market's state (its pickled stages) goes to the Faust table ``state`` keyed by
-``exchange:symbol`` and to its changelog ``<app id>-state-changelog``, in the partition of the input;
+Each agent takes its topic (md.trades; account.feed) in batches (``Stream.take_events``), per input
+partition: decodes them with the Kafka codec (undecodable or invalid messages become dead letters on
+``<topic>.dlq`` with topic, partition, offset and reason), runs them through
+:class:`~mambo.streams.markets.MarketPipelines` (the same stages as the native worker and the
+in-process reference) and sends every event the stages publish to its registry topic. Each touched
+key's state (a market's pickled stages, keyed ``exchange:symbol``; an account's, ``account/<id>``)
+goes to the Faust table ``state`` and to its changelog ``<app id>-state-changelog``, in the partition
+of the input;
 Faust replays that changelog into the table when a partition is assigned (recovery), and a market not
 held in memory is restored from the table before its trades run.
 

@@ -230,6 +230,12 @@ def register(app: typer.Typer) -> None:
         rf = topo.replication_for(live)
         insync = f", min.insync.replicas {min_insync(rf)}" if rf > 1 else ""
         typer.echo(f"{live} live brokers: topics replicated {rf}x{insync}")
+        accounts = sorted(settings.accounts)
+        typer.echo(
+            f"market stages: md.trades and md.candles, {n} partitions keyed by market (up to {n} workers); "
+            f"account stages: account.feed, {n} partitions keyed by account ({len(accounts)} account"
+            f"{'s' if len(accounts) > 1 else ''}: {', '.join(accounts)})"
+        )
         for c in changes:
             typer.echo(str(c))
         if apply_changes:

@@ -1,16 +1,20 @@
-"""The Kafka worker: every stage, per market, on the partitions of md.trades this process owns.
+"""The Kafka worker: the market stages on the md.trades/md.candles partitions this process owns, and
+the account stages on its account.feed partitions (see :mod:`mambo.core.stages` for the two groups).
 
-Shape (see :mod:`mambo.streams.markets` for why each market is its own pipeline and account):
-a consumer in group ``mambo-workers`` reads md.trades and md.candles (exchange candles, which the
-candle stage passes through) in batches; for each partition's slice it decodes the messages
-(undecodable ones go to ``<topic>.dlq`` with topic, partition, offset and the reason), runs them
-through :class:`~mambo.streams.markets.MarketPipelines` (the same stages as the embedded runtime,
-whose bus dead-letters a failing stage's message and goes on), produces every event the stages
-publish to its topic, keyed as the registry says, and writes each touched market's state to the
-compacted changelog ``mambo.worker.state`` in the partition of its input. A market's trades and
-candles share a partition number (same key, same partitioner) and the range assignor gives both to
-the same worker; each topic keeps its own order, and within one poll a partition's messages are
-handled topic run by topic run, in the order they were fetched.
+Shape: a consumer in group ``mambo-workers`` reads md.trades, md.candles (exchange candles, which the
+candle stage passes through) and account.feed in batches; for each partition's slice it decodes the
+messages (undecodable ones go to ``<topic>.dlq`` with topic, partition, offset and the reason), runs
+them through :class:`~mambo.streams.markets.MarketPipelines` (the same stages as the embedded runtime,
+whose bus dead-letters a failing stage's message and goes on): trades and candles through their
+market's stages, feed messages through their account's stage. It produces every event the stages
+publish to its topic, keyed as the registry says (the markets' feed to account.feed, keyed by account,
+which this worker or another consumes back), and writes each touched key's state (a market's, or an
+account's as ``account/<id>``) to the compacted changelog ``mambo.worker.state`` in the partition of
+its input. A market's trades and candles share a partition number (same key, same partitioner), and
+the range assignor gives a worker the same partition numbers of every input topic; each topic keeps
+its own order, and within one poll a partition's messages are handled topic run by topic run, in the
+order they were fetched. An account's result does not depend on how its markets' feeds interleave
+(it merges them in event time), so any number of workers gives the same orders.
 
 The processing guarantee (``kafka.processing_guarantee``):
 

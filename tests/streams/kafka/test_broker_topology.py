@@ -95,6 +95,9 @@ def test_topology_cli_plan(bootstrap: str) -> None:
     )
     assert out.returncode == 0, out.stderr
     assert "create" in out.stdout and "md.trades" in out.stdout and "topic changes to apply" in out.stdout
+    assert "account.feed" in out.stdout  # the account stages' input, keyed by account
+    assert "market stages: md.trades and md.candles, 6 partitions keyed by market" in out.stdout
+    assert "account stages: account.feed, 6 partitions keyed by account (1 account: main)" in out.stdout
 
 
 def test_codec_round_trips_events_and_trades() -> None:
