@@ -12,9 +12,13 @@ Streams: a fixed set (the account's markets) waits for every one of them, includ
 said nothing yet; without a set, the streams seen so far (enough in one process, where every market
 is fed in time order; not across Kafka partitions).
 
-Late items (a time at or before a point already released: a stream broke its promise) are released
-at once, after what was released, and counted in :attr:`EventTimeMerge.late`: the result then depends
-on arrival, and the caller says so.
+Repeats: a stream's items have increasing times, so an item at or before the last one its stream
+gave is one given again (an at-least-once producer repeats what it sent before a crash): it is
+dropped and counted in :attr:`EventTimeMerge.repeats`, so a repeated input never acts twice.
+
+Late items (after their stream's last one, but at or before a point already released: a stream broke
+its watermark's promise) are released at once, after what was released, and counted in
+:attr:`EventTimeMerge.late`: the result then depends on arrival, and the caller says so.
 """
 
 from __future__ import annotations
@@ -41,6 +45,8 @@ class EventTimeMerge(Generic[T]):
         #: the time of the last item released (items at or before it are late)
         self.released_until = _NONE
         self.late = 0
+        self.repeats = 0
+        self._last: dict[str, int] = {}  # stream -> time of its last item
 
     def __len__(self) -> int:
         """Items waiting for a watermark."""
@@ -48,11 +54,16 @@ class EventTimeMerge(Generic[T]):
 
     def push(self, key: str, time: int, item: T | None, watermark: int) -> list[T]:
         """Add ``item`` (None: only a watermark) of stream ``key`` at ``time``, the stream's watermark
-        now ``watermark``; the items this releases, in order. A stream outside a fixed set is refused."""
+        now ``watermark``; the items this releases, in order. A stream outside a fixed set is refused;
+        an item not after its stream's last is a repeat, dropped."""
         if self.fixed and key not in self.watermarks:
             raise KeyError(f"stream {key!r} is not one of {sorted(self.watermarks)}")
         out: list[T] = []
+        if item is not None and time <= self._last.get(key, _NONE):
+            self.repeats += 1  # given before: it acted then
+            item = None
         if item is not None:
+            self._last[key] = time
             if time <= self.released_until:
                 self.late += 1
                 out.append(item)

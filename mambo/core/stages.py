@@ -546,8 +546,10 @@ class AccountStage(Stage):
 
     ``ordering="arrival"`` takes each step as it comes instead (no waiting for the slowest market:
     the lowest latency live, where no replay is compared); the parity holds for ``event_time`` only.
-    A step that comes after its time was passed (a market broke its watermark's promise, as an
-    exchange's late candle can) is taken at once and counted in ``merge.late``."""
+    A step given again (an at-least-once market stage repeating its feed after a crash) is dropped
+    (``merge.repeats``), so it never acts twice. A step that comes after its time was passed (a market
+    broke its watermark's promise, as an exchange's late candle can) is taken at once and counted in
+    ``merge.late``."""
 
     name = "account"
 

@@ -232,10 +232,23 @@ def test_the_merge_waits_for_a_market_that_said_nothing_yet() -> None:
     assert len(merge) == 0
 
 
-def test_a_late_item_is_taken_at_once_and_counted() -> None:
-    merge: EventTimeMerge[str] = EventTimeMerge(["a"])
-    assert merge.push("a", 10, "a10", 10) == ["a10"]
-    assert merge.push("a", 7, "a7", 10) == ["a7"]
+def test_an_item_given_again_is_dropped_and_counted() -> None:
+    """At least once, a market stage restarted after a crash sends some of its feed again: each
+    repeat comes at or before its market's last item, and must not act twice."""
+    merge: EventTimeMerge[str] = EventTimeMerge(["a", "b"])
+    assert merge.push("a", 10, "a10", 10) == []
+    assert merge.push("b", 12, "b12", 12) == ["a10"]
+    assert merge.push("a", 10, "a10", 10) == []  # a10 again, after it was released
+    assert merge.push("b", 12, "b12", 12) == []  # b12 again, still waiting
+    assert merge.repeats == 2 and merge.late == 0
+    assert merge.drain() == ["b12"]
+
+
+def test_an_item_after_its_stream_s_last_but_behind_the_release_is_late() -> None:
+    merge: EventTimeMerge[str] = EventTimeMerge(["a", "b"])
+    assert merge.push("a", 10, "a10", 20) == []
+    assert merge.push("b", 15, "b15", 15) == ["a10", "b15"]
+    assert merge.push("a", 12, "a12", 20) == ["a12"]  # a broke its promise (watermark 20): late
     assert merge.late == 1
     with pytest.raises(KeyError, match="not one of"):
         merge.push("z", 1, "z1", 1)
