@@ -117,13 +117,15 @@ def register(app: typer.Typer) -> None:
             )
             if api:
                 sup.start(ChildSpec("api", [*mambo, "api", *common], env))
-            # the markets the source will publish: each account's merge waits for every one of them
-            keys = _source_markets(source, exchange, symbols)
-            run_markets = ["--markets", ",".join(keys)] if keys else []
             for i in range(1, workers + 1):
                 worker_health = health(i, f"worker-{i}")
-                args = ["worker", "--name", f"up-{i}", "--prefix", prefix, *run_markets, *common]
-                sup.start(ChildSpec(f"worker-{i}", [*mambo, *args, *worker_health], env))
+                sup.start(
+                    ChildSpec(
+                        f"worker-{i}",
+                        [*mambo, "worker", "--name", f"up-{i}", "--prefix", prefix, *common, *worker_health],
+                        env,
+                    )
+                )
             source_health = health(workers + 1, "source") if source != "none" else []
             if source == "replay":
                 args = ["kafka", "replay", "--speed", str(speed), "--prefix", prefix, *common, *source_health]
@@ -143,14 +145,3 @@ def register(app: typer.Typer) -> None:
                 broker.stop()
                 typer.echo("kafka: stopped")
         typer.echo("up: stopped")
-
-
-def _source_markets(source: str, exchange: str, symbols: str | None) -> list[str]:
-    """The market keys ``mambo up``'s source publishes (none for ``--source none``)."""
-    if source == "replay":
-        from mambo.connectors.replay import DEMO_TRADES, load_trades
-
-        return list(load_trades(DEMO_TRADES)[0].keys)
-    if source == "exchange" and symbols:
-        return [f"{exchange}:{s.strip()}" for s in symbols.split(",") if s.strip()]
-    return []
