@@ -4,7 +4,8 @@ Input: the bundled real Binance recording (69,808 trades of 4 markets), tiled in
 benchmarks/embedded_pipeline.py until it holds --trades trades.
 
 1. Throughput: every trade is published first; then one ``mambo worker`` process (every stage:
-   candles 1m/5m, indicators, four strategies on 1m, aggregation, risk, paper fills, portfolio; one
+   candles 1m/5m, indicators, four strategies on 1m, aggregation, and the account stage reading
+   account.feed back: intents, risk, paper fills, portfolio of one account over the markets; one
    Kafka transaction per batch with outputs, state changelog and offsets, or at least once: outputs
    flushed, state flushed, offsets committed) drains md.trades, once per guarantee. Trades/s
    is measured on the worker's committed offsets, from its first commit to its last (its start-up,
@@ -19,7 +20,8 @@ benchmarks/embedded_pipeline.py until it holds --trades trades.
    tripled the p50 of a 14 s run): the recording is published in 10 ms
    ticks, each stamped with ts_init = the wall clock when it is handed to the producer; a
    read_committed consumer on the orders topic records (arrival time - ts_init) of every order, so
-   it covers produce, broker, the worker's batch and transaction, and the consumer. Strategies
+   it covers produce, broker, the worker's batch and transaction, the feed's round trip through
+   account.feed to the account stage (its next batch and transaction), and the consumer. Strategies
    trade 1-second candles here, for a few hundred orders; 1-second candles are measured too.
    Where the time goes: the worker writes a trace of every batch (``mambo worker --trace``: when
    it polled, got the messages, had produced the outputs and state, committed),
@@ -43,6 +45,7 @@ Run: python benchmarks/kafka_pipeline.py [--trades 300000] [--rate 5000] [--boot
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -128,10 +131,11 @@ def throughput(
     topology.apply(AdminClient({"bootstrap.servers": bootstrap}), 6, prefix)
 
     config = EngineConfig(timeframes=("1m", "5m"), trading_timeframe="1m", strategies=STRATEGIES)
-    warm = MarketPipelines(config, lambda t, e: None)  # compiles and imports what the stages use once:
+    # compiles and imports what the stages use once:
+    warm = MarketPipelines(config, lambda t, e: None, loopback=True)
     for s in range(0, len(trades), batch_size):  # the first pass was 13x slower than the next
         warm.ingest_trades(trades.slice(s, s + batch_size))
-    mp = MarketPipelines(config, lambda t, e: None)
+    mp = MarketPipelines(config, lambda t, e: None, loopback=True)  # the account stage too
     t0 = time.perf_counter()
     for s in range(0, len(trades), batch_size):
         mp.ingest_trades(trades.slice(s, s + batch_size))
@@ -283,7 +287,7 @@ def machine_reference() -> None:
     values = [v for _, v in encode_trades(base)]
     config = EngineConfig(timeframes=("1s", "1m"), trading_timeframe="1s", strategies=STRATEGIES)
     out: list[tuple[str, object]] = []
-    mp = MarketPipelines(config, lambda t, e: out.append((t, e)))
+    mp = MarketPipelines(config, lambda t, e: out.append((t, e)), loopback=True)
     times = []
     for s in range(0, len(values), 50):
         t0 = time.perf_counter()
@@ -349,6 +353,12 @@ def main() -> None:
     ap.add_argument("--runtime", default="", help="passed to `mambo worker --runtime` (default: native)")
     ap.add_argument("--latency-only", action="store_true")
     ap.add_argument(
+        "--ordering",
+        default="event_time",
+        help="the account stage's ordering (engine.ordering): event_time (the default, the same orders"
+        " in every runtime) or arrival (no waiting for the slowest market)",
+    )
+    ap.add_argument(
         "--warmup",
         type=int,
         default=1,
@@ -359,6 +369,9 @@ def main() -> None:
         "--passes", type=int, default=2, help="measured passes of the recording (about 170 orders each)"
     )
     args = ap.parse_args()
+    # one account over the recording's markets (its merge waits for each of them), ordered as asked
+    ENGINE["MAMBO_ACCOUNTS__MAIN__MARKETS"] = json.dumps(list(load_trades()[0].keys))
+    ENGINE["MAMBO_ENGINE__ORDERING"] = args.ordering
     if args.runtime:
         RUNTIME[:] = ["--runtime", args.runtime]
     configure_logging("console")
@@ -371,7 +384,10 @@ def main() -> None:
             broker.start()
             bootstrap = broker.bootstrap
         try:
-            print(f"Kafka pipeline benchmark, broker {bootstrap}, {os.cpu_count()} cores (shared, noisy)")
+            print(
+                f"Kafka pipeline benchmark, broker {bootstrap}, {os.cpu_count()} cores (shared, noisy); "
+                f"account ordering {args.ordering}"
+            )
             guarantees = args.guarantee.split(",")
             if not args.latency_only and args.warmup:  # the broker's JIT: see the latency's warm-up
                 throughput(bootstrap, args.trades, args.batch_size, logs, guarantees[0], warm_up=True)

@@ -25,8 +25,9 @@ inherited by every event derived from it; ``ts_event``: exchange time):
   Mambo (across processes in the Kafka runtime, since ``ts_init`` travels with the events);
 * ``mambo_latency_seconds{path}``: ``candle_to_signal`` and ``signal_to_order``, wall time between
   the bus seeing a candle (the combined signal) and the combined signal (the order) it caused,
-  matched by market and bar end (dispatch is depth first: the effects of a candle come before the
-  next candle);
+  matched by market and bar end (dispatch is depth first: a candle's signal comes before the next
+  candle; an order comes when the account stage takes its signal, which may wait for the account's
+  other markets to come as far in event time: that wait is part of it);
   ``order_to_fill``, the fill's ``ts_event`` minus its order's: the venue's time to fill (on a real
   exchange, its acknowledgement time).
 
@@ -381,6 +382,7 @@ class BusMetrics:
     candle causes comes before the next candle)."""
 
     _MAX_OPEN = 10_000  # orders remembered for order -> fill; past it the oldest are forgotten
+    _MAX_SIGNALS = 4_096  # combined signals remembered for signal -> order (a few bars per market)
 
     def __init__(self, messages: CounterType[str] | None = None) -> None:
         self.state = _BusState(messages if messages is not None else CounterType())
@@ -389,7 +391,9 @@ class BusMetrics:
         self._batch_seconds: dict[str, Any] = {}
         # the last candle (symbol, timeframe, bar end, wall ns when seen) and combined signal
         self._candle_symbol, self._candle_tf, self._candle_ts, self._candle_seen = "", "", -1, 0
-        self._signal_symbol, self._signal_ts, self._signal_seen = "", -1, 0
+        # (exchange, symbol, bar end) -> when the combined signal was seen: the account stage may take
+        # it after other markets' signals (it waits for them in event time), so not only the last
+        self._signals_seen: dict[tuple[str, str, int], int] = {}
         self._order_ts: dict[str, int] = {}  # client order id -> the order's ts_event
         #: what to do with a message, by its type (the bus calls these directly)
         self.handlers: dict[type, Callable[[Any], None]] = {
@@ -475,7 +479,10 @@ class BusMetrics:
             and self._candle_tf == s.timeframe
         ):
             self._candle_to_signal.observe((now - self._candle_seen) * _NS)
-        self._signal_symbol, self._signal_ts, self._signal_seen = s.symbol, s.ts_event, now
+        seen = self._signals_seen
+        if len(seen) >= self._MAX_SIGNALS:
+            seen.pop(next(iter(seen)))
+        seen[(s.exchange, s.symbol, s.ts_event)] = now
 
     def _order(self, o: Order) -> None:
         self._orders[(o.account, o.strategy, o.status)] += 1
@@ -483,8 +490,9 @@ class BusMetrics:
             now = time.time_ns()
             if 0 < o.ts_init <= now:
                 self._latency["order"].observe((now - o.ts_init) * _NS)
-            if self._signal_ts == o.ts_event and self._signal_symbol == o.symbol:
-                self._signal_to_order.observe((now - self._signal_seen) * _NS)
+            seen = self._signals_seen.pop((o.exchange, o.symbol, o.ts_event), 0)
+            if seen:
+                self._signal_to_order.observe((now - seen) * _NS)
             if len(self._order_ts) >= self._MAX_OPEN:
                 self._order_ts.pop(next(iter(self._order_ts)))
             self._order_ts[o.client_order_id] = o.ts_event

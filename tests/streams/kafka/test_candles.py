@@ -56,7 +56,7 @@ def test_exchange_candles_and_trades_through_one_worker(
     known = ["binance:BTC/USDT", "binance:ETH/USDT"]
 
     ref: list[tuple[str, Any]] = []
-    mp = MarketPipelines(config, lambda t, e: ref.append((t, e)), known_markets=known)
+    mp = MarketPipelines(config, lambda t, e: ref.append((t, e)), known_markets=known, loopback=True)
     mp.ingest_candles(candles)
     for s in range(0, len(eth), SLICE):
         mp.ingest_trades(eth.slice(s, s + SLICE))
