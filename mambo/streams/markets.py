@@ -70,6 +70,10 @@ class MarketPipelines:
         self._buses: dict[str, EventBus] = {}
         self._stages: dict[str, list[Stage]] = {}
         self._account_stages: dict[str, AccountStage] = {}  # by state key, account/<id>
+        # what the account stages publish goes out through a bus of no stages: its metrics (orders,
+        # fills, equity, latency) see it as they see the market stages' events
+        self._account_bus = EventBus()
+        self._account_bus.observe(self._emit_account)
 
     @property
     def keys(self) -> list[str]:
@@ -169,15 +173,18 @@ class MarketPipelines:
                 )
                 continue
             for topic, event in outs:
-                self.emit(topic, event)
+                self._account_bus.publish(topic, event)
             touched[ACCOUNT_PREFIX + feed.account] = None
         return list(touched)
+
+    def _emit_account(self, topic: str, event: Any) -> None:
+        self.emit(topic, event)
 
     def finish(self) -> None:
         """The end of every market's stream: each account takes what still waits for a watermark."""
         for stage in self._account_stages.values():
             for topic, event in stage.finish():
-                self.emit(topic, event)
+                self._account_bus.publish(topic, event)
 
     def state(self, key: str) -> bytes:
         """One key's whole operator state, serialized (for the changelog)."""

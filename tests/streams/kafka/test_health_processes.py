@@ -87,10 +87,10 @@ def test_worker_and_sink_answer_health_then_ready_once_they_hold_partitions(
         wait_for(lambda: get(sink_port, "/health")[0] == 200, "the sink's /health", procs)
         wait_for(lambda: get(worker_port, "/ready")[0] == 200, "the worker's /ready", procs)
         wait_for(lambda: get(sink_port, "/ready")[0] == 200, "the sink's /ready", procs)
-        # one worker holds every partition of both inputs (md.trades and md.candles, 6 each), once the
-        # group has settled (a probe may be answered from the last 5 s: ready with 6 of them first)
-        whole = {"partitions": {"ok": True, "detail": "12 partitions assigned, lag 0 (bound 100000)"}}
-        wait_for(lambda: get(worker_port, "/ready")[1].get("checks") == whole, "all 12 partitions", procs)
+        # one worker holds every partition of its inputs (md.trades, md.candles and account.feed, 6
+        # each), once the group has settled (a probe may be answered from the last 5 s: fewer first)
+        whole = {"partitions": {"ok": True, "detail": "18 partitions assigned, lag 0 (bound 100000)"}}
+        wait_for(lambda: get(worker_port, "/ready")[1].get("checks") == whole, "all 18 partitions", procs)
         _, sink = get(sink_port, "/ready")
         checks = sink["checks"]
         assert isinstance(checks, dict) and checks["clickhouse"] == {"ok": True, "detail": "embedded chdb"}
