@@ -166,6 +166,7 @@ _AREAS: tuple[str, ...] = (
     "mambo.commands.up",
     "mambo.commands.audit",
     "mambo.commands.history",
+    "mambo.commands.notify",
 )
 
 for _area in _AREAS:

@@ -36,6 +36,8 @@ from mambo.connectors.clickhouse import ClickHouseSink, connect, ensure_schema, 
 from mambo.connectors.exchange_broker import ExchangeBroker, Mode
 from mambo.connectors.exchange_source import EmbeddedPublisher, ExchangeSource, SourceConfig
 from mambo.connectors.markets import market_from_ccxt
+from mambo.notify import notification_stage
+from mambo.notify.outbox import OutboxFile
 from mambo.schemas.events import Fill, Order, market_key
 from mambo.schemas.topics import FILLS, ORDERS
 from mambo.settings import MamboSettings
@@ -92,9 +94,12 @@ class LiveSession:
             raise ValueError(
                 f"{len(accounts)} accounts configured; trading on an exchange runs one account per process"
             )
-        self.runtime = EmbeddedRuntime(accounts, markets, known_markets=self.keys, venue=self.venue)
+        self.runtime = EmbeddedRuntime(
+            accounts, markets, known_markets=self.keys, venue=self.venue, extra=[notification_stage(settings)]
+        )
         self.venue.deliver = self.runtime.report
         self.runtime.observe(SinkObserver(self.sink))
+        self.runtime.observe(OutboxFile(settings.data_dir / "notify" / "outbox.jsonl"))  # mambo notify
         for observer in observers:
             self.runtime.observe(observer)
         self.source = ExchangeSource(

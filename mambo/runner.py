@@ -35,6 +35,8 @@ from mambo.audit import audit
 from mambo.connectors.clickhouse import ClickHouseSink, connect, ensure_schema
 from mambo.connectors.markets import market_rules
 from mambo.connectors.replay import DEMO_QUOTES, DEMO_TRADES, Recording, load_quotes, load_trades, replay
+from mambo.notify import notification_stage
+from mambo.notify.outbox import OutboxFile
 from mambo.schemas.batches import TradeBatch
 from mambo.schemas.events import AggregatedSignal, Candle, EquitySnapshot, Fill, Order
 from mambo.settings import MamboSettings
@@ -196,11 +198,18 @@ async def run_demo(
         )
         console.print(rules.note)
         markets[key] = rules.market
-    runtime = EmbeddedRuntime(settings.account_configs(), markets, known_markets=recording.markets)
+    runtime = EmbeddedRuntime(
+        settings.account_configs(),
+        markets,
+        known_markets=recording.markets,
+        extra=[notification_stage(settings)],  # the notifications outbox (mambo notify delivers it)
+    )
     sink = ClickHouseSink(client, db, batch_rows=settings.clickhouse.batch_rows)
     stats = PipelineStats()
     runtime.observe(stats)
     runtime.observe(SinkObserver(sink))
+    # the notifications outbox as a file too: `mambo notify` beside the demo delivers it
+    runtime.observe(OutboxFile(settings.data_dir / "notify" / "outbox.jsonl"))
     for observer in observers:  # e.g. the API's live feed (mambo api --demo)
         runtime.observe(observer)
     runtime.dead_letters(recording.dead_letters)

@@ -28,6 +28,7 @@ from pydantic_settings import (
 
 from mambo.core.risk import RiskConfig
 from mambo.core.stages import DEFAULT_INDICATORS, Account, EngineConfig, reject_repeats
+from mambo.notify.config import NotifySettings
 from mambo.schemas.events import DEFAULT_ACCOUNT, split_key, timeframe_ns
 
 __all__ = [
@@ -176,6 +177,8 @@ class MamboSettings(BaseSettings):
     #: the trading accounts by id; by default one, ``main``, over every market
     accounts: dict[str, AccountSettings] = Field(default_factory=lambda: {DEFAULT_ACCOUNT: AccountSettings()})
     api: ApiSettings = Field(default_factory=ApiSettings)
+    #: trade notifications: the builder's thresholds and ``mambo notify``'s channels (mambo.notify)
+    notify: NotifySettings = Field(default_factory=NotifySettings)
 
     @field_validator("accounts")
     @classmethod

@@ -59,7 +59,7 @@ import os
 import sys
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -70,7 +70,8 @@ from faust.types import TP
 
 from mambo.agents.order import InputOrder, Verdict
 from mambo.core.market import Market
-from mambo.core.stages import Account, EngineConfig
+from mambo.core.stages import Account, EngineConfig, Stage
+from mambo.notify import notifications
 from mambo.schemas.batches import TradeBatch
 from mambo.schemas.events import AccountFeed
 from mambo.schemas.topics import ACCOUNT_FEED, TRADES, by_name, dlq_topic
@@ -122,6 +123,7 @@ class FaustPipeline:
         within: float = 0.05,
         name: str = "1",
         commit_interval: float = 0.5,
+        extra: Callable[[str], Stage] | None = None,
     ) -> None:
         if guarantee not in GUARANTEES:
             raise ValueError(f"processing guarantee must be one of {', '.join(GUARANTEES)}: {guarantee!r}")
@@ -144,7 +146,7 @@ class FaustPipeline:
         self._reader: Consumer | None = None  # asks the broker what InputOrder needs
         self._last_commit = time.monotonic()
         self._headers: dict[str, list[tuple[str, bytes]]] = {}
-        self.pipelines = MarketPipelines(config, self._collect, markets, known_markets)
+        self.pipelines = MarketPipelines(config, self._collect, markets, known_markets, extra=extra)
         self.app = faust.App(
             prefix + APP_ID,
             broker=f"kafka://{bootstrap}",
@@ -558,6 +560,7 @@ def faust_worker(
         batch_size=batch_size,
         name=name,
         known_markets=markets,
+        extra=notifications(settings),
     )
 
     async def main() -> None:

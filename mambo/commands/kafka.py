@@ -352,10 +352,13 @@ def register(app: typer.Typer) -> None:
                 settings, name=name, batch_size=batch_size, prefix=prefix, idle_exit=idle_exit, markets=known
             )
             return
+        from mambo.notify import notifications
+
         w = Worker(
             bootstrap,
             accounts,
             known_markets=known,
+            extra=notifications(settings),
             name=name,
             batch_size=batch_size,
             prefix=prefix,

@@ -26,11 +26,6 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 __all__ = [
     "DEFAULT_ACCOUNT",
     "FINAL_STATUSES",
-    "FundingPayment",
-    "FundingRate",
-    "Liquidation",
-    "MarginMode",
-    "MarkPrice",
     "OPEN_STATUSES",
     "TIMEFRAMES",
     "AccountEvent",
@@ -43,7 +38,15 @@ __all__ = [
     "FeedHealth",
     "FeedStatus",
     "Fill",
+    "FundingPayment",
+    "FundingRate",
     "IndicatorValues",
+    "Liquidation",
+    "MarginMode",
+    "MarkPrice",
+    "Notification",
+    "NotificationKind",
+    "NotificationLevel",
     "Order",
     "OrderIntent",
     "OrderSide",
@@ -348,6 +351,30 @@ class FeedHealth(Event):
     detail: str = ""
 
 
+#: What a :class:`Notification` reports (``[notify] events`` chooses which are delivered).
+NotificationKind = Literal["entry", "exit", "order", "rejections", "kill_switch", "drawdown", "feed"]
+NotificationLevel = Literal["info", "success", "warning", "failure"]
+
+
+class Notification(Event):
+    """A message for people, on the ``notifications`` topic (the outbox ``mambo notify`` delivers):
+    made by :class:`mambo.notify.NotificationStage` from fills, orders, rejections, equity and feed
+    health. ``event_id`` derives from the event that caused it (``source_id``), so a replay makes the
+    same notification and a deliverer drops repeats by id."""
+
+    account: str = ""  # "" for what is no account's (a feed)
+    kind: NotificationKind
+    level: NotificationLevel = "info"
+    market: str = ""  # exchange:symbol, or an exchange for a feed; "" for the whole account
+    title: str
+    body: str
+    source_topic: str
+    source_id: str
+
+
+# --- futures (perpetuals): mark prices, funding, liquidations -----------------------------------------
+
+#: How a futures position is margined: by its own isolated wallet, or by the account's cross wallet.
 MarginMode = Literal["isolated", "cross"]
 
 

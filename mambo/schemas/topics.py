@@ -32,6 +32,7 @@ from mambo.schemas.events import (
     IndicatorValues,
     Liquidation,
     MarkPrice,
+    Notification,
     Order,
     OrderIntent,
     Position,
@@ -106,6 +107,16 @@ MARK_PRICES = Topic("md.mark", MarkPrice, "mark_prices", retention_ms=DAY_MS)
 FUNDING_RATES = Topic("md.funding", FundingRate, "funding_rates", retention_ms=365 * DAY_MS)
 FUNDING = Topic("funding", FundingPayment, "funding_payments", partitions=1, retention_ms=365 * DAY_MS)
 LIQUIDATIONS = Topic("liquidations", Liquidation, "liquidations", partitions=1, retention_ms=365 * DAY_MS)
+#: The outbox of messages for people (:mod:`mambo.notify`): ``mambo notify`` delivers it, never the
+#: pipeline, so a channel that is down holds nothing up. Keyed by account, one partition (in order).
+NOTIFICATIONS = Topic(
+    "notifications",
+    Notification,
+    "notifications",
+    key_field="account",
+    partitions=1,
+    retention_ms=30 * DAY_MS,
+)
 
 _MAIN: tuple[Topic, ...] = (
     TRADES,
@@ -126,6 +137,7 @@ _MAIN: tuple[Topic, ...] = (
     FUNDING_RATES,
     FUNDING,
     LIQUIDATIONS,
+    NOTIFICATIONS,
 )
 #: The market stages' feed to the account stages (:class:`~mambo.schemas.events.AccountFeed`), keyed by
 #: account (``account/<id>``): a repartition topic between the two stage groups, like Kafka Streams'

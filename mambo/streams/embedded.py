@@ -22,6 +22,7 @@ from mambo.core.stages import (
     CandleStage,
     EngineConfig,
     ExecutionStage,
+    Stage,
     Venue,
     WatermarkStage,
     build_stages,
@@ -44,16 +45,18 @@ class EmbeddedRuntime:
         known_markets: Sequence[str] | None = None,
         venue: Venue | None = None,
         metrics: bool | None = None,
+        extra: Sequence[Stage] = (),
     ) -> None:
         """``config``: one account over every market, or several accounts (see
         :func:`~mambo.core.stages.build_stages`). ``metrics``: the bus's Prometheus metrics (default:
-        unless ``MAMBO_METRICS=0``; backtests turn them off)."""
+        unless ``MAMBO_METRICS=0``; backtests turn them off). ``extra``: stages that read what the
+        pipeline publishes (the notifications outbox), after the pipeline's own."""
         self.accounts = [Account(config)] if isinstance(config, EngineConfig) else list(config)
         self.markets = dict(markets or {})
         self.known_markets = set(known_markets) if known_markets is not None else None
         self.bus = EventBus(metrics)
         known = sorted(self.known_markets) if self.known_markets is not None else None
-        self.stages = build_stages(self.accounts, self.markets, venue, known)
+        self.stages = [*build_stages(self.accounts, self.markets, venue, known), *extra]
         self.config = self.accounts[0].config  # the first account's (the only one's, as a rule)
         for stage in self.stages:
             self.bus.add_stage(stage)

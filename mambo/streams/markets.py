@@ -30,6 +30,7 @@ from mambo.core.stages import (
     Account,
     AccountStage,
     EngineConfig,
+    Out,
     Stage,
     account_stages,
     market_stages,
@@ -57,13 +58,18 @@ class MarketPipelines:
         markets: Mapping[str, Market] | None = None,
         known_markets: Collection[str] | None = None,
         loopback: bool = False,
+        extra: Callable[[str], Stage] | None = None,
     ) -> None:
+        """``extra(account)``: a stage that reads what an account stage publishes (the notifications
+        outbox's), one per account, its state kept with the account's."""
         self.accounts = [Account(config)] if isinstance(config, EngineConfig) else list(config)
         self.markets = dict(markets or {})
         self.known_markets = set(known_markets) if known_markets is not None else None
         self._known = sorted(self.known_markets) if self.known_markets is not None else list(self.markets)
         self.emit = emit
         self.loopback = loopback
+        self.extra = extra
+        self._extras: dict[str, Stage] = {}  # by state key, beside the account stage
         # the configuration is checked now, not at the first message
         self._account_ids = {a.config.account for a in self.accounts}
         account_stages(self.accounts, self.markets, known=self._known or None)
@@ -113,6 +119,8 @@ class MarketPipelines:
                 if s.account == account
             )
             self._account_stages[key] = stage
+            if self.extra is not None:
+                self._extras[key] = self.extra(account)
         return stage
 
     def ingest_trades(self, batch: TradeBatch) -> list[str]:
@@ -172,29 +180,46 @@ class MarketPipelines:
                     dlq_topic(ACCOUNT_FEED.name), _dead(ACCOUNT_FEED.name, feed, f"{stage.name}: {exc!r}")
                 )
                 continue
-            for topic, event in outs:
-                self._account_bus.publish(topic, event)
+            self._publish_account(ACCOUNT_PREFIX + feed.account, outs)
             touched[ACCOUNT_PREFIX + feed.account] = None
         return list(touched)
 
     def _emit_account(self, topic: str, event: Any) -> None:
         self.emit(topic, event)
 
+    def _publish_account(self, key: str, outs: Out) -> None:
+        """An account stage's events out, each followed by what its extra stage makes of it."""
+        extra = self._extras.get(key)
+        for topic, event in outs:
+            self._account_bus.publish(topic, event)
+            if extra is not None and topic in extra.inputs:
+                try:
+                    made = extra.handle(topic, event)
+                except Exception as exc:  # never holds up trading
+                    self.emit(dlq_topic(topic), _dead(topic, event, f"{extra.name}: {exc!r}"))
+                    continue
+                for t, e in made:
+                    self._account_bus.publish(t, e)
+
     def finish(self) -> None:
         """The end of every market's stream: each account takes what still waits for a watermark."""
-        for stage in self._account_stages.values():
-            for topic, event in stage.finish():
-                self._account_bus.publish(topic, event)
+        for key, stage in self._account_stages.items():
+            self._publish_account(key, stage.finish())
 
     def state(self, key: str) -> bytes:
         """One key's whole operator state, serialized (for the changelog)."""
-        obj: Any = self._account_stages[key] if key.startswith(ACCOUNT_PREFIX) else self._stages[key]
+        if key.startswith(ACCOUNT_PREFIX):
+            obj: Any = (self._account_stages[key], self._extras.get(key))
+        else:
+            obj = self._stages[key]
         return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
 
     def restore(self, key: str, blob: bytes) -> None:
         """Replace one key's state with one saved by :meth:`state`."""
         if key.startswith(ACCOUNT_PREFIX):
-            self._account_stages[key] = pickle.loads(blob)
+            self._account_stages[key], extra = pickle.loads(blob)
+            if extra is not None:
+                self._extras[key] = extra
         else:
             self._wire(key, pickle.loads(blob))
 
@@ -204,6 +229,7 @@ class MarketPipelines:
             self._stages.pop(k, None)
             self._buses.pop(k, None)
             self._account_stages.pop(k, None)
+            self._extras.pop(k, None)
 
 
 def _dead(topic: str, event: Any, reason: str) -> DeadLetter:

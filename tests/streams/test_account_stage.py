@@ -31,6 +31,7 @@ from mambo.core.market import Market
 from mambo.core.merge import EventTimeMerge
 from mambo.core.risk import RiskConfig
 from mambo.core.stages import EngineConfig
+from mambo.notify import NotificationStage
 from mambo.schemas.batches import TradeBatch
 from mambo.schemas.events import Candle
 from mambo.schemas.topics import (
@@ -38,6 +39,7 @@ from mambo.schemas.topics import (
     EQUITY,
     FILLS,
     INTENTS,
+    NOTIFICATIONS,
     ORDERS,
     POSITIONS,
     REJECTIONS,
@@ -252,3 +254,34 @@ def test_an_item_after_its_stream_s_last_but_behind_the_release_is_late() -> Non
     assert merge.late == 1
     with pytest.raises(KeyError, match="not one of"):
         merge.push("z", 1, "z1", 1)
+
+
+def test_the_notifications_outbox_is_the_same_in_the_stage_groups(
+    recording: TradeBatch, rules: dict[str, Market]
+) -> None:
+    """The notification stage (issue 15's outbox) reads an account's events: on one bus in the embedded
+    runtime, beside each account stage (its state kept with the account's) in the distributed ones;
+    the same notifications, id for id, one market's stream after another."""
+    config = binding_config()
+    rt = EmbeddedRuntime(
+        config, rules, known_markets=recording.keys, metrics=False, extra=[NotificationStage()]
+    )
+    want: list[Any] = []
+    rt.observe(lambda t, e: want.append(e) if t == NOTIFICATIONS.name else None)
+    for start in range(0, len(recording), SLICE):
+        rt.ingest_trades(recording.slice(start, start + SLICE))
+    rt.finish()
+    got: list[Any] = []
+    mp = MarketPipelines(
+        config,
+        lambda t, e: got.append(e) if t == NOTIFICATIONS.name else None,
+        rules,
+        recording.keys,
+        loopback=True,
+        extra=lambda account: NotificationStage(accounts=frozenset({account})),
+    )
+    for piece in per_market(recording):
+        mp.ingest_trades(piece)
+    mp.finish()
+    assert len(want) > 50 and {n.kind for n in want} >= {"entry", "exit"}
+    assert got == want

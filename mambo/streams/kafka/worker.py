@@ -114,7 +114,7 @@ from confluent_kafka import (
 )
 
 from mambo.core.market import Market
-from mambo.core.stages import Account, EngineConfig
+from mambo.core.stages import Account, EngineConfig, Stage
 from mambo.schemas.batches import TradeBatch
 from mambo.schemas.events import AccountFeed, Candle, Event
 from mambo.schemas.topics import ACCOUNT_FEED, EXCHANGE_CANDLES, TRADES, by_name, dlq_topic
@@ -167,7 +167,9 @@ class Worker:
         prefix: str = "",
         guarantee: Guarantee = "exactly_once",
         trace: Path | None = None,
+        extra: Callable[[str], Stage] | None = None,
     ) -> None:
+        """``extra``: see :class:`~mambo.streams.markets.MarketPipelines` (the notifications' stage)."""
         if guarantee not in ("exactly_once", "at_least_once"):
             raise ValueError(f"processing guarantee {guarantee!r}: exactly_once or at_least_once")
         self.bootstrap = bootstrap
@@ -181,7 +183,7 @@ class Worker:
         self._trace: list[dict[str, Any]] = []  # batches and garbage collections
         self._gc_start = 0
         self._out: list[tuple[str, Any]] = []
-        self.pipelines = MarketPipelines(config, self._collect, markets, known_markets)
+        self.pipelines = MarketPipelines(config, self._collect, markets, known_markets, extra=extra)
         self._partition_of: dict[str, int] = {}  # market key -> input partition (and its state's)
         self._offsets: dict[str, dict[str, int]] = {}  # market key -> {input topic: next offset}
         # (input topic, partition) -> {market key: the offset its restored state reached}
