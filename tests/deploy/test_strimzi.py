@@ -11,7 +11,7 @@ import yaml
 from typer.testing import CliRunner
 
 from mambo.cli import app
-from mambo.schemas.topics import ALL_TOPICS
+from mambo.schemas.topics import ALL_TOPICS, INTERNAL_TOPICS
 from mambo.streams.kafka.topology import STATE_TOPIC
 
 from .conftest import CHART, SETTINGS
@@ -36,8 +36,8 @@ def topics(*args: str) -> dict[str, dict[str, Any]]:
 @pytest.mark.parametrize(("partitions", "replicas"), [(6, 3), (12, 3), (3, 1)])
 def test_every_registry_topic_is_a_kafka_topic_as_the_registry_says(partitions: int, replicas: int) -> None:
     docs = topics("--partitions", str(partitions), "--replicas", str(replicas), "--cluster", "prod")
-    assert set(docs) == {t.name for t in ALL_TOPICS} | {STATE_TOPIC}
-    for topic in ALL_TOPICS:
+    assert set(docs) == {t.name for t in (*ALL_TOPICS, *INTERNAL_TOPICS)} | {STATE_TOPIC}
+    for topic in (*ALL_TOPICS, *INTERNAL_TOPICS):
         doc = docs[topic.name]
         assert doc["apiVersion"] == "kafka.strimzi.io/v1beta2"
         assert doc["kind"] == "KafkaTopic"
