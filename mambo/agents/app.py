@@ -81,8 +81,10 @@ from mambo.streams.kafka.codec import (
     dead_letter,
     decode,
     decode_trades,
+    decode_watermark,
     encode,
     headers_for,
+    runs_of_trades,
 )
 from mambo.streams.markets import MarketPipelines
 
@@ -319,6 +321,23 @@ class FaustPipeline:
         return out
 
     def _run_stages(self, partition: int, part: list[faust.types.EventT]) -> list[str]:
+        """md.trades: trades, and the source's watermarks among them, run by run in log order."""
+        touched: list[str] = []
+        for marks, seg in runs_of_trades(part, lambda ev: ev.message.headers):
+            touched += self._run_marks(partition, seg) if marks else self._run_trades(partition, seg)
+        return list(dict.fromkeys(touched))
+
+    def _run_marks(self, partition: int, part: list[faust.types.EventT]) -> list[str]:
+        marks: list[tuple[str, int, int]] = []
+        for ev in part:
+            try:
+                marks.append(decode_watermark(ev.message.value))
+            except DecodeError as ex:
+                self._dead(TRADES.name, partition, ev, str(ex))
+        self._held([k for k, _, _ in marks], partition)
+        return self.pipelines.advance(marks)
+
+    def _run_trades(self, partition: int, part: list[faust.types.EventT]) -> list[str]:
         batch, _, undecodable = decode_trades([ev.message.value for ev in part])
         skip = {j for j, _ in undecodable}
         decoded = [ev for i, ev in enumerate(part) if i not in skip] if undecodable else part

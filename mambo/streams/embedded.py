@@ -134,15 +134,16 @@ class EmbeddedRuntime:
         for d in letters:
             self.bus.publish(dlq_topic(d.topic), d)
 
-    def close_candles(self, watermark: int) -> None:
+    def close_candles(self, watermark: int, ts_init: int | None = None) -> None:
         """Close the candles that end at or before ``watermark`` (a watermark from the source: no trade
         of any market before it is still to come), and tell the accounts every market got that far."""
         stage = next(s for s in self.stages if isinstance(s, CandleStage))
-        for topic, candle in stage.flush(watermark):
+        stamp = time.time_ns() if ts_init is None else ts_init
+        for topic, candle in stage.flush(watermark, stamp):
             self.bus.publish(topic, candle)
         marks = next(s for s in self.stages if isinstance(s, WatermarkStage))
         keys = sorted({*self.markets, *(self.known_markets or ()), *stage.builders})
-        for topic, feed in marks.advance(watermark, keys, time.time_ns()):
+        for topic, feed in marks.advance(watermark, keys, stamp):
             self.bus.publish(topic, feed)
 
     @property
@@ -204,6 +205,8 @@ async def run_replay(
         now_ns = time.time_ns()  # ts_init: when the data entered Mambo; derived events inherit it
         runtime.ingest_quotes([q.model_copy(update={"ts_init": now_ns}) for q in quotes])
         runtime.ingest_trades(replace(batch, ts_init=now_ns))
+        if len(batch):  # a recording is in time order: every market has come as far as this batch
+            runtime.close_candles(int(batch.ts[-1]), now_ns)
         progress.trades += len(batch)
         progress.quotes += len(quotes)
         if len(batch):

@@ -29,9 +29,11 @@ from mambo.core.market import Market
 from mambo.core.stages import (
     Account,
     AccountStage,
+    CandleStage,
     EngineConfig,
     Out,
     Stage,
+    WatermarkStage,
     account_stages,
     market_stages,
 )
@@ -159,6 +161,25 @@ class MarketPipelines:
                 )
                 continue
             self._bus(key).publish(EXCHANGE_CANDLES.name, c)
+            touched[key] = None
+        return list(touched)
+
+    def advance(self, marks: Sequence[tuple[str, int, int]]) -> list[str]:
+        """Source watermarks ``(market key, watermark, ts_init)``: no trade of the market before the
+        watermark is still to come. Its candles that end by then close, and its accounts learn it got
+        that far (a market gone quiet no longer holds them back); the keys touched."""
+        touched: dict[str, None] = {}
+        for key, watermark, ts_init in marks:
+            if self.known_markets is not None and key not in self.known_markets:
+                continue  # a market this run does not trade: nothing of it to close
+            bus = self._bus(key)
+            stages = self._stages[key]
+            candles = next(s for s in stages if isinstance(s, CandleStage))
+            for topic, candle in candles.flush(watermark, ts_init):
+                bus.publish(topic, candle)
+            marker = next(s for s in stages if isinstance(s, WatermarkStage))
+            for topic, feed in marker.advance(watermark, [key], ts_init):
+                bus.publish(topic, feed)
             touched[key] = None
         return list(touched)
 

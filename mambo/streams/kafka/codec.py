@@ -14,8 +14,8 @@ into a :class:`~mambo.schemas.events.DeadLetter` with its origin (topic, partiti
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Collection, Iterator, Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 import orjson
@@ -27,14 +27,19 @@ from mambo.schemas.topics import TRADES, Topic
 
 __all__ = [
     "SCHEMA_HEADER",
+    "WATERMARK_HEADERS",
     "DecodeError",
     "check_trades",
     "dead_letter",
     "decode",
     "decode_trades",
+    "decode_watermark",
     "encode",
     "encode_trades",
+    "encode_watermark",
     "headers_for",
+    "is_watermark",
+    "runs_of_trades",
 ]
 
 SCHEMA_HEADER = "mambo-schema"
@@ -241,3 +246,58 @@ def dead_letter(
         reason=reason,
         payload=body[:10_000],
     )
+
+
+# --- source watermarks on md.trades ----------------------------------------------------------------
+#
+# A source that knows a market has no trade to come before some time (a replay, where every market's
+# trades are in time order; an idle market's stream) says so on the market's md.trades partition, in
+# line with its trades: a record typed ``MarketWatermark`` (header), ``{"exchange", "symbol",
+# "watermark", "ts_init"}``. The worker closes the market's candles that end by then and tells its
+# accounts (so a market that went quiet does not hold its account back); the sink and every trade
+# reader skip it. In the partition, after the trades before it: a record on another topic could be
+# read before them.
+
+WATERMARK_TYPE = b"MarketWatermark"
+WATERMARK_HEADERS: Headers = [(SCHEMA_HEADER, b"1"), (TYPE_HEADER, WATERMARK_TYPE)]
+
+
+def encode_watermark(key: str, watermark: int, ts_init: int) -> bytes:
+    exchange, symbol = split_key(key)
+    return orjson.dumps({"exchange": exchange, "symbol": symbol, "watermark": watermark, "ts_init": ts_init})
+
+
+def is_watermark(headers: Any) -> bool:
+    """Whether a md.trades record is a source watermark (by its type header), not a trade."""
+    return any(name == TYPE_HEADER and value == WATERMARK_TYPE for name, value in headers or ())
+
+
+def decode_watermark(value: bytes | None) -> tuple[str, int, int]:
+    """(market key, watermark, ts_init) of a watermark record; DecodeError with the reason."""
+    try:
+        row = orjson.loads(value or b"")
+        key = f"{row['exchange']}:{row['symbol']}"
+        watermark, ts_init = row["watermark"], row["ts_init"]
+    except Exception as ex:
+        raise DecodeError(f"not a MarketWatermark: {ex!r}") from ex
+    if type(watermark) is not int or type(ts_init) is not int or not row["exchange"] or not row["symbol"]:
+        raise DecodeError(f"not a MarketWatermark: {row!r}")
+    return key, watermark, ts_init
+
+
+T = TypeVar("T")
+
+
+def runs_of_trades(items: Sequence[T], headers: Callable[[T], Any]) -> Iterator[tuple[bool, list[T]]]:
+    """A partition's md.trades records as consecutive runs: (is a watermark run, its records)."""
+    run: list[T] = []
+    kind = False
+    for item in items:
+        wm = is_watermark(headers(item))
+        if run and wm != kind:
+            yield kind, run
+            run = []
+        kind = wm
+        run.append(item)
+    if run:
+        yield kind, run

@@ -10,7 +10,7 @@ waits until the broker has every message and raises :class:`PublishError` for an
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import structlog
@@ -19,7 +19,14 @@ from confluent_kafka import KafkaError, Message, Producer
 from mambo.schemas.batches import TradeBatch
 from mambo.schemas.events import Event
 from mambo.schemas.topics import TRADES, Topic, by_name
-from mambo.streams.kafka.codec import Headers, encode, encode_trades, headers_for
+from mambo.streams.kafka.codec import (
+    WATERMARK_HEADERS,
+    Headers,
+    encode,
+    encode_trades,
+    encode_watermark,
+    headers_for,
+)
 
 __all__ = ["PRODUCER_DEFAULTS", "KafkaPublisher", "PublishError"]
 
@@ -84,6 +91,13 @@ class KafkaPublisher:
         headers = headers_for(TRADES.model)
         for key, value in encode_trades(batch):
             self._produce(TRADES.name, key, value, headers)
+        self._producer.poll(0)
+
+    def publish_watermarks(self, keys: Sequence[str], watermark: int, ts_init: int) -> None:
+        """Queue a source watermark for each market of ``keys`` on md.trades, after its trades: no
+        trade of it before ``watermark`` is still to come (see :mod:`mambo.streams.kafka.codec`)."""
+        for key in keys:
+            self._produce(TRADES.name, key, encode_watermark(key, watermark, ts_init), WATERMARK_HEADERS)
         self._producer.poll(0)
 
     def flush(self, timeout: float = 30.0) -> None:

@@ -40,5 +40,7 @@ def publish_recording(
             now = time.time_ns()
             pub.publish_many(QUOTES, (q.model_copy(update={"ts_init": now}) for q in qs))
             pub.publish_trades(replace(trades_slice, ts_init=now))
+            if len(trades_slice):  # every market has come this far: the recording is in time order
+                pub.publish_watermarks(batch.keys, int(trades_slice.ts[-1]), now)
             n += len(trades_slice)
     return n

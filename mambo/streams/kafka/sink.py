@@ -31,7 +31,14 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 from mambo.connectors.clickhouse import ClickHouseSink, ClickHouseWriteError
 from mambo.schemas.events import DeadLetter
 from mambo.schemas.topics import ALL_TOPICS, DLQ_SUFFIX, TRADES, by_name, dlq_topic
-from mambo.streams.kafka.codec import DecodeError, check_trades, dead_letter, decode, decode_trades
+from mambo.streams.kafka.codec import (
+    DecodeError,
+    check_trades,
+    dead_letter,
+    decode,
+    decode_trades,
+    is_watermark,
+)
 from mambo.streams.kafka.producer import KafkaPublisher
 
 __all__ = ["KafkaSink"]
@@ -174,6 +181,7 @@ class KafkaSink:
     def _buffer(self, topic: str, msgs: list[Message]) -> None:
         t = by_name(topic)
         if topic == TRADES.name:
+            msgs = [m for m in msgs if not is_watermark(m.headers())]  # a source's, not a trade
             batch, ts_init, _ = decode_trades([m.value() for m in msgs])
             # the worker dead-letters undecodable and invalid trades; the table holds the valid ones
             rows, _ = check_trades(batch, self.known_markets)

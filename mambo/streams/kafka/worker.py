@@ -125,8 +125,10 @@ from mambo.streams.kafka.codec import (
     dead_letter,
     decode,
     decode_trades,
+    decode_watermark,
     encode,
     headers_for,
+    runs_of_trades,
 )
 from mambo.streams.kafka.producer import PRODUCER_DEFAULTS
 from mambo.streams.kafka.topology import STATE_TOPIC
@@ -558,8 +560,12 @@ class Worker:
                 if (topic, partition) in self._skip:
                     run = self._unseen(topic, partition, run)
                 if run:
-                    if topic == TRADES.name:
-                        touched += self._trades(producer, partition, run, ts_inits)
+                    if topic == TRADES.name:  # trades, and the source's watermarks among them
+                        for marks, seg in runs_of_trades(run, Message.headers):
+                            if marks:
+                                touched += self._watermarks(producer, partition, seg)
+                            else:
+                                touched += self._trades(producer, partition, seg, ts_inits)
                     elif topic == ACCOUNT_FEED.name:
                         touched += self._feeds(producer, partition, run)
                     else:
@@ -624,6 +630,15 @@ class Worker:
             candles.append(candle)
         self.candles += len(candles)
         return self._run(producer, lambda: self.pipelines.ingest_candles(candles))
+
+    def _watermarks(self, producer: Producer, partition: int, msgs: list[Message]) -> list[str]:
+        marks: list[tuple[str, int, int]] = []
+        for m in msgs:
+            try:
+                marks.append(decode_watermark(m.value()))
+            except DecodeError as ex:
+                self._dead_letter(producer, TRADES.name, partition, m, str(ex))
+        return self._run(producer, lambda: self.pipelines.advance(marks))
 
     def _feeds(self, producer: Producer, partition: int, msgs: list[Message]) -> list[str]:
         feeds: list[AccountFeed] = []

@@ -21,6 +21,7 @@ from mambo.schemas.events import Event, Quote
 from mambo.schemas.topics import ACCOUNT_FEED, FILLS, ORDERS, REJECTIONS, TABLES, TRADES
 from mambo.streams.embedded import EmbeddedRuntime, SinkObserver
 from mambo.streams.kafka.producer import KafkaPublisher
+from mambo.streams.kafka.replay import publish_recording
 from mambo.streams.kafka.sink import KafkaSink
 from mambo.streams.kafka.worker import Worker
 from mambo.streams.markets import MarketPipelines
@@ -214,3 +215,37 @@ def test_a_thousand_malformed_messages_land_in_dead_letters_and_the_rest_is_proc
     rows = clickhouse_client.command(f"SELECT count() FROM `{clickhouse_db}`.dead_letters FINAL")
     assert rows == 1_000
     assert clickhouse_client.command(f"SELECT count() FROM `{clickhouse_db}`.trades FINAL") == len(recording)
+
+
+def test_a_replay_s_watermarks_let_an_account_trade_on_after_a_market_went_quiet(
+    bootstrap: str, kafka_prefix: str, recording: TradeBatch
+) -> None:
+    """The recording's futures markets end at 344 s, its spot markets at 650 s: with nothing but the
+    markets' own trades, the account (waiting for every market) would take no spot step after 344 s.
+    ``mambo kafka replay`` says after each slice that every market has come that far (a watermark
+    record on md.trades), as the embedded replay does: the same orders and fills on Kafka as
+    embedded, and the spot markets traded to the end."""
+    config = engine_config()
+    rt = EmbeddedRuntime(config, known_markets=recording.keys)
+    ref: list[tuple[str, Any]] = []
+    rt.observe(lambda t, e: ref.append((t, e)) if t not in (TRADES.name, ACCOUNT_FEED.name) else None)
+    for start in range(0, len(recording), SLICE):
+        piece = recording.slice(start, start + SLICE)
+        rt.ingest_trades(piece)
+        rt.close_candles(int(piece.ts[-1]), 0)  # as run_replay does
+    quiet = max(int(recording.ts[recording.market == c].max()) for c in (2, 3))  # the futures' last
+    late = [o for o in of(ref, ORDERS.name) if o.ts_event > quiet]
+    assert late and {o.exchange for o in late} == {"binance"}, "spot traded after the futures went quiet"
+
+    n = publish_recording(bootstrap, prefix=kafka_prefix, quotes=None)
+    assert n == len(recording)
+    worker = Worker(bootstrap, config, prefix=kafka_prefix, batch_size=5_000)
+    worker.run(idle_exit=3.0)
+    assert worker.processed == len(recording)
+    for topic in (ORDERS.name, FILLS.name):
+        got = sorted(read_topic(bootstrap, topic, kafka_prefix), key=lambda e: e.event_id)
+        want = of(ref, topic)
+        assert [e.model_dump(exclude={"ts_init"}) for e in got] == [
+            e.model_dump(exclude={"ts_init"}) for e in want
+        ], topic
+    assert len(read_topic(bootstrap, TRADES.name, kafka_prefix)) == len(recording)  # beside the marks
