@@ -86,6 +86,7 @@ from mambo.streams.kafka.codec import (
     headers_for,
     runs_of_trades,
 )
+from mambo.streams.kafka.topology import STATE_MAX_BYTES
 from mambo.streams.markets import MarketPipelines
 
 if TYPE_CHECKING:
@@ -168,6 +169,7 @@ class FaustPipeline:
             # read_committed consumers see lags by up to this (Faust's default is 2.8 s)
             broker_commit_interval=commit_interval,
             broker_heartbeat_interval=1.0,
+            producer_max_request_size=STATE_MAX_BYTES,
         )
         # what faust.Worker.on_start does, and before anything reads the cached ``app.in_transaction``:
         # Faust runs transactions only inside a worker (an app merely started has none, whatever its
@@ -189,7 +191,14 @@ class FaustPipeline:
             self._orders[topic] = InputOrder(
                 functools.partial(self._start_offset, topic), functools.partial(self._first_at, topic)
             )
-        self.table = self.app.Table("state", partitions=partitions, key_type=bytes, value_type=bytes)
+        self.table = self.app.Table(
+            "state",
+            partitions=partitions,
+            key_type=bytes,
+            value_type=bytes,
+            # an account's state can pass the broker's default 1 MB (the steps it waits with)
+            extra_topic_configs={"max.message.bytes": str(STATE_MAX_BYTES)},
+        )
         self.app.agent(self.source, name=prefix + "mambo-markets")(self._agent)
         self.app.agent(self.feed, name=prefix + "mambo-accounts")(self._agent)
         self.app.on_partitions_revoked.connect(self._on_revoked)

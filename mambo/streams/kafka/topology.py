@@ -33,10 +33,12 @@ from confluent_kafka.admin import (
 from mambo.schemas.topics import ACCOUNT_FEED, ALL_TOPICS, DAY_MS, INTERNAL_TOPICS, TRADES
 from mambo.streams.kafka.broker import min_insync
 
-__all__ = ["STATE_TOPIC", "Change", "TopicSpec", "apply", "plan", "replication_for", "wanted_topics"]
+__all__ = ["STATE_MAX_BYTES", "STATE_TOPIC", "Change", "TopicSpec", "apply", "plan", "replication_for", "wanted_topics"]
 
-#: The worker's state changelog: one compacted record per market (its operators' state).
+#: The worker's state changelog: one compacted record per market and per account (its state).
 STATE_TOPIC = "mambo.worker.state"
+#: The largest state record (the changelog's max.message.bytes, the workers' message.max.bytes).
+STATE_MAX_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,9 @@ def wanted_topics(partitions: int = 6, prefix: str = "", replication: int = 1) -
                 "cleanup.policy": "compact",
                 "retention.ms": str(365 * DAY_MS),
                 "min.compaction.lag.ms": "0",
+                # an account's state holds the steps it waits with for a lagging market: it can pass
+                # the broker's default 1 MB (the workers' producers allow as much)
+                "max.message.bytes": str(STATE_MAX_BYTES),
                 **_insync(replication),
             },
             keyed_state=True,

@@ -131,7 +131,7 @@ from mambo.streams.kafka.codec import (
     runs_of_trades,
 )
 from mambo.streams.kafka.producer import PRODUCER_DEFAULTS
-from mambo.streams.kafka.topology import STATE_TOPIC
+from mambo.streams.kafka.topology import STATE_MAX_BYTES, STATE_TOPIC
 from mambo.streams.markets import MarketPipelines
 
 __all__ = ["INPUTS", "Guarantee", "Worker", "WorkerError"]
@@ -292,6 +292,7 @@ class Worker:
             # CONCURRENT_TRANSACTIONS (the previous transaction's markers being written) is retried
             # after this; exponential up to retry.backoff.max.ms if retries keep failing
             "retry.backoff.ms": 1,
+            "message.max.bytes": STATE_MAX_BYTES,  # an account's state record can pass 1 MB
         }
         if transactional_id is not None:
             # librdkafka 2.10+ hangs send_offsets_to_transaction, whatever its timeout, when the group

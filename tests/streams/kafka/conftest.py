@@ -115,6 +115,14 @@ def mambo(*args: str, env: dict[str, str] | None = None, **kw: Any) -> subproces
     )
 
 
+def notify_stages() -> Any:
+    """The notification stage per account that ``mambo worker`` runs beside each account stage."""
+    from mambo.notify import notifications
+    from mambo.settings import MamboSettings
+
+    return notifications(MamboSettings(engine=ENGINE, accounts={"main": {"markets": MARKETS}}))
+
+
 def engine_config() -> Any:
     """The accounts of these tests (:data:`ENGINE`, one account over :data:`MARKETS`), as ``mambo
     worker`` builds them from :data:`ENGINE_ENV`."""
@@ -194,5 +202,16 @@ def feed_drained(bootstrap: str, group: str, prefix: str = "") -> bool:
         return all(tp.offset >= last[tp.partition] for tp in done)
     except KafkaException:  # the coordinator moving: not known to be drained
         return False
+    finally:
+        c.close()
+
+
+def topic_end(bootstrap: str, topic: str) -> int:
+    """The records on a non-transactional topic (the sum of its partitions' ends): on md.trades from
+    ``mambo kafka replay``, its trades and its source watermarks."""
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "topic-end", "log_level": 0})
+    try:
+        parts = c.list_topics(topic, timeout=10).topics[topic].partitions
+        return sum(c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in parts)
     finally:
         c.close()

@@ -44,7 +44,7 @@ from mambo.streams.kafka.broker import free_port
 from mambo.streams.kafka.cluster import KafkaCluster
 from mambo.streams.kafka.producer import KafkaPublisher
 
-from .conftest import clickhouse_counts, engine_config, mambo, read_topic
+from .conftest import clickhouse_counts, engine_config, feed_drained, mambo, read_topic
 from .test_at_least_once import publish, stamped, without_ts_init
 from .test_broker_topology import cli
 from .test_crash import committed
@@ -71,7 +71,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaCluster]:
 def recording() -> tuple[TradeBatch, list[tuple[str, Any]]]:
     """The recording and its single-process reference (the events every market's pipeline publishes)."""
     batch, _ = load_trades()
-    return batch, reference(engine_config(), batch)
+    return batch, reference(engine_config(), batch, notify=True)
 
 
 def until(what: str, condition: Callable[[], object], *alive: subprocess.Popen[bytes]) -> None:
@@ -277,6 +277,8 @@ def test_a_broker_killed_mid_stream_loses_nothing(
         until("every trade published", lambda: bool(published), worker, sink)
         assert published == [None], published
         until("the worker through the input", lambda: progress() == len(batch), worker, sink)
+        drained = lambda: feed_drained(bootstrap, group, prefix)  # noqa: E731
+        until("the account stage through its feed", drained, worker, sink)
         assert at_kill < len(batch)
         t_done = time.monotonic()
         worker.terminate()

@@ -86,7 +86,7 @@ def test_worker_and_sink_killed_twice_resume_exactly_once(
     with KafkaPublisher(bootstrap, kafka_prefix) as pub:
         for s in range(0, len(batch), SLICE):
             pub.publish_trades(batch.slice(s, s + SLICE))
-    ref = reference(engine_config(), batch)
+    ref = reference(engine_config(), batch, notify=True)
 
     env = {"MAMBO_KAFKA_BOOTSTRAP": bootstrap}
     logs = tmp_path / "logs"
@@ -152,7 +152,7 @@ def test_a_transaction_the_broker_cannot_finish_is_aborted_and_its_batch_done_ag
     with KafkaPublisher(bootstrap, kafka_prefix) as pub:
         for s in range(0, len(batch), SLICE):
             pub.publish_trades(batch.slice(s, s + SLICE))
-    ref = reference(engine_config(), batch)
+    ref = reference(engine_config(), batch, notify=True)
     commits: list[int] = []
     failing = {3, 7, 8}
 

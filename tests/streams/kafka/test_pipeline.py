@@ -26,7 +26,7 @@ from mambo.streams.kafka.sink import KafkaSink
 from mambo.streams.kafka.worker import Worker
 from mambo.streams.markets import MarketPipelines
 
-from .conftest import engine_config, read_topic
+from .conftest import engine_config, notify_stages, read_topic
 
 pytestmark = pytest.mark.kafka
 SLICE = 2_000
@@ -39,10 +39,16 @@ def recording() -> TradeBatch:
 
 
 def reference(
-    config: Sequence[Account], batch: TradeBatch, sink: ClickHouseSink | None = None
+    config: Sequence[Account],
+    batch: TradeBatch,
+    sink: ClickHouseSink | None = None,
+    watermarks: bool = False,
+    notify: bool = False,
 ) -> list[tuple[str, Any]]:
     """Every event the market and account stages publish for the recording, in one process, no
-    Kafka (the account feed looped back, and left out: its watermarks depend on the batching)."""
+    Kafka (the account feed looped back, and left out: its watermarks depend on the batching).
+    ``watermarks``: after each slice every market has come that far, as ``mambo kafka replay`` says.
+    ``notify``: with the notifications outbox, as ``mambo worker`` runs it."""
     out: list[tuple[str, Any]] = []
     observer = SinkObserver(sink) if sink is not None else None
 
@@ -53,12 +59,14 @@ def reference(
         if observer is not None:
             observer(topic, event)
 
-    mp = MarketPipelines(config, emit, loopback=True)
+    mp = MarketPipelines(config, emit, loopback=True, extra=notify_stages() if notify else None)
     for start in range(0, len(batch), SLICE):
         piece = batch.slice(start, start + SLICE)
         if observer is not None:
             observer(TRADES.name, piece)
         mp.ingest_trades(piece)
+        if watermarks and len(piece):
+            mp.advance([(k, int(piece.ts[-1]), piece.ts_init) for k in batch.keys])
     if sink is not None:
         sink.flush()
     return out

@@ -21,7 +21,7 @@ import pytest
 from mambo.connectors.replay import load_trades
 from mambo.schemas.topics import FILLS, ORDERS, TRADES
 
-from .conftest import engine_config, mambo
+from .conftest import engine_config, feed_drained, mambo, topic_end
 from .test_crash import committed
 from .test_pipeline import of, reference
 
@@ -79,7 +79,11 @@ def test_up_runs_supervises_and_stops_the_pipeline(bootstrap: str, tmp_path: Pat
 
         batch, _ = load_trades()
         wait(lambda: "source: done" in text(), "the replay", proc)
-        wait(lambda: committed(bootstrap, workers, trades) == len(batch), "the workers", proc)
+        # every record of md.trades: the replay's trades and its watermarks after each slice
+        assert batch.keys and topic_end(bootstrap, trades) > len(batch)
+        every = lambda: committed(bootstrap, workers, trades) == topic_end(bootstrap, trades)  # noqa: E731
+        wait(every, "the workers", proc)
+        wait(lambda: feed_drained(bootstrap, workers, prefix), "the account stage", proc)
         sink, last, since = prefix + "mambo-sink", -1, time.monotonic()
         while time.monotonic() - since < 3:  # the sink has taken everything: its offsets stay put
             now = sum(committed(bootstrap, sink, prefix + t) for t in (TRADES.name, ORDERS.name, FILLS.name))
@@ -97,7 +101,8 @@ def test_up_runs_supervises_and_stops_the_pipeline(bootstrap: str, tmp_path: Pat
         text()
     )
 
-    ref = reference(engine_config(), batch)
+    # the replay's watermarks and the notifications, as mambo kafka replay and mambo worker make them
+    ref = reference(engine_config(), batch, watermarks=True, notify=True)
     sql = " UNION ALL ".join(
         f"SELECT '{t}' AS topic, event_id FROM {t} FINAL" for t in (ORDERS.name, FILLS.name)
     )
