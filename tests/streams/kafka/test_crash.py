@@ -22,7 +22,7 @@ from mambo.schemas.topics import FILLS, ORDERS, TABLES, TRADES, by_name
 from mambo.streams.kafka import worker as worker_module
 from mambo.streams.kafka.producer import KafkaPublisher
 
-from .conftest import clickhouse_counts, engine_config, mambo, read_topic
+from .conftest import clickhouse_counts, engine_config, mambo, notify_stages, read_topic
 from .test_pipeline import SLICE, of, reference
 
 pytestmark = pytest.mark.kafka
@@ -167,7 +167,9 @@ def test_a_transaction_the_broker_cannot_finish_is_aborted_and_its_batch_done_ag
             super().commit_transaction(*args)
 
     monkeypatch.setattr(worker_module, "Producer", BrokerGone)
-    worker = worker_module.Worker(bootstrap, engine_config(), prefix=kafka_prefix, batch_size=4_000)
+    worker = worker_module.Worker(
+        bootstrap, engine_config(), prefix=kafka_prefix, batch_size=4_000, extra=notify_stages()
+    )
     worker.run(idle_exit=3.0)
     assert len(commits) > max(failing) and worker.processed == len(batch)
     # an injected failure can cost one more abort (librdkafka: 'skipped sequence numbers' on the next)
