@@ -20,7 +20,7 @@ import pytest
 from mambo.connectors.exchange_broker import ExchangeBroker
 from mambo.connectors.exchange_source import candles_from_ccxt, trades_from_ccxt
 from mambo.core.market import Market
-from mambo.exchange.server import _symbol_info
+from mambo.exchange.binance.rest import _symbol_info
 from mambo.schemas.events import Order
 
 CASES = json.loads((Path(__file__).parents[1] / "fixtures" / "ccxt_binance_static.json").read_text())[

@@ -33,7 +33,16 @@ from confluent_kafka.admin import (
 from mambo.schemas.topics import ACCOUNT_FEED, ALL_TOPICS, DAY_MS, INTERNAL_TOPICS, TRADES
 from mambo.streams.kafka.broker import min_insync
 
-__all__ = ["STATE_MAX_BYTES", "STATE_TOPIC", "Change", "TopicSpec", "apply", "plan", "replication_for", "wanted_topics"]
+__all__ = [
+    "STATE_MAX_BYTES",
+    "STATE_TOPIC",
+    "Change",
+    "TopicSpec",
+    "apply",
+    "plan",
+    "replication_for",
+    "wanted_topics",
+]
 
 #: The worker's state changelog: one compacted record per market and per account (its state).
 STATE_TOPIC = "mambo.worker.state"
