@@ -55,6 +55,7 @@ EXCHANGE_DEMO_SPEED = 40.0
 _DEMO_SECRET = "mambo-demo-secret"  # the in-process exchange's signing secret (it lives as long as the demo)
 _DEMO_CHANNELS = ("aggTrade", "bookTicker")  # the Binance streams the source watches, per market
 _DRAIN_SECONDS = 5.0  # after the replay: how long the stream may stay silent before what it owes is given up
+_STALL_SECONDS = 60.0  # during the replay: how long the stream may stay silent before the demo stops waiting
 
 
 @dataclass
@@ -320,7 +321,11 @@ async def _exchange_demo(
 
             counts = session.source.counts
             flush = settings.clickhouse.flush_seconds
-            await _follow(session, show, flush, local.finished.is_set)
+            # the replay; a stream silent for a minute (a websocket lost under load) ends the wait
+            # rather than hanging the demo: what came short is said below
+            if not await _follow(session, show, flush, local.finished.is_set, quiet_seconds=_STALL_SECONDS):
+                log_stall = f"the stream was silent {_STALL_SECONDS:.0f} s before the replay ended"
+                console.print(f"[yellow]{log_stall}[/yellow]")
 
             # the stream drains: book tops come only by stream, so when the last one is in, so is
             # the stream; trades it still owes (parsed by ccxt after its last answer, or dropped from
