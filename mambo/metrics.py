@@ -15,7 +15,8 @@ Where they are measured:
 * the ClickHouse sink: rows and insert time per table;
 * the API: requests by route and status (a middleware), WebSocket clients, frames and drops (the hub);
 * Kafka consumer groups: lag per topic and partition, in messages and in seconds (:class:`ConsumerLag`,
-  from the brokers at scrape time).
+  from the brokers at scrape time); the workers' transaction commit time and outcomes (exactly once),
+  rebalances and the partitions they hold (``runtime``: ``worker`` or ``faust``).
 
 Latency, from the events' own timestamps (``ts_init``: when the data behind an event entered Mambo,
 inherited by every event derived from it; ``ts_event``: exchange time):
@@ -162,6 +163,26 @@ FEED_EVENTS = Counter(
     "mambo_feed_events_total",
     "Feed stream changes: stalled, disconnected, reconnected, gap_filled.",
     ["exchange", "status"],
+)
+# --- Kafka ---------------------------------------------------------------------------------------------
+TRANSACTION_SECONDS = Histogram(
+    "mambo_kafka_transaction_commit_seconds",
+    "Exactly once: time from sending a batch's offsets to the transaction's commit returning.",
+    ["runtime"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+TRANSACTIONS = Counter(
+    "mambo_kafka_transactions_total",
+    "Exactly once: transactions by outcome (committed, aborted: undone and replayed from the last commit).",
+    ["runtime", "outcome"],
+)
+REBALANCES = Counter(
+    "mambo_kafka_rebalances_total",
+    "Consumer group rebalances seen by this process, by what it got (assigned, revoked).",
+    ["runtime", "event"],
+)
+ASSIGNED_PARTITIONS = Gauge(
+    "mambo_kafka_assigned_partitions", "Input partitions this process holds.", ["runtime"]
 )
 # --- ClickHouse ------------------------------------------------------------------------------------------
 SINK_ROWS = Counter("mambo_sink_rows_total", "Rows inserted into ClickHouse, by table.", ["table"])

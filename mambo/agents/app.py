@@ -71,6 +71,7 @@ from faust.types import TP
 from mambo.agents.order import InputOrder, Verdict
 from mambo.core.market import Market
 from mambo.core.stages import Account, EngineConfig, Stage
+from mambo.metrics import ASSIGNED_PARTITIONS, REBALANCES, TRANSACTION_SECONDS, TRANSACTIONS
 from mambo.notify import notifications
 from mambo.schemas.batches import TradeBatch
 from mambo.schemas.events import AccountFeed
@@ -201,6 +202,7 @@ class FaustPipeline:
         )
         self.app.agent(self.source, name=prefix + "mambo-markets")(self._agent)
         self.app.agent(self.feed, name=prefix + "mambo-accounts")(self._agent)
+        self.app.sensors.add(_CommitSensor())
         self.app.on_partitions_revoked.connect(self._on_revoked)
         self.app.on_partitions_assigned.connect(self._on_assigned)
 
@@ -223,6 +225,7 @@ class FaustPipeline:
         self.pipelines.drop(keys)
         for topic, order in self._orders.items():  # what it processed is committed by now
             order.revoke(p for t, p in gone if t == topic)
+        REBALANCES.labels("faust", "revoked").inc()
         log.info("faust.revoked", partitions=sorted(gone), keys=len(keys))
 
     async def _on_assigned(self, sender: Any, /, *args: Any, signal: Any, **_: Any) -> None:
@@ -233,6 +236,8 @@ class FaustPipeline:
         for k in [k for k, tp in self._partition_of.items() if tp not in mine]:
             del self._partition_of[k]
             self.table.data.pop(k.encode(), None)
+        REBALANCES.labels("faust", "assigned").inc()
+        ASSIGNED_PARTITIONS.labels("faust").set(len(mine))
         log.info("faust.assigned", partitions=sorted(mine))
 
     # --- the agent -----------------------------------------------------------------------------
@@ -600,3 +605,21 @@ def faust_worker(
 
     asyncio.run(main())
     return pipeline
+
+
+class _CommitSensor(faust.Sensor):
+    """Faust's commits as the native worker's metrics: under exactly once each is a transaction's
+    commit (offsets and outputs), timed from Faust's sensor hooks. A commit with nothing to commit
+    (no offset moved) is not counted."""
+
+    def on_commit_initiated(self, consumer: Any) -> Any:
+        return time.monotonic(), dict(getattr(consumer, "_committed_offset", {}))
+
+    def on_commit_completed(self, consumer: Any, state: Any) -> None:
+        began, before = state
+        if dict(getattr(consumer, "_committed_offset", {})) == before:
+            return
+        runtime = "faust"
+        if getattr(consumer, "in_transaction", False):
+            TRANSACTION_SECONDS.labels(runtime).observe(time.monotonic() - began)
+            TRANSACTIONS.labels(runtime, "committed").inc()

@@ -115,6 +115,7 @@ from confluent_kafka import (
 
 from mambo.core.market import Market
 from mambo.core.stages import Account, EngineConfig, Stage
+from mambo.metrics import ASSIGNED_PARTITIONS, REBALANCES, TRANSACTION_SECONDS, TRANSACTIONS
 from mambo.schemas.batches import TradeBatch
 from mambo.schemas.events import AccountFeed, Candle, Event
 from mambo.schemas.topics import ACCOUNT_FEED, EXCHANGE_CANDLES, TRADES, by_name, dlq_topic
@@ -264,6 +265,8 @@ class Worker:
         self.assigned = sorted(set(self.assigned) | set(new))
         self._restore(new)
         self._assigned_at = time.monotonic()  # idle time counts from here (a join can outlast idle_exit)
+        REBALANCES.labels("worker", "assigned").inc()
+        ASSIGNED_PARTITIONS.labels("worker").set(len(self.assigned))
         log.info("worker.assigned", worker=self.name, partitions=self.assigned)
 
     def _on_revoke(self, consumer: Consumer, parts: list[TopicPartition]) -> None:
@@ -271,6 +274,8 @@ class Worker:
         self._drain()  # at least once: the revoked partitions' state and offsets before they go
         self.assigned = [p for p in self.assigned if p not in gone]
         self._forget(gone)
+        REBALANCES.labels("worker", "revoked").inc()
+        ASSIGNED_PARTITIONS.labels("worker").set(len(self.assigned))
         log.info("worker.revoked", worker=self.name, partitions=sorted(gone))
 
     def _forget(self, partitions: Collection[int]) -> None:
@@ -412,6 +417,8 @@ class Worker:
             waiting = time.monotonic()
             _bounded(lambda: _retrying(lambda: producer.send_offsets_to_transaction(offsets, group, 30)))
             _retrying(lambda: producer.commit_transaction(30))
+            TRANSACTION_SECONDS.labels("worker").observe(time.monotonic() - waiting)
+            TRANSACTIONS.labels("worker", "committed").inc()
         except KafkaException as ex:
             # produce() on a producer in a fatal state (fenced) raises _FATAL, not flagged fatal
             fatal = ex.args[0].fatal() or ex.args[0].code() == KafkaError._FATAL
@@ -421,6 +428,7 @@ class Worker:
                 raise
             log.warning("worker.batch_aborted", worker=self.name, reason=ex.args[0].str(), messages=len(msgs))
             self.processed, self.candles, self.feeds = counts
+            TRANSACTIONS.labels("worker", "aborted").inc()
             producers[which] = self._undo(consumer, producer, self._txn_ids[which])
             return
         except Exception:

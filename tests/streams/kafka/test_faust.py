@@ -25,6 +25,7 @@ import pytest
 from clickhouse_connect.driver.client import Client
 from confluent_kafka import Consumer, TopicPartition
 from faust.types import TP
+from prometheus_client import REGISTRY
 
 from mambo.agents.app import FaustPipeline
 from mambo.connectors.clickhouse import ClickHouseSink, ensure_schema
@@ -63,6 +64,22 @@ def ends(bootstrap: str, topic: str) -> dict[int, int]:
         c.close()
 
 
+FAUST_METRICS = (
+    "mambo_kafka_transactions_total",
+    "mambo_kafka_transaction_commit_seconds_count",
+    "mambo_kafka_rebalances_total",
+)
+
+
+def faust_metric(name: str) -> float:
+    labels = (
+        {"runtime": "faust"}
+        | ({"outcome": "committed"} if name == "mambo_kafka_transactions_total" else {})
+        | ({"event": "assigned"} if name == "mambo_kafka_rebalances_total" else {})
+    )
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
 def assert_reference_output(bootstrap: str, prefix: str, ref: list) -> None:
     """Orders and fills are the reference's, id for id; no topic has an event lost or doubled."""
     for topic in (ORDERS.name, FILLS.name):
@@ -89,9 +106,15 @@ def test_faust_exactly_once_gives_the_reference_orders_fills_and_clickhouse_rows
     ref = reference(engine_config(), batch, ClickHouseSink(clickhouse_client, ref_db))
     publish(bootstrap, kafka_prefix, batch)
     app = FaustPipeline(bootstrap, engine_config(), tmp_path, guarantee="exactly_once", prefix=kafka_prefix)
+    before = {name: faust_metric(name) for name in FAUST_METRICS}
     asyncio.run(app.run(idle_exit=1.0))
     assert app.processed == len(batch) and app.dead == 0
     assert_reference_output(bootstrap, kafka_prefix, ref)
+    # its transactions (timed by Faust's sensor hooks) and its assignment, on the process's /metrics
+    moved = {name: faust_metric(name) - before[name] for name in FAUST_METRICS}
+    assert moved["mambo_kafka_transactions_total"] > 0
+    assert moved["mambo_kafka_transaction_commit_seconds_count"] == moved["mambo_kafka_transactions_total"]
+    assert moved["mambo_kafka_rebalances_total"] >= 1
 
     db = clickhouse_db + "_faust"
     ensure_schema(clickhouse_client, db)

@@ -1,6 +1,7 @@
 """/metrics of real `mambo worker` and `mambo sink` processes on the session broker after the bundled
-recording went through them: the pipeline's counters and latencies in the worker, rows per table in
-the sink, consumer lag per partition in both, and `promtool check metrics` over each exposition."""
+recording went through them: the pipeline's counters and latencies in the worker, its transactions
+and rebalances, rows per table in the sink, consumer lag per partition in both, and `promtool check
+metrics` over each exposition."""
 
 from __future__ import annotations
 
@@ -71,6 +72,13 @@ def test_worker_and_sink_metrics_after_a_replay(bootstrap: str, kafka_prefix: st
         assert total(worker, "mambo_fills_total") > 0
         assert total(worker, "mambo_processing_latency_seconds_count", stage="fill") > 0
         assert any(n == "mambo_equity" for n, _ in worker)
+        # exactly once (the default): every committed transaction timed, the group's assignment seen
+        committed = total(worker, "mambo_kafka_transactions_total", runtime="worker", outcome="committed")
+        assert committed > 0
+        timed = total(worker, "mambo_kafka_transaction_commit_seconds_count", runtime="worker")
+        assert committed <= timed <= committed + 1  # a scrape may fall between the two updates
+        assert total(worker, "mambo_kafka_rebalances_total", runtime="worker", event="assigned") >= 1
+        assert total(worker, "mambo_kafka_assigned_partitions", runtime="worker") > 0
         lag = {dict(ls)["partition"] for (n, ls), _ in worker.items() if n == "mambo_consumer_lag_messages"}
         assert lag, "the worker's lag per partition"
         inputs = ("md.trades", "md.candles", "account.feed")
