@@ -26,6 +26,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from mambo.core.margin import MarginConfig, is_perpetual
 from mambo.core.risk import RiskConfig
 from mambo.core.stages import DEFAULT_INDICATORS, Account, EngineConfig, reject_repeats
 from mambo.notify.config import NotifySettings
@@ -93,6 +94,7 @@ class EngineSettings(BaseModel):
     fill_on: Literal["candles"] = "candles"  # see EngineConfig.fill_on
     ordering: Literal["event_time", "arrival"] = "event_time"  # see EngineConfig.ordering
     risk: RiskConfig = Field(default_factory=RiskConfig)
+    futures: MarginConfig | None = None  # perpetuals on margin, see EngineConfig.futures
 
     @field_validator("timeframes", "strategies", "indicators", mode="before")
     @classmethod
@@ -125,6 +127,8 @@ class AccountSettings(BaseModel):
     initial_cash: Decimal | None = Field(None, gt=0)
     order_qty: Decimal | None = Field(None, gt=0)
     risk: RiskConfig | None = None
+    #: trade the account's markets (perpetuals, named in ``markets``) on margin: leverage, margin mode
+    futures: MarginConfig | None = None
 
     @field_validator("markets", "strategies", mode="before")
     @classmethod
@@ -201,6 +205,21 @@ class MamboSettings(BaseSettings):
                     seen[key] = name
         return v
 
+    @model_validator(mode="after")
+    def _futures_accounts(self) -> MamboSettings:
+        for name, a in self.accounts.items():
+            if (a.futures or self.engine.futures) is None:
+                continue
+            if not a.markets:
+                raise ValueError(f"account {name} trades on margin ([futures]): name its perpetuals")
+            spot = [k for k in a.markets if not is_perpetual(k)]
+            if spot:
+                raise ValueError(
+                    f"account {name} trades on margin: {', '.join(spot)} is not a perpetual"
+                    " (a perpetual's symbol names its settle currency: BTC/USDT:USDT)"
+                )
+        return self
+
     def run_markets(self, listed: str | None = None) -> list[str] | None:
         """The run's markets (the distributed runtime's ``--markets``): ``listed`` (comma-separated
         ``exchange:symbol`` keys), else every account's own markets when each names them, else None (an
@@ -226,7 +245,7 @@ class MamboSettings(BaseSettings):
         out = []
         for name, a in self.accounts.items():
             changes: dict[str, Any] = {"account": name}
-            for field_name in ("strategies", "initial_cash", "order_qty", "risk"):
+            for field_name in ("strategies", "initial_cash", "order_qty", "risk", "futures"):
                 value = getattr(a, field_name)
                 if value is not None:
                     changes[field_name] = value

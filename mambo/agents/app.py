@@ -74,8 +74,8 @@ from mambo.core.stages import Account, EngineConfig, Stage
 from mambo.metrics import ASSIGNED_PARTITIONS, REBALANCES, TRANSACTION_SECONDS, TRANSACTIONS
 from mambo.notify import notifications
 from mambo.schemas.batches import TradeBatch
-from mambo.schemas.events import AccountFeed
-from mambo.schemas.topics import ACCOUNT_FEED, TRADES, by_name, dlq_topic
+from mambo.schemas.events import AccountFeed, FundingRate
+from mambo.schemas.topics import ACCOUNT_FEED, FUNDING_RATES, TRADES, by_name, dlq_topic
 from mambo.streams.kafka.codec import (
     DecodeError,
     check_trades,
@@ -85,6 +85,7 @@ from mambo.streams.kafka.codec import (
     decode_watermark,
     encode,
     headers_for,
+    is_funding,
     runs_of_trades,
 )
 from mambo.streams.kafka.topology import STATE_MAX_BYTES
@@ -342,14 +343,18 @@ class FaustPipeline:
         return list(dict.fromkeys(touched))
 
     def _run_marks(self, partition: int, part: list[faust.types.EventT]) -> list[str]:
-        marks: list[tuple[str, int, int]] = []
+        """A source's in-line records, in order: watermarks, and funding times."""
+        steps: list[tuple[str, int, int] | FundingRate] = []
         for ev in part:
             try:
-                marks.append(decode_watermark(ev.message.value))
+                if is_funding(ev.message.headers):
+                    steps.append(decode(FUNDING_RATES, ev.message.value, ev.message.headers))  # type: ignore[arg-type]
+                else:
+                    steps.append(decode_watermark(ev.message.value))
             except DecodeError as ex:
                 self._dead(TRADES.name, partition, ev, str(ex))
-        self._held([k for k, _, _ in marks], partition)
-        return self.pipelines.advance(marks)
+        self._held([s.key if isinstance(s, FundingRate) else s[0] for s in steps], partition)
+        return self.pipelines.ingest_inline(steps)
 
     def _run_trades(self, partition: int, part: list[faust.types.EventT]) -> list[str]:
         batch, _, undecodable = decode_trades([ev.message.value for ev in part])

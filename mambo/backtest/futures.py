@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -159,11 +159,6 @@ def load_mark_candles(path: str | Path, exchange: str, symbol: str) -> CandleFra
     return frame_from_df(df, exchange, symbol, data.timeframe)
 
 
-def _edge(price: Decimal, long: bool) -> Decimal:
-    """A liquidation price to 1e-18 on its liquidating side (below for a long, above for a short)."""
-    return price.quantize(_QUANTUM, rounding=ROUND_FLOOR if long else ROUND_CEILING)
-
-
 def _liquidated(liqs: list[Liquidation], into: list[Liquidation]) -> Decimal:
     """Keep ``liqs``; the signed position they closed."""
     into += liqs
@@ -230,16 +225,10 @@ def run_futures(
     ghost = _ZERO  # what the strategy still holds in its own view of a position the exchange liquidated
     last_close: Decimal | None = None
     for t, kind, i in timeline:
-        pos = acc.position(key)
         if kind == 0:
-            if pos.qty:
-                long = pos.qty > 0
-                lp = acc.liquidation_price(key)
-                adverse = low[i] if long else high[i]
-                if lp is not None and (adverse <= lp if long else adverse >= lp):
-                    ghost += _liquidated(acc.mark(key, _edge(lp, long), t, t), liquidations)
             last_close = to_decimal(float(close[i]))
-            ghost += _liquidated(acc.mark(key, last_close, t, t), liquidations)
+            bar = acc.mark_bar(key, float(low[i]), float(high[i]), last_close, t, t)
+            ghost += _liquidated(bar, liquidations)
             balance.append(acc.margin_balance)
             ratio.append(float(acc.margin_ratio(key)))
         elif kind == 1:

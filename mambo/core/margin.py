@@ -47,13 +47,16 @@ and the bracket that holds its own solution is the answer).
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from decimal import Decimal, localcontext
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal, localcontext
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from mambo.core.market import to_decimal
 from mambo.core.portfolio import MONEY
@@ -65,6 +68,7 @@ from mambo.schemas.events import (
     Liquidation,
     MarginMode,
     MarkPrice,
+    OrderSide,
     make_id,
     split_key,
 )
@@ -75,7 +79,9 @@ __all__ = [
     "Bracket",
     "Brackets",
     "MarginAccount",
+    "MarginConfig",
     "MarginPosition",
+    "is_perpetual",
     "liquidation_price",
     "load_brackets",
 ]
@@ -89,6 +95,34 @@ LEDGER_KINDS: tuple[LedgerKind, ...] = ("realized_pnl", "fees", "funding", "liqu
 
 _ZERO = Decimal(0)
 _QUANTUM = Decimal("1e-18")
+
+
+class MarginConfig(BaseModel):
+    """How an account trades perpetuals (``[engine.futures]`` or ``[accounts.<id>.futures]``): its
+    leverage and margin mode for every market, and the venue's liquidation (clearance) fee."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    leverage: int = Field(1, ge=1, le=125)
+    margin_mode: MarginMode = "cross"
+    liquidation_fee_rate: Decimal = Field(Decimal("0.0125"), ge=0, lt=1)
+
+
+def is_perpetual(key: str) -> bool:
+    """Whether a market (``exchange:symbol`` or a symbol) is a perpetual: ccxt's unified symbol of a
+    contract names its settle currency after a colon (``BTC/USDT:USDT``)."""
+    return ":" in key.rpartition("/")[2]
+
+
+#: The grid a liquidation's mark is put on: finer than any market's tick, coarse enough that the
+#: liquidation's PnL and fee (qty to 1e-8 × price × fee rate to 1e-4) end within the history's 1e-18.
+EDGE_QUANTUM = Decimal("1e-6")
+
+
+def liquidation_edge(price: Decimal, long: bool) -> Decimal:
+    """A liquidation price on :data:`EDGE_QUANTUM`, on its liquidating side (below for a long, above for
+    a short): the mark that went through it."""
+    return price.quantize(EDGE_QUANTUM, rounding=ROUND_FLOOR if long else ROUND_CEILING)
 
 
 def _prorate(amount: Decimal, part: Decimal, whole: Decimal) -> Decimal:
@@ -454,6 +488,29 @@ class MarginAccount:
         self._version += 1
         return self._liquidate_if_due(pos, ts_event, ts_init)
 
+    def mark_bar(
+        self,
+        key: str,
+        low: float | Decimal,
+        high: float | Decimal,
+        close: float | Decimal,
+        ts_event: int,
+        ts_init: int,
+    ) -> list[Liquidation]:
+        """A bar of the market's mark path (a mark-price candle, or the traded one standing in for it):
+        a position whose liquidation price the bar's adverse extreme reaches (the low of a long, the high
+        of a short) is liquidated there, since the mark went through it; then the bar's close is the
+        mark. The liquidations, in order. Backtests and the account stage both mark through this."""
+        out: list[Liquidation] = []
+        pos = self._positions.get(key)
+        if pos is not None and pos.qty:
+            long = pos.qty > 0
+            lp = self.liquidation_price(key)
+            adverse = to_decimal(low if long else high)
+            if lp is not None and lp > 0 and (adverse <= lp if long else adverse >= lp):
+                out += self.mark(key, liquidation_edge(lp, long), ts_event, ts_init)
+        return out + self.mark(key, close, ts_event, ts_init)
+
     def fund(
         self,
         key: str,
@@ -682,11 +739,18 @@ class MarginAccount:
         )
 
     def margin_check(
-        self, key: str, side: str, qty: Decimal, price: Decimal, fee_rate: Decimal = _ZERO
+        self,
+        key: str,
+        side: str,
+        qty: Decimal,
+        price: Decimal,
+        fee_rate: Decimal = _ZERO,
+        reserved: Decimal = _ZERO,
     ) -> str | None:
         """Why an order of ``qty`` at ``price`` cannot be carried, or None: the position it would open
-        must fit the brackets at this leverage, and its initial margin and fee the available balance.
-        The part of an order that reduces the position needs no margin."""
+        must fit the brackets at this leverage, and its initial margin and fee the available balance
+        less ``reserved`` (what orders sent and not yet filled will take). The part of an order that
+        reduces the position needs no margin."""
         pos = self.position(key)
         qty, price = to_decimal(qty), to_decimal(price)
         if not (qty > 0 and price > 0):
@@ -704,7 +768,36 @@ class MarginAccount:
             if pos.leverage > allowed:
                 return f"leverage {pos.leverage} exceeds {allowed}, the most a notional of {notional} allows"
             needed = opening * price / pos.leverage + qty * price * to_decimal(fee_rate)
-            available = self.available_balance
+            available = self.available_balance - reserved
         if needed > available:
             return f"initial margin and fee {needed:.8f} exceed the available balance {available:.8f}"
         return None
+
+    def liquidation_price_after(
+        self, key: str, side: OrderSide, qty: Decimal, price: Decimal, fee_rate: Decimal = _ZERO
+    ) -> Decimal | None:
+        """The market's liquidation price were an order of ``qty`` to fill at ``price`` (the pre-trade
+        check of a minimum distance from it); the account itself does not change."""
+        trial = copy.deepcopy(self)
+        fee = MONEY.multiply(MONEY.multiply(to_decimal(qty), to_decimal(price)), to_decimal(fee_rate))
+        exchange, symbol = split_key(key)
+        trial.apply(
+            Fill(
+                event_id="trial",
+                ts_event=0,
+                ts_init=0,
+                exchange=exchange,
+                symbol=symbol,
+                account=self.account,
+                fill_id="trial",
+                client_order_id="trial",
+                strategy="",
+                side=side,
+                price=to_decimal(price),
+                qty=to_decimal(qty),
+                fee=fee,
+                fee_currency="",
+                liquidity="taker",
+            )
+        )
+        return trial.liquidation_price(key)

@@ -10,7 +10,11 @@ enough that sums and products never round. So, to the last unit and at every ste
 
 * ``cash + Σ qty·mark == equity``
 * ``Σ signed fill qty == position qty``
-* ``realized + unrealized - fees == equity - initial cash``
+* ``realized + unrealized - fees + funding == equity - initial cash``
+
+A perpetual's funding payments and the venue's liquidations (:meth:`Portfolio.apply_funding`,
+:meth:`Portfolio.apply_liquidation`, from :class:`~mambo.core.margin.MarginAccount`) are booked here too,
+so an account of perpetuals has the same equity as its margin account's margin balance, exactly.
 
 The one division, the cost taken out when part of a position closes, is exact when it can be and
 otherwise rounded to 1e-18; because realized PnL and the remaining cost basis take the same rounded
@@ -32,7 +36,16 @@ from decimal import ROUND_HALF_EVEN, Context, Decimal, localcontext
 from types import MappingProxyType
 
 from mambo.core.market import to_decimal
-from mambo.schemas.events import DEFAULT_ACCOUNT, EquitySnapshot, Fill, Position, make_id, split_key
+from mambo.schemas.events import (
+    DEFAULT_ACCOUNT,
+    EquitySnapshot,
+    Fill,
+    FundingPayment,
+    Liquidation,
+    Position,
+    make_id,
+    split_key,
+)
 
 __all__ = ["MONEY", "Portfolio", "PositionState", "booked_qty_and_fee", "held"]
 
@@ -87,6 +100,9 @@ class PositionState:
     cost: Decimal = _ZERO
     realized_pnl: Decimal = _ZERO
     fees: Decimal = _ZERO
+    #: perpetuals: funding received (negative: paid), and what an insurance fund covered of a
+    #: liquidation that would have left less than nothing
+    funding: Decimal = _ZERO
 
     @property
     def key(self) -> str:
@@ -172,6 +188,39 @@ class Portfolio:
         self._touch()
         return fill.model_copy(update={"realized_pnl": realized})
 
+    def apply_liquidation(self, liq: Liquidation) -> Position:
+        """Book a venue's liquidation of a perpetual (:class:`~mambo.core.margin.MarginAccount`): its
+        quantity closed at its price, the liquidation fee as a fee, and what the insurance fund covered
+        as money received. The market's position after it."""
+        with localcontext(MONEY):
+            pos = self._books.get(liq.key)
+            if pos is None or abs(pos.qty) < liq.qty or (pos.qty > 0) != (liq.side == "sell"):
+                held = pos.qty if pos is not None else _ZERO
+                raise ValueError(f"liquidation {liq.event_id}: {liq.side} {liq.qty} of a position of {held}")
+            closing = liq.qty if liq.side == "sell" else -liq.qty
+            removed = pos.cost if closing == pos.qty else _cost_share(pos.cost, closing, pos.qty)
+            pos.realized_pnl += closing * liq.price - removed
+            pos.cost -= removed
+            pos.qty -= closing
+            pos.fees += liq.fee
+            pos.funding += liq.insurance
+            self.cash += closing * liq.price - liq.fee + liq.insurance
+            pos.mark_price = liq.price
+        self._touch()
+        return self._position_event(pos, liq.ts_event, liq.ts_init, liq.event_id)
+
+    def apply_funding(self, payment: FundingPayment) -> None:
+        """Book a perpetual's funding payment: money received (negative: paid)."""
+        with localcontext(MONEY):
+            pos = self._books.get(payment.key)
+            if pos is None:
+                pos = self._books[payment.key] = PositionState(
+                    payment.exchange, payment.symbol, payment.mark_price
+                )
+            pos.funding += payment.amount
+            self.cash += payment.amount
+        self._touch()
+
     def mark(self, key: str, price: float | Decimal) -> None:
         """Value the market ``key`` at ``price`` from now on (a float is taken at its shortest repr)."""
         mark = to_decimal(price)
@@ -242,6 +291,7 @@ class Portfolio:
                 realized_pnl=sum((p.realized_pnl for p in books), _ZERO),
                 unrealized_pnl=sum((p.unrealized_pnl for p in books), _ZERO),
                 fees=sum((p.fees for p in books), _ZERO),
+                funding=sum((p.funding for p in books), _ZERO),
                 drawdown=self.drawdown,
             )
 

@@ -21,6 +21,17 @@ Rules, by their ``rule`` name in a :class:`~mambo.schemas.events.RiskRejection`:
 * ``max_open_positions``, ``max_exposure_per_symbol``, ``max_total_exposure``: limits on the
   positions an entry would leave, exposures as fractions of equity.
 
+Perpetuals in an account with margin (:attr:`RiskEngine.margin`, a
+:class:`~mambo.core.margin.MarginAccount`) are sized and checked on margin instead of cash: an unsized
+entry's initial margin is ``position_fraction`` of equity (its notional that times the leverage), and
+
+* ``margin``: the position an entry opens must fit the leverage brackets, and its initial margin and
+  fee the available balance less what the entries let through and not yet filled will take (the
+  exchange's own pre-trade check);
+* ``max_leverage``: the open positions' notional an entry leaves, over the margin balance, at most this;
+* ``liquidation_distance``: an entry whose liquidation price would be within
+  ``min_liquidation_distance`` of its price (a fraction of it) is refused.
+
 Exits (``reduce_only``) pass every rule but the validity ones (``invalid``, ``no_position``,
 ``min_qty``, ``min_notional``) and are capped to the position. Orders let through and not yet
 filled count as if filled: an exit is capped to what earlier market exits leave, and the limits see
@@ -42,6 +53,7 @@ from decimal import Decimal, localcontext
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from mambo.core.margin import MarginAccount, is_perpetual
 from mambo.core.market import Market, to_decimal
 from mambo.core.portfolio import MONEY, Portfolio
 from mambo.schemas.events import (
@@ -51,6 +63,7 @@ from mambo.schemas.events import (
     Fill,
     Order,
     OrderIntent,
+    OrderSide,
     RiskRejection,
     make_id,
     split_key,
@@ -78,6 +91,12 @@ class RiskConfig(BaseModel):
     cooldown_ns: int = Field(0, ge=0, description="no entry in a market this long after a stop-out")
     max_orders_per_minute: int | None = Field(None, ge=1, description="event time, all markets")
     cash_only: bool = Field(True, description="spot: a buy is paid with free cash, never borrowed")
+    max_leverage: Decimal | None = Field(
+        None, gt=0, description="perpetuals: the positions' notional an entry leaves, over the margin balance"
+    )
+    min_liquidation_distance: Decimal | None = Field(
+        None, gt=0, lt=1, description="perpetuals: an entry's liquidation price this far from its price"
+    )
 
 
 @dataclass
@@ -141,6 +160,8 @@ class RiskEngine:
     _recent: deque[int] = field(init=False, default_factory=deque)  # ts_event of orders let through
     _reserved: dict[str, _Reserved] = field(init=False, default_factory=dict)  # by client_order_id
     _watermarks: dict[str, _Watermark] = field(init=False, default_factory=dict)
+    #: the account's perpetuals, on margin (None: a spot account); see the module docstring
+    margin: MarginAccount | None = None
 
     def __post_init__(self, markets: Mapping[str, Market] | None) -> None:
         self._markets = dict(markets or {})
@@ -202,6 +223,9 @@ class RiskEngine:
                 if equity <= 0:
                     raise _Denied("no_equity", f"cannot size from equity {_show(equity)}")
                 wanted = self.config.position_fraction * equity / price
+                if self._on_margin(key):
+                    assert self.margin is not None
+                    wanted *= self.margin.position(key).leverage
         qty = market.round_qty(wanted)
         if qty <= 0 or qty < market.min_qty:
             raise _Denied(
@@ -215,7 +239,9 @@ class RiskEngine:
             )
         if not intent.reduce_only:
             self._check_exposure(key, projected + sign * qty, price, portfolio)
-            if sign > 0 and self.config.cash_only:
+            if self._on_margin(key):
+                self._check_margin(key, intent.side, projected + sign * qty, qty, price)
+            elif sign > 0 and self.config.cash_only:
                 self._check_cash(qty, price, portfolio)
         self._note_order(intent.ts_event)
         self._reserved[intent.client_order_id] = _Reserved(
@@ -290,6 +316,46 @@ class RiskEngine:
             free, need = portfolio.cash - spoken, qty * price * cost
         if need > free:
             raise _Denied("buying_power", f"a buy costing {_show(need)} with fees, {_show(free)} cash free")
+
+    def _on_margin(self, key: str) -> bool:
+        return self.margin is not None and is_perpetual(key)
+
+    def _check_margin(self, key: str, side: OrderSide, after: Decimal, qty: Decimal, price: Decimal) -> None:
+        """An entry on margin: the exchange's check, then leverage and the liquidation distance."""
+        margin, cfg = self.margin, self.config
+        assert margin is not None
+        with localcontext(MONEY):
+            reserved = sum(
+                (
+                    abs(r.open_qty) * r.price / margin.position(r.key).leverage
+                    for r in self._reserved.values()
+                    if not r.reduce_only and is_perpetual(r.key)
+                ),
+                _ZERO,
+            )
+        reason = margin.margin_check(key, side, qty, price, self.fee_rate, reserved)
+        if reason is not None:
+            raise _Denied("margin", reason)
+        if cfg.max_leverage is not None:
+            with localcontext(MONEY):
+                notional = abs(after) * price + sum(
+                    (abs(p.qty) * p.mark_price for k, p in margin.positions.items() if k != key), _ZERO
+                )
+                balance = margin.margin_balance
+                if balance <= 0 or notional > cfg.max_leverage * balance:
+                    raise _Denied(
+                        "max_leverage",
+                        f"notional {_show(notional)} over the margin balance {_show(balance)}"
+                        f" would exceed {cfg.max_leverage}x",
+                    )
+        if cfg.min_liquidation_distance is not None:
+            lp = margin.liquidation_price_after(key, side, qty, price, self.fee_rate)
+            if lp is not None and lp > 0 and abs(price - lp) < cfg.min_liquidation_distance * price:
+                raise _Denied(
+                    "liquidation_distance",
+                    f"the liquidation price {_show(lp)} would be within {cfg.min_liquidation_distance:%}"
+                    f" of {_show(price)}",
+                )
 
     def _check_exposure(self, key: str, after: Decimal, price: Decimal, portfolio: Portfolio) -> None:
         """Limits on the positions an entry leaves: count, per-symbol and total exposure.

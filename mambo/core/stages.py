@@ -48,6 +48,13 @@ from mambo.core.candles import CandleBuilder
 from mambo.core.execution import PaperBroker
 from mambo.core.indicators import IndicatorSet
 from mambo.core.intents import IntentPolicy
+from mambo.core.margin import (
+    MarginAccount,
+    MarginConfig,
+    is_perpetual,
+    liquidation_edge,
+    load_brackets,
+)
 from mambo.core.market import Market
 from mambo.core.merge import EventTimeMerge
 from mambo.core.portfolio import Portfolio
@@ -62,6 +69,7 @@ from mambo.schemas.events import (
     Candle,
     DeadLetter,
     Fill,
+    FundingRate,
     IndicatorValues,
     Order,
     OrderIntent,
@@ -76,8 +84,11 @@ from mambo.schemas.topics import (
     EQUITY,
     EXCHANGE_CANDLES,
     FILLS,
+    FUNDING,
+    FUNDING_RATES,
     INDICATORS,
     INTENTS,
+    LIQUIDATIONS,
     ORDERS,
     POSITIONS,
     REJECTIONS,
@@ -95,6 +106,7 @@ __all__ = [
     "CandleStage",
     "EngineConfig",
     "ExecutionStage",
+    "FundingStage",
     "IndicatorStage",
     "IntentStage",
     "Out",
@@ -139,6 +151,9 @@ class EngineConfig:
     #: as they arrive (no wait for the slowest market, live); see :class:`AccountStage`
     ordering: Literal["event_time", "arrival"] = "event_time"
     risk: RiskConfig = field(default_factory=RiskConfig)
+    #: perpetuals on margin: the account's leverage and margin mode (None: a spot account; see
+    #: :class:`AccountStage`)
+    futures: MarginConfig | None = None
     #: the account these stages trade for: its id is on every intent, order, fill, position and
     #: equity snapshot they make
     account: str = DEFAULT_ACCOUNT
@@ -225,11 +240,13 @@ class CandleStage(Stage):
             return [(candle_topic(payload.timeframe), payload)]
         return [(t, c) for _, t, c in self.split(payload)]
 
-    def flush(self, watermark: int, ts_init: int = 0) -> Out:
-        """Close every candle that ends at or before the watermark (end of a replay, idle markets)."""
+    def flush(self, watermark: int, ts_init: int = 0, keys: Collection[str] | None = None) -> Out:
+        """Close every candle (of the markets ``keys``, None: all) that ends at or before the watermark
+        (end of a replay, idle markets, a funding time)."""
         return [
             (candle_topic(c.timeframe), c)
-            for b in self.builders.values()
+            for key, b in self.builders.items()
+            if keys is None or key in keys
             for c in b.advance(watermark, ts_init)
         ]
 
@@ -265,9 +282,16 @@ class ExecutionStage(Stage):
 
     name = "execution"
 
-    def __init__(self, broker: Venue, portfolio: Portfolio, trading_timeframe: str) -> None:
+    def __init__(
+        self,
+        broker: Venue,
+        portfolio: Portfolio,
+        trading_timeframe: str,
+        margin: MarginAccount | None = None,
+    ) -> None:
         self.broker = broker
         self.portfolio = portfolio
+        self.margin = margin
         self.inputs = (ORDERS.name, candle_topic(trading_timeframe))
 
     def handle(self, topic: str, payload: Any) -> Out:
@@ -292,6 +316,12 @@ class ExecutionStage(Stage):
         for ev in events:
             if isinstance(ev, Fill):
                 fill, position = self.portfolio.apply(ev)
+                if self.margin is not None and is_perpetual(ev.key):
+                    self.margin.apply(ev)
+                    lp = self.margin.liquidation_price(ev.key)
+                    if lp is not None:  # to 1e-18 on its liquidating side (the history's Decimal(38, 18))
+                        lp = liquidation_edge(lp, position.qty > 0) if lp > 0 else None
+                    position = position.model_copy(update={"liquidation_price": lp})
                 out += [(FILLS.name, fill), (POSITIONS.name, position)]
                 out.append((EQUITY.name, self.portfolio.snapshot(fill.ts_event, ts_init)))
             else:
@@ -304,16 +334,26 @@ class PortfolioStage(Stage):
 
     name = "portfolio"
 
-    def __init__(self, portfolio: Portfolio, trading_timeframe: str) -> None:
+    def __init__(
+        self, portfolio: Portfolio, trading_timeframe: str, margin: MarginAccount | None = None
+    ) -> None:
         self.portfolio = portfolio
+        self.margin = margin
         self.inputs = (candle_topic(trading_timeframe),)
 
     def handle(self, topic: str, payload: Any) -> Out:
         c: Candle = payload
         if self.portfolio.position(c.key) == 0:
             return []
-        self.portfolio.mark(c.key, c.close)
-        return [(EQUITY.name, self.portfolio.snapshot(c.ts_event, c.ts_init))]
+        out: Out = []
+        if self.margin is not None and is_perpetual(c.key):
+            # the candle stands in for the mark path: a liquidation where its extreme reaches the
+            # liquidation price, booked in the portfolio too (cross: every cross position goes)
+            for liq in self.margin.mark_bar(c.key, c.low, c.high, c.close, c.ts_event, c.ts_init):
+                out += [(LIQUIDATIONS.name, liq), (POSITIONS.name, self.portfolio.apply_liquidation(liq))]
+        if self.portfolio.position(c.key):
+            self.portfolio.mark(c.key, c.close)
+        return [*out, (EQUITY.name, self.portfolio.snapshot(c.ts_event, c.ts_init))]
 
 
 class IndicatorStage(Stage):
@@ -464,6 +504,41 @@ class WatermarkStage(Stage):
         return out
 
 
+class FundingStage(Stage):
+    """md.funding → a funding :class:`AccountFeed` for each account trading the market: the funding
+    time goes into the account's event-time merge in line with the market's candles. The runtime
+    closes the market's candles that end by the funding time before it publishes the funding (the
+    source puts it in the market's stream after the trades before it), so it follows them. A market
+    stage."""
+
+    name = "funding"
+
+    def __init__(self, accounts: Sequence[tuple[str, frozenset[str] | None]]) -> None:
+        self.accounts = tuple(accounts)
+        self.inputs = (FUNDING_RATES.name,)
+
+    def handle(self, topic: str, payload: Any) -> Out:
+        rate: FundingRate = payload
+        out: Out = []
+        for account, markets in self.accounts:
+            if markets is not None and rate.key not in markets:
+                continue
+            feed = AccountFeed.model_construct(
+                event_id=make_id("feed", account, rate.event_id),
+                ts_event=rate.ts_event,
+                ts_init=rate.ts_init,
+                account=account,
+                exchange=rate.exchange,
+                symbol=rate.symbol,
+                watermark=rate.ts_event,
+                candle=None,
+                signal=None,
+                funding=rate,
+            )
+            out.append((ACCOUNT_FEED.name, feed))
+        return out
+
+
 class IntentStage(Stage):
     """signals (aggregated) → intents, by the account's position. An account stage.
 
@@ -568,11 +643,12 @@ class AccountStage(Stage):
         self.timeframe = config.trading_timeframe
         self.inputs = (ACCOUNT_FEED.name,)
         self.portfolio = Portfolio(config.initial_cash, account=config.account)
-        self.execution = ExecutionStage(venue, self.portfolio, self.timeframe)
-        self.risk = RiskEngine(config.risk, markets, config.fee_taker, config.account)
+        self.margin = _margin_account(config, account_markets)
+        self.execution = ExecutionStage(venue, self.portfolio, self.timeframe, self.margin)
+        self.risk = RiskEngine(config.risk, markets, config.fee_taker, config.account, margin=self.margin)
         self.stages: list[Stage] = [
             self.execution,
-            PortfolioStage(self.portfolio, self.timeframe),
+            PortfolioStage(self.portfolio, self.timeframe, self.margin),
             RiskStage(self.risk, self.portfolio, self.timeframe),
             IntentStage(config, self.portfolio),
         ]
@@ -586,13 +662,15 @@ class AccountStage(Stage):
         feed: AccountFeed = payload
         if feed.account != self.account:
             return []
+        takes = feed.candle is not None or feed.funding is not None
         if self.config.ordering == "arrival":
-            steps = [feed] if feed.candle is not None else []
+            steps = [feed] if takes else []
         else:
-            time = feed.candle.ts_event if feed.candle is not None else feed.watermark
-            steps = self.merge.push(
-                feed.market, time, feed if feed.candle is not None else None, feed.watermark
-            )
+            if feed.funding is not None:  # right after the candle that ends at the funding time
+                time = feed.funding.ts_event + 1
+            else:
+                time = feed.candle.ts_event if feed.candle is not None else feed.watermark
+            steps = self.merge.push(feed.market, time, feed if takes else None, feed.watermark)
         out: Out = []
         for step in steps:
             out += self._step(step)
@@ -616,11 +694,30 @@ class AccountStage(Stage):
 
     def _step(self, feed: AccountFeed) -> Out:
         out: Out = []
+        if feed.funding is not None:
+            self._fund(feed.funding, out)
+            return out
         assert feed.candle is not None
         self._dispatch(candle_topic(self.timeframe), feed.candle, out, own=False)
         if feed.signal is not None:
             self._dispatch(SIGNALS.name, feed.signal, out, own=False)
         return out
+
+    def _fund(self, rate: FundingRate, out: Out) -> None:
+        """A funding time: the position pays or receives ``qty × mark × rate`` (the margin account's
+        figure, booked in the portfolio too), and a liquidation it sets off. Nothing on spot or flat."""
+        if self.margin is None or not is_perpetual(rate.key):
+            return
+        payment, liqs = self.margin.on_funding(rate)
+        if payment is not None:
+            self.portfolio.apply_funding(payment)
+            self.portfolio.mark(rate.key, payment.mark_price)  # the funding's mark, as the margin's
+            self._dispatch(FUNDING.name, payment, out)
+        for liq in liqs:
+            self._dispatch(LIQUIDATIONS.name, liq, out)
+            self._dispatch(POSITIONS.name, self.portfolio.apply_liquidation(liq), out)
+        if payment is not None or liqs:
+            self._dispatch(EQUITY.name, self.portfolio.snapshot(rate.ts_event, rate.ts_init), out)
 
     def _dispatch(self, topic: str, payload: Any, out: Out, own: bool = True) -> None:
         """Depth first through the account's stages, as :class:`~mambo.streams.bus.EventBus` does;
@@ -636,6 +733,29 @@ class AccountStage(Stage):
                 continue
             for t, e in made:
                 self._dispatch(t, e, out)
+
+
+def _margin_account(config: EngineConfig, markets: frozenset[str] | None) -> MarginAccount | None:
+    """The margin account of an account that trades perpetuals on margin (``config.futures``), with
+    Binance's bundled leverage brackets; ValueError for a spot market in it or one without brackets."""
+    if config.futures is None:
+        return None
+    spot = sorted(k for k in markets or () if not is_perpetual(k))
+    if spot:
+        raise ValueError(f"account {config.account} trades on margin: {', '.join(spot)} not a perpetual")
+    brackets = load_brackets()
+    missing = sorted(k for k in markets or () if split_key(k)[1] not in brackets)
+    if missing:
+        raise ValueError(f"account {config.account}: no leverage brackets for {', '.join(missing)}")
+    f = config.futures
+    return MarginAccount(
+        config.initial_cash,
+        brackets,
+        account=config.account,
+        default_leverage=f.leverage,
+        default_margin_mode=f.margin_mode,
+        liquidation_fee_rate=f.liquidation_fee_rate,
+    )
 
 
 def _dead_letter(topic: str, payload: Any, reason: str) -> DeadLetter:
@@ -697,8 +817,15 @@ def market_stages(
         # before indicators: it keeps the candle the values belong to
         strategies.append(StrategyStage(cfg, a.markets))
     step = min(timeframe_ns(a.config.trading_timeframe) for a in accounts)
-    watermarks = WatermarkStage([(a.config.account, account_markets(a, known)) for a in accounts], step)
-    return [CandleStage(timeframes), watermarks, *strategies, IndicatorStage(timeframes, specs)]
+    markets = [(a.config.account, account_markets(a, known)) for a in accounts]
+    watermarks = WatermarkStage(markets, step)
+    return [
+        CandleStage(timeframes),
+        watermarks,
+        FundingStage(markets),
+        *strategies,
+        IndicatorStage(timeframes, specs),
+    ]
 
 
 def account_stages(

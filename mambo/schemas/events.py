@@ -225,7 +225,8 @@ class AccountEvent(MarketEvent):
 class AccountFeed(Event):
     """One market's progress as one account sees it (the internal ``account.feed`` topic, keyed by
     account): a closed candle of the account's trading timeframe with the aggregated signal decided
-    on it (None when the strategies gave none), or only a watermark.
+    on it (None when the strategies gave none), a perpetual's funding settled at a funding time, or only
+    a watermark.
 
     ``watermark``: the market has published every candle of this account that ends at or before it
     (a candle's own end, or the last trade its market stage has seen). The account stage merges its
@@ -237,6 +238,8 @@ class AccountFeed(Event):
     watermark: TsNs
     candle: Candle | None = None
     signal: AggregatedSignal | None = None
+    #: a funding time of the market: the account stage settles it after the candles that end by then
+    funding: FundingRate | None = None
 
     @property
     def market(self) -> str:
@@ -311,6 +314,7 @@ class Position(AccountEvent):
     unrealized_pnl: Decimal
     fees: Decimal
     mark_price: Decimal
+    liquidation_price: Decimal | None = Field(None, description="perpetuals: the venue's, by its formula")
 
 
 class EquitySnapshot(Event):
@@ -323,6 +327,10 @@ class EquitySnapshot(Event):
     realized_pnl: Decimal
     unrealized_pnl: Decimal
     fees: Decimal
+    funding: Decimal = Field(
+        Decimal(0),
+        description="perpetuals: funding received (negative: paid), and what an insurance fund covered",
+    )
     drawdown: float = 0.0
 
 
@@ -437,3 +445,6 @@ class Liquidation(AccountEvent):
     margin_mode: MarginMode
     margin_balance: Decimal = Field(description="the margin balance that triggered it")
     maintenance_margin: Decimal
+
+
+AccountFeed.model_rebuild()  # its funding is defined after it

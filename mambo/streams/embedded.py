@@ -28,8 +28,17 @@ from mambo.core.stages import (
     build_stages,
 )
 from mambo.schemas.batches import TradeBatch, validate_trades
-from mambo.schemas.events import Candle, DeadLetter, Fill, Order, Quote
-from mambo.schemas.topics import EXCHANGE_CANDLES, FILLS, ORDERS, QUOTES, TRADES, by_name, dlq_topic
+from mambo.schemas.events import Candle, DeadLetter, Fill, FundingRate, Order, Quote
+from mambo.schemas.topics import (
+    EXCHANGE_CANDLES,
+    FILLS,
+    FUNDING_RATES,
+    ORDERS,
+    QUOTES,
+    TRADES,
+    by_name,
+    dlq_topic,
+)
 from mambo.streams.bus import EventBus, Observer
 
 __all__ = ["EmbeddedRuntime", "ReplayProgress", "SinkObserver", "run_replay"]
@@ -129,6 +138,23 @@ class EmbeddedRuntime:
                 self.bus.dead_letter(EXCHANGE_CANDLES.name, c, f"unknown market {c.key}")
             else:
                 self.bus.publish(EXCHANGE_CANDLES.name, c)
+
+    def ingest_funding(self, rates: Sequence[FundingRate]) -> None:
+        """Perpetuals' funding times, each in its market's stream after the trades before it: the
+        market's candles that end by then close, then the funding goes to its accounts (settled on a
+        position of a futures account, :class:`~mambo.core.stages.AccountStage`)."""
+        candles = next(s for s in self.stages if isinstance(s, CandleStage))
+        marks = next(s for s in self.stages if isinstance(s, WatermarkStage))
+        for r in rates:
+            if self.known_markets is not None and r.key not in self.known_markets:
+                self.bus.dead_letter(FUNDING_RATES.name, r, f"unknown market {r.key}")
+                continue
+            for topic, event in [
+                *candles.flush(r.ts_event, r.ts_init, [r.key]),
+                *marks.advance(r.ts_event, [r.key], r.ts_init),
+            ]:
+                self.bus.publish(topic, event)
+            self.bus.publish(FUNDING_RATES.name, r)
 
     def dead_letters(self, letters: Sequence[DeadLetter]) -> None:
         for d in letters:

@@ -39,8 +39,8 @@ from mambo.core.stages import (
     market_stages,
 )
 from mambo.schemas.batches import TradeBatch, validate_trades
-from mambo.schemas.events import AccountFeed, Candle, DeadLetter, make_id
-from mambo.schemas.topics import ACCOUNT_FEED, EXCHANGE_CANDLES, TRADES, dlq_topic
+from mambo.schemas.events import AccountFeed, Candle, DeadLetter, FundingRate, make_id
+from mambo.schemas.topics import ACCOUNT_FEED, EXCHANGE_CANDLES, FUNDING_RATES, TRADES, dlq_topic
 from mambo.streams.bus import EventBus
 
 __all__ = ["ACCOUNT_PREFIX", "MarketPipelines"]
@@ -182,6 +182,31 @@ class MarketPipelines:
             for topic, feed in marker.advance(watermark, [key], ts_init):
                 bus.publish(topic, feed)
             touched[key] = None
+        return list(touched)
+
+    def ingest_funding(self, rates: Sequence[FundingRate]) -> list[str]:
+        """Perpetuals' funding times, each in its market's stream after the trades before it (a
+        source's in-line record on md.trades): the market's candles that end by then close, then its
+        accounts get the funding in their feed; the keys touched."""
+        touched: dict[str, None] = {}
+        for r in rates:
+            if self.known_markets is not None and r.key not in self.known_markets:
+                self.emit(
+                    dlq_topic(FUNDING_RATES.name), _dead(FUNDING_RATES.name, r, f"unknown market {r.key}")
+                )
+                continue
+            self.advance([(r.key, r.ts_event, r.ts_init)])
+            self._bus(r.key).publish(FUNDING_RATES.name, r)
+            touched[r.key] = None
+        return list(touched)
+
+    def ingest_inline(self, steps: Sequence[tuple[str, int, int] | FundingRate]) -> list[str]:
+        """A source's in-line records of md.trades, in order: watermarks (:meth:`advance`) and funding
+        times (:meth:`ingest_funding`); the keys touched."""
+        touched: dict[str, None] = {}
+        for step in steps:
+            keys = self.ingest_funding([step]) if isinstance(step, FundingRate) else self.advance([step])
+            touched.update(dict.fromkeys(keys))
         return list(touched)
 
     def ingest_feed(self, feeds: Sequence[AccountFeed]) -> list[str]:

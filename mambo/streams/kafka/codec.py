@@ -38,6 +38,7 @@ __all__ = [
     "encode_trades",
     "encode_watermark",
     "headers_for",
+    "is_funding",
     "is_watermark",
     "runs_of_trades",
 ]
@@ -260,6 +261,10 @@ def dead_letter(
 
 WATERMARK_TYPE = b"MarketWatermark"
 WATERMARK_HEADERS: Headers = [(SCHEMA_HEADER, b"1"), (TYPE_HEADER, WATERMARK_TYPE)]
+#: A perpetual's funding time, in line with its market's trades the same way (a copy of the md.funding
+#: record): the worker settles it after the candles that end by then, wherever the markets ran.
+FUNDING_TYPE = b"FundingRate"
+_INLINE_TYPES = (WATERMARK_TYPE, FUNDING_TYPE)
 
 
 def encode_watermark(key: str, watermark: int, ts_init: int) -> bytes:
@@ -268,8 +273,14 @@ def encode_watermark(key: str, watermark: int, ts_init: int) -> bytes:
 
 
 def is_watermark(headers: Any) -> bool:
-    """Whether a md.trades record is a source watermark (by its type header), not a trade."""
-    return any(name == TYPE_HEADER and value == WATERMARK_TYPE for name, value in headers or ())
+    """Whether a md.trades record is a source's in-line record (by its type header: a watermark, or a
+    funding time), not a trade."""
+    return any(name == TYPE_HEADER and value in _INLINE_TYPES for name, value in headers or ())
+
+
+def is_funding(headers: Any) -> bool:
+    """Whether an in-line md.trades record is a funding time (a FundingRate), not a watermark."""
+    return any(name == TYPE_HEADER and value == FUNDING_TYPE for name, value in headers or ())
 
 
 def decode_watermark(value: bytes | None) -> tuple[str, int, int]:

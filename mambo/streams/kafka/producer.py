@@ -17,8 +17,8 @@ import structlog
 from confluent_kafka import KafkaError, Message, Producer
 
 from mambo.schemas.batches import TradeBatch
-from mambo.schemas.events import Event
-from mambo.schemas.topics import TRADES, Topic, by_name
+from mambo.schemas.events import Event, FundingRate
+from mambo.schemas.topics import FUNDING_RATES, TRADES, Topic, by_name
 from mambo.streams.kafka.codec import (
     WATERMARK_HEADERS,
     Headers,
@@ -98,6 +98,15 @@ class KafkaPublisher:
         trade of it before ``watermark`` is still to come (see :mod:`mambo.streams.kafka.codec`)."""
         for key in keys:
             self._produce(TRADES.name, key, encode_watermark(key, watermark, ts_init), WATERMARK_HEADERS)
+        self._producer.poll(0)
+
+    def publish_funding(self, rates: Iterable[FundingRate]) -> None:
+        """Queue perpetuals' funding times on md.funding (the history) and, in line with each market's
+        trades, on md.trades (where the worker settles it: after the trades before it, whatever the
+        interleaving of the topics; see :mod:`mambo.streams.kafka.codec`)."""
+        for rate in rates:
+            self.publish(FUNDING_RATES, rate)
+            self._produce(TRADES.name, rate.key, rate.model_dump_json().encode(), headers_for(FundingRate))
         self._producer.poll(0)
 
     def flush(self, timeout: float = 30.0) -> None:

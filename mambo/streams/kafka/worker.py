@@ -117,8 +117,8 @@ from mambo.core.market import Market
 from mambo.core.stages import Account, EngineConfig, Stage
 from mambo.metrics import ASSIGNED_PARTITIONS, REBALANCES, TRANSACTION_SECONDS, TRANSACTIONS
 from mambo.schemas.batches import TradeBatch
-from mambo.schemas.events import AccountFeed, Candle, Event
-from mambo.schemas.topics import ACCOUNT_FEED, EXCHANGE_CANDLES, TRADES, by_name, dlq_topic
+from mambo.schemas.events import AccountFeed, Candle, Event, FundingRate
+from mambo.schemas.topics import ACCOUNT_FEED, EXCHANGE_CANDLES, FUNDING_RATES, TRADES, by_name, dlq_topic
 from mambo.streams.kafka.codec import (
     DecodeError,
     Headers,
@@ -129,6 +129,7 @@ from mambo.streams.kafka.codec import (
     decode_watermark,
     encode,
     headers_for,
+    is_funding,
     runs_of_trades,
 )
 from mambo.streams.kafka.producer import PRODUCER_DEFAULTS
@@ -641,13 +642,17 @@ class Worker:
         return self._run(producer, lambda: self.pipelines.ingest_candles(candles))
 
     def _watermarks(self, producer: Producer, partition: int, msgs: list[Message]) -> list[str]:
-        marks: list[tuple[str, int, int]] = []
+        """A source's in-line records, in order: watermarks, and funding times."""
+        steps: list[tuple[str, int, int] | FundingRate] = []
         for m in msgs:
             try:
-                marks.append(decode_watermark(m.value()))
+                if is_funding(m.headers()):
+                    steps.append(decode(FUNDING_RATES, m.value(), m.headers()))  # type: ignore[arg-type]
+                else:
+                    steps.append(decode_watermark(m.value()))
             except DecodeError as ex:
                 self._dead_letter(producer, TRADES.name, partition, m, str(ex))
-        return self._run(producer, lambda: self.pipelines.advance(marks))
+        return self._run(producer, lambda: self.pipelines.ingest_inline(steps))
 
     def _feeds(self, producer: Producer, partition: int, msgs: list[Message]) -> list[str]:
         feeds: list[AccountFeed] = []
