@@ -1,4 +1,5 @@
-"""Fills against positions, exactly (Decimal): each market's position is the signed sum of its fills.
+"""Fills against positions, exactly (Decimal): each market's position is the signed sum of its fills
+(and of the venue's liquidations of a perpetual, which close what they take without a fill).
 
 A buy adds its quantity and a sell takes it away; a fee charged in the market's base currency
 (``fee_currency`` equal to the base of the symbol, as Binance charges a spot buy) takes the fee away
@@ -45,6 +46,13 @@ def fills_sum_to_positions(client: Client, database: str) -> Finding:
     by_market: dict[tuple[str, str], list[tuple[int, str, Decimal]]] = defaultdict(list)
     for account, ex, sym, ts, fill_id, side, qty, fee, currency in fills:
         by_market[(account, market_key(ex, sym))].append((ts, fill_id, held(side, qty, fee, currency, sym)))
+    for account, ex, sym, ts, event_id, side, qty in client.query(
+        "SELECT account, exchange, symbol, toUnixTimestamp64Nano(ts_event), event_id, side, qty "
+        f"FROM `{database}`.`liquidations` FINAL"
+    ).result_rows:  # the position event of a liquidation derives from its id, as a fill's does
+        by_market[(account, market_key(ex, sym))].append((ts, event_id, qty if side == "buy" else -qty))
+    for rows in by_market.values():
+        rows.sort(key=lambda r: r[0])
     bad, example = 0, ""
     for key in sorted(by_market.keys() | last.keys()):
         problem = _first_difference(key, by_market.get(key, []), positions, last.get(key))

@@ -13,7 +13,9 @@ every runtime, by the same code as the backtests.
   plus the open positions' PnL at their marks, worked out here from the events.
 * Funding times (made up here: the recording holds none) in the perpetuals' streams are settled on
   the positions held at them, ``−qty × mark × rate`` worked out here from the fills and candles, the
-  same in the embedded runtime and the stage groups however the markets interleave.
+  same in the embedded runtime and the stage groups however the markets interleave; and Binance's
+  recording across a real funding time is booked as the local exchange books it.
+* A liquidation's history passes ``mambo audit`` (positions are the fills and liquidations summed).
 """
 
 from __future__ import annotations
@@ -377,3 +379,83 @@ def test_funding_is_settled_on_the_positions_held_the_same_in_every_interleaving
         for account in ("spot", "perp"):
             assert_same(by_account(got, account), by_account(ref, account))
         assert [e.event_id for e in of(got, "funding")] == [e.event_id for e in payments]
+
+
+def test_a_liquidation_s_history_passes_the_audit(clickhouse_client: Any, clickhouse_db: str) -> None:
+    """The crash run into ClickHouse: the liquidation is in its table, the position it closed in the
+    positions table, and every invariant of ``mambo audit`` holds over the history (the positions are
+    the fills and the liquidations summed)."""
+    from mambo.audit import audit
+    from mambo.connectors.clickhouse import ClickHouseSink
+    from mambo.streams.embedded import SinkObserver
+
+    config = EngineConfig(
+        timeframes=("1s",),
+        trading_timeframe="1s",
+        strategies=("sma_cross",),
+        strategy_params={"sma_cross": {"fast": 3, "slow": 10}},
+        initial_cash=D(1000),
+        risk=RiskConfig(position_fraction=D("0.5")),
+        futures=MarginConfig(leverage=50, margin_mode="isolated"),
+    )
+    batch = crash()
+    rt = EmbeddedRuntime([Account(config, frozenset([PERP]))], known_markets=batch.keys)
+    sink = ClickHouseSink(clickhouse_client, clickhouse_db)
+    rt.observe(SinkObserver(sink))
+    rt.ingest_trades(batch)
+    rt.finish()
+    sink.flush()
+    liqs = clickhouse_client.query("SELECT qty, price, realized_pnl FROM liquidations FINAL").result_rows
+    assert len(liqs) == 1
+    report = audit(clickhouse_client, clickhouse_db)
+    assert [f for f in report.findings if not f.ok] == []
+
+
+def test_a_recorded_funding_time_is_booked_in_paper_as_on_the_local_exchange() -> None:
+    """Binance's own recording across 2023-04-05 00:00 UTC (the local exchange's funding test replays
+    it): its trades through the paper account, a scripted long held across the funding time, and the
+    funding of the frame the local exchange settles with (its first mark frame at or after the funding
+    time: that frame's rate and mark). The payment is ``−qty × mark × rate`` of that frame, as the local
+    exchange books it (tests/exchange/test_futures.py)."""
+    from mambo.exchange.binance.futures import load_usdm_recording
+    from tests.exchange.test_futures import FIXTURE, FUNDING_TIME, funding_frame
+
+    frames = load_usdm_recording(FIXTURE)
+    trades = [
+        Trade(
+            event_id=f"t{d['t']}", ts_event=d["T"] * 10**6, ts_init=d["T"] * 10**6, exchange="binanceusdm",
+            symbol="BTC/USDT:USDT", trade_id=str(d["t"]), price=float(d["p"]), qty=float(d["q"]),
+        )
+        for _, stream, d in frames
+        if stream == "trade"
+    ]  # fmt: skip
+    frame = funding_frame()
+    t = FUNDING_TIME * 10**6
+    rate = FundingRate(
+        event_id="funding", ts_event=t, ts_init=t, exchange="binanceusdm", symbol="BTC/USDT:USDT",
+        rate=float(frame["r"]), mark_price=float(frame["p"]),
+    )  # fmt: skip
+    batch = TradeBatch.from_trades(trades)
+    assert batch.ts[0] < t < batch.ts[-1]
+    scripted = "tests.streams.scripted:Scripted"
+    config = EngineConfig(
+        timeframes=("1s",),
+        trading_timeframe="1s",
+        strategies=(scripted,),
+        strategy_params={scripted: {"buy_at": 3, "sell_at": 10**9}},
+        fee_taker=D("0.0004"),
+        futures=MarginConfig(leverage=10),
+    )
+    rt = EmbeddedRuntime([Account(config, frozenset([PERP]))], known_markets=batch.keys, metrics=False)
+    out: list[tuple[str, Any]] = []
+    rt.observe(lambda topic, e: out.append((topic, e)))
+    for item in stream(batch, [rate]):
+        if isinstance(item, FundingRate):
+            rt.ingest_funding([item])
+        else:
+            rt.ingest_trades(item)
+    [fill] = of(out, "fills")
+    assert fill.ts_event < t
+    [payment] = of(out, "funding")
+    assert payment.amount == -fill.qty * D(frame["p"]) * D(frame["r"])
+    assert (payment.qty, payment.mark_price, payment.ts_event) == (fill.qty, D(frame["p"]), t)
