@@ -167,6 +167,7 @@ _AREAS: tuple[str, ...] = (
     "mambo.commands.audit",
     "mambo.commands.history",
     "mambo.commands.notify",
+    "mambo.commands.ctl",
 )
 
 for _area in _AREAS:

@@ -74,18 +74,18 @@ from mambo.core.stages import Account, EngineConfig, Stage
 from mambo.metrics import ASSIGNED_PARTITIONS, REBALANCES, TRANSACTION_SECONDS, TRANSACTIONS
 from mambo.notify import notifications
 from mambo.schemas.batches import TradeBatch
-from mambo.schemas.events import AccountFeed, FundingRate
-from mambo.schemas.topics import ACCOUNT_FEED, FUNDING_RATES, TRADES, by_name, dlq_topic
+from mambo.schemas.events import AccountFeed, ControlCommand
+from mambo.schemas.topics import ACCOUNT_FEED, TRADES, by_name, dlq_topic
 from mambo.streams.kafka.codec import (
     DecodeError,
+    Inline,
     check_trades,
     dead_letter,
     decode,
+    decode_inline,
     decode_trades,
-    decode_watermark,
     encode,
     headers_for,
-    is_funding,
     runs_of_trades,
 )
 from mambo.streams.kafka.topology import STATE_MAX_BYTES
@@ -344,16 +344,17 @@ class FaustPipeline:
 
     def _run_marks(self, partition: int, part: list[faust.types.EventT]) -> list[str]:
         """A source's in-line records, in order: watermarks, and funding times."""
-        steps: list[tuple[str, int, int] | FundingRate] = []
+        steps: list[Inline] = []
         for ev in part:
             try:
-                if is_funding(ev.message.headers):
-                    steps.append(decode(FUNDING_RATES, ev.message.value, ev.message.headers))  # type: ignore[arg-type]
-                else:
-                    steps.append(decode_watermark(ev.message.value))
+                steps.append(decode_inline(ev.message.value, ev.message.headers))
             except DecodeError as ex:
                 self._dead(TRADES.name, partition, ev, str(ex))
-        self._held([s.key if isinstance(s, FundingRate) else s[0] for s in steps], partition)
+        keys = [
+            s[0] if isinstance(s, tuple) else s.market if isinstance(s, ControlCommand) else s.key
+            for s in steps
+        ]
+        self._held(keys, partition)
         return self.pipelines.ingest_inline(steps)
 
     def _run_trades(self, partition: int, part: list[faust.types.EventT]) -> list[str]:

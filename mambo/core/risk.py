@@ -9,8 +9,9 @@ Rules, by their ``rule`` name in a :class:`~mambo.schemas.events.RiskRejection`:
 
 * ``invalid``: a malformed intent (no usable price, qty <= 0, a limit order without a limit).
 * ``no_position``: a reduce-only intent with nothing (left) to reduce.
-* ``max_drawdown``: the kill switch. Once equity falls ``max_drawdown`` below its peak, new entries
-  are refused until :meth:`RiskEngine.resume`; exits still pass.
+* ``max_drawdown``: the kill switch. Once equity falls ``max_drawdown`` below its peak (or a ``halt``
+  control command came), new entries are refused until :meth:`RiskEngine.resume`; exits still pass.
+* ``reduce_only``: in reduce-only mode (a control command), every entry is refused.
 * ``cooldown``: no new entry in a market for ``cooldown_ns`` (event time) after a stop-out there.
 * ``rate_limit``: at most ``max_orders_per_minute`` orders in any minute of event time.
 * ``no_equity``: nothing to size an order from.
@@ -153,8 +154,10 @@ class RiskEngine:
     fee_rate: Decimal = _ZERO
     #: the account whose stops this engine places (its orders and rejections take their intent's)
     account: str = DEFAULT_ACCOUNT
-    #: True once the drawdown kill switch has fired; only :meth:`resume` clears it.
+    #: True once the drawdown kill switch fired (or a halt command came); only :meth:`resume` clears it.
     halted: bool = field(init=False, default=False)
+    #: reduce-only mode (a control command): entries are refused, exits pass
+    reduce_only: bool = field(init=False, default=False)
     _markets: dict[str, Market] = field(init=False)
     _cooldown_until: dict[str, int] = field(init=False, default_factory=dict)
     _recent: deque[int] = field(init=False, default_factory=deque)  # ts_event of orders let through
@@ -281,11 +284,14 @@ class RiskEngine:
     def _check_entry_gates(self, intent: OrderIntent, portfolio: Portfolio) -> None:
         """The rules that stop entries whatever their size: kill switch, cooldown, rate limit."""
         cfg, ts = self.config, intent.ts_event
+        if self.reduce_only:
+            raise _Denied("reduce_only", "reduce-only mode (a control command): entries are refused")
         self._update_halt(portfolio)
         if self.halted:
+            limit = f"{cfg.max_drawdown:.2%}" if cfg.max_drawdown is not None else "none"
             raise _Denied(
                 "max_drawdown",
-                f"trading halted: drawdown {portfolio.drawdown:.2%} reached the limit {cfg.max_drawdown:.2%}",
+                f"trading halted (drawdown {portfolio.drawdown:.2%}, limit {limit}; or a halt command)",
             )
         until = self._cooldown_until.get(intent.key, 0)
         if ts < until:

@@ -45,6 +45,9 @@ import numpy.typing as npt
 
 from mambo.core.aggregation import SignalAggregator
 from mambo.core.candles import CandleBuilder
+from mambo.core.control import StrategyControl, command_params
+from mambo.core.control import check as check_command
+from mambo.core.control import result as control_result
 from mambo.core.execution import PaperBroker
 from mambo.core.indicators import IndicatorSet
 from mambo.core.intents import IntentPolicy
@@ -59,14 +62,16 @@ from mambo.core.market import Market
 from mambo.core.merge import EventTimeMerge
 from mambo.core.portfolio import Portfolio
 from mambo.core.risk import RiskConfig, RiskEngine
-from mambo.core.strategies import Bar, Strategy, load_strategy, make_signal
+from mambo.core.strategies import Bar, Decision, load_strategy, make_signal
 from mambo.schemas.batches import TradeBatch
 from mambo.schemas.events import (
     DEFAULT_ACCOUNT,
     FINAL_STATUSES,
+    STRATEGY_ACTIONS,
     AccountFeed,
     AggregatedSignal,
     Candle,
+    ControlCommand,
     DeadLetter,
     Fill,
     FundingRate,
@@ -81,6 +86,8 @@ from mambo.schemas.events import (
 )
 from mambo.schemas.topics import (
     ACCOUNT_FEED,
+    CONTROL_MARKETS,
+    CONTROL_RESULTS,
     EQUITY,
     EXCHANGE_CANDLES,
     FILLS,
@@ -104,6 +111,7 @@ __all__ = [
     "Account",
     "AccountStage",
     "CandleStage",
+    "ControlStage",
     "EngineConfig",
     "ExecutionStage",
     "FundingStage",
@@ -365,6 +373,22 @@ class IndicatorStage(Stage):
         self.specs = tuple(dict.fromkeys(specs))
         self.inputs = tuple(candle_topic(tf) for tf in timeframes)
         self.sets: dict[tuple[str, str], IndicatorSet] = {}
+        #: specs a market's strategies came to need (new parameters), computed from then on, by market
+        self.extra: dict[str, tuple[str, ...]] = {}
+        self._extra_sets: dict[tuple[str, str], IndicatorSet] = {}
+
+    def require(self, key: str, specs: Iterable[str]) -> None:
+        """Compute ``specs`` for market ``key`` too, from its next candle on (they warm up from there).
+        ValueError for a spec the indicator set does not know."""
+        new = tuple(
+            s for s in dict.fromkeys(specs) if s not in self.specs and s not in self.extra.get(key, ())
+        )
+        if not new:
+            return
+        IndicatorSet(new)  # refuses an unknown spec before anything changes
+        self.extra[key] = (*self.extra.get(key, ()), *new)
+        for k in [k for k in self._extra_sets if k[0] == key]:
+            del self._extra_sets[k]  # made anew with every extra spec (the earlier ones warm up again)
 
     def handle(self, topic: str, payload: Any) -> Out:
         c: Candle = payload
@@ -377,6 +401,12 @@ class IndicatorStage(Stage):
             for k, v in ind.update(c.open_time, c.open, c.high, c.low, c.close, c.volume).items()
             if v == v
         }
+        if c.key in self.extra:
+            extra = self._extra_sets.get((c.key, c.timeframe))
+            if extra is None:
+                extra = self._extra_sets[(c.key, c.timeframe)] = IndicatorSet(self.extra[c.key])
+            update = extra.update(c.open_time, c.open, c.high, c.low, c.close, c.volume)
+            values.update({k: v for k, v in update.items() if v == v})
         ev = IndicatorValues.model_construct(
             event_id=make_id("indicators", c.key, c.timeframe, c.open_time),
             ts_event=c.ts_event,
@@ -396,29 +426,59 @@ class StrategyStage(Stage):
 
     name = "strategies"
 
-    def __init__(self, config: EngineConfig, markets: frozenset[str] | None = None) -> None:
+    def __init__(
+        self,
+        config: EngineConfig,
+        markets: frozenset[str] | None = None,
+        indicators: IndicatorStage | None = None,
+    ) -> None:
         self.config = config
         self.account = config.account
         self.markets = markets  # the account's markets; None: every market
         self.timeframe = config.trading_timeframe
-        self.inputs = (candle_topic(self.timeframe), INDICATORS.name)
+        self.indicators = indicators  # asked for what new parameters need (control commands)
+        self.inputs = (candle_topic(self.timeframe), INDICATORS.name, CONTROL_MARKETS.name)
         self.last_candle: dict[str, Candle] = {}
-        self.strategies: dict[str, list[Strategy]] = {}
+        #: each market's strategies as control commands left them (mambo.core.control)
+        self.controls: dict[str, list[StrategyControl]] = {}
         self.aggregators: dict[str, SignalAggregator] = {}
 
-    def _strategies(self, key: str) -> list[Strategy]:
-        s = self.strategies.get(key)
+    def _controls(self, key: str) -> list[StrategyControl]:
+        s = self.controls.get(key)
         if s is None:
             cfg = self.config
-            s = self.strategies[key] = [
-                load_strategy(n, **cfg.strategy_params.get(n, {})) for n in cfg.strategies
-            ]
-            self.aggregators[key] = SignalAggregator(
-                [st.name for st in s], threshold=cfg.aggregation_threshold
-            )
+            s = []
+            for ref in cfg.strategies:
+                params = dict(cfg.strategy_params.get(ref, {}))
+                strategy = load_strategy(ref, **params)
+                s.append(StrategyControl(ref, strategy.name, params, strategy=strategy))
+            self.controls[key] = s
+            self.aggregators[key] = SignalAggregator([c.name for c in s], threshold=cfg.aggregation_threshold)
         return s
 
+    def _control(self, cmd: ControlCommand) -> Out:
+        """A strategy command for one of this account's markets (an account command goes on through
+        :class:`ControlStage`)."""
+        if cmd.account != self.account or cmd.action not in STRATEGY_ACTIONS or not cmd.market:
+            return []
+        if self.markets is not None and cmd.market not in self.markets:
+            return []
+        found = [c for c in self._controls(cmd.market) if cmd.strategy in (c.name, c.ref)]
+        if not found:
+            names = ", ".join(c.name for c in self._controls(cmd.market))
+            why = f"account {self.account} runs no strategy {cmd.strategy!r} (it runs {names})"
+            return [(CONTROL_RESULTS.name, control_result(cmd, "rejected", why))]
+        done, built = found[0].apply(cmd)
+        if built is not None and self.indicators is not None:
+            try:
+                self.indicators.require(cmd.market, built.indicators())
+            except ValueError as e:  # cannot happen for a strategy that built; said if it does
+                done = done.model_copy(update={"reason": f"indicators: {e}"})
+        return [(CONTROL_RESULTS.name, done)]
+
     def handle(self, topic: str, payload: Any) -> Out:
+        if topic == CONTROL_MARKETS.name:
+            return self._control(payload)
         if self.markets is not None and payload.key not in self.markets:
             return []
         if topic != INDICATORS.name:
@@ -431,8 +491,15 @@ class StrategyStage(Stage):
         bar = Bar(candle, ind.values)
         out: Out = []
         agg: AggregatedSignal | None = None
-        for strategy in self._strategies(ind.key):
-            sig: Signal = make_signal(strategy, bar, strategy.on_bar(bar), ind.ts_init)
+        for control in self._controls(ind.key):
+            if control.status == "stopped":
+                sig: Signal = make_signal(control.name, bar, Decision.hold(), ind.ts_init)
+            else:
+                strategy = control.build()
+                decision = strategy.on_bar(bar)  # paused: it runs on, its state warm, and holds
+                sig = make_signal(
+                    strategy, bar, decision if control.status == "running" else Decision.hold(), ind.ts_init
+                )
             out.append((SIGNALS_RAW.name, sig))
             agg = self.aggregators[ind.key].on_signal(sig, ind.ts_init) or agg
         if agg is not None:
@@ -537,6 +604,50 @@ class FundingStage(Stage):
             )
             out.append((ACCOUNT_FEED.name, feed))
         return out
+
+
+class ControlStage(Stage):
+    """Account commands (halt, resume, reduce_only, force_exit) of the control topic → a control
+    :class:`AccountFeed` for the account, in line with the market's stream: right after the last
+    trade it has seen (time ``last trade + 1 ns``, so after every candle it has published, before
+    its next). A market stage; strategy commands are :class:`StrategyStage`'s."""
+
+    name = "control"
+
+    def __init__(self, accounts: Sequence[tuple[str, frozenset[str] | None]]) -> None:
+        self.accounts = dict(accounts)
+        self.inputs = (TRADES.name, CONTROL_MARKETS.name)
+        self.last: dict[str, int] = {}  # market -> time of the control item or trade last seen
+
+    def handle(self, topic: str, payload: Any) -> Out:
+        if topic == TRADES.name:
+            batch: TradeBatch = payload
+            for code, key in enumerate(batch.keys):
+                ts = batch.ts if len(batch.keys) == 1 else batch.ts[batch.market == code]
+                if len(ts):
+                    self.last[key] = max(self.last.get(key, -1), int(ts.max()))
+            return []
+        cmd: ControlCommand = payload
+        if cmd.action in STRATEGY_ACTIONS or not cmd.market or cmd.account not in self.accounts:
+            return []
+        markets = self.accounts[cmd.account]
+        if markets is not None and cmd.market not in markets:
+            return []
+        at = self.last[cmd.market] = self.last.get(cmd.market, 0) + 1  # after the last, before the next
+        feed = AccountFeed.model_construct(
+            event_id=make_id("feed", cmd.account, cmd.command_id, cmd.market),
+            ts_event=at,
+            ts_init=cmd.ts_init,
+            account=cmd.account,
+            exchange=cmd.exchange,
+            symbol=cmd.symbol,
+            watermark=at - 1,
+            candle=None,
+            signal=None,
+            funding=None,
+            control=cmd,
+        )
+        return [(ACCOUNT_FEED.name, feed)]
 
 
 class IntentStage(Stage):
@@ -657,17 +768,22 @@ class AccountStage(Stage):
             for topic in stage.inputs:
                 self._readers.setdefault(topic, []).append(stage)
         self.merge: EventTimeMerge[AccountFeed] = EventTimeMerge(account_markets)
+        #: control commands taken, (command id, market for force_exit else ""), and the last version
+        self.commands: set[tuple[str, str]] = set()
+        self.control_version = 0
 
     def handle(self, topic: str, payload: Any) -> Out:
         feed: AccountFeed = payload
         if feed.account != self.account:
             return []
-        takes = feed.candle is not None or feed.funding is not None
+        takes = feed.candle is not None or feed.funding is not None or feed.control is not None
         if self.config.ordering == "arrival":
             steps = [feed] if takes else []
         else:
             if feed.funding is not None:  # right after the candle that ends at the funding time
                 time = feed.funding.ts_event + 1
+            elif feed.control is not None:  # where the market stage put it (ControlStage)
+                time = feed.ts_event
             else:
                 time = feed.candle.ts_event if feed.candle is not None else feed.watermark
             steps = self.merge.push(feed.market, time, feed if takes else None, feed.watermark)
@@ -697,11 +813,65 @@ class AccountStage(Stage):
         if feed.funding is not None:
             self._fund(feed.funding, out)
             return out
+        if feed.control is not None:
+            self._command(feed.control, out)
+            return out
         assert feed.candle is not None
         self._dispatch(candle_topic(self.timeframe), feed.candle, out, own=False)
         if feed.signal is not None:
             self._dispatch(SIGNALS.name, feed.signal, out, own=False)
         return out
+
+    def _command(self, cmd: ControlCommand, out: Out) -> None:
+        """An account command (:mod:`mambo.core.control`), in its market's place in the merge. A command
+        for every market comes once per market: it acts at the first, force_exit in each."""
+        seen = (cmd.command_id, cmd.market) if cmd.action == "force_exit" else (cmd.command_id, "")
+        if seen in self.commands:
+            return
+        first = not any(c == cmd.command_id for c, _ in self.commands)
+        self.commands.add(seen)
+        if first and cmd.version <= self.control_version:
+            why = f"stale: version {cmd.version}, {self.control_version} applied"
+            self._dispatch(CONTROL_RESULTS.name, control_result(cmd, "rejected", why), out)
+            return
+        problem = check_command(cmd)
+        if problem is not None:
+            self._dispatch(CONTROL_RESULTS.name, control_result(cmd, "rejected", problem), out)
+            return
+        self.control_version = max(self.control_version, cmd.version)
+        if cmd.action == "halt":
+            self.risk.halted = True
+        elif cmd.action == "resume":
+            self.risk.resume()
+        elif cmd.action == "reduce_only":
+            self.risk.reduce_only = bool(command_params(cmd).get("on", True))
+        elif cmd.action == "force_exit":
+            self._force_exit(cmd, out)
+        self._dispatch(CONTROL_RESULTS.name, control_result(cmd, "applied"), out)
+
+    def _force_exit(self, cmd: ControlCommand, out: Out) -> None:
+        """Close the market's position at market, through risk as a strategy's exit would go."""
+        qty = self.portfolio.position(cmd.market)
+        if not qty:
+            return
+        pos = self.portfolio.positions[cmd.market]
+        client_order_id = make_id("order", self.account, cmd.command_id, cmd.market)
+        intent = OrderIntent(
+            event_id=make_id("order_intent", client_order_id),
+            account=self.account,
+            ts_event=cmd.ts_event,
+            ts_init=cmd.ts_init,
+            exchange=cmd.exchange,
+            symbol=cmd.symbol,
+            client_order_id=client_order_id,
+            strategy="control",
+            side="sell" if qty > 0 else "buy",
+            qty=None,
+            reduce_only=True,
+            reason=f"force_exit by {cmd.who}: {cmd.why}".rstrip(": "),
+            price=float(pos.mark_price),
+        )
+        self._dispatch(INTENTS.name, intent, out)
 
     def _fund(self, rate: FundingRate, out: Out) -> None:
         """A funding time: the position pays or receives ``qty × mark × rate`` (the margin account's
@@ -804,18 +974,24 @@ def market_stages(
     the run's markets (see :func:`account_markets`)."""
     accounts = _accounts(config)
     timeframes = tuple(dict.fromkeys(tf for a in accounts for tf in a.config.timeframes))
-    specs: list[str] = []
+    specs = [
+        spec
+        for a in accounts
+        for spec in (
+            *(
+                s
+                for name in a.config.strategies
+                for s in load_strategy(name, **a.config.strategy_params.get(name, {})).indicators()
+            ),
+            *a.config.indicators,
+        )
+    ]
+    indicators = IndicatorStage(timeframes, specs)
     strategies: list[Stage] = []
     for a in accounts:
         cfg = a.config
-        specs += [
-            spec
-            for name in cfg.strategies
-            for spec in load_strategy(name, **cfg.strategy_params.get(name, {})).indicators()
-        ]
-        specs += cfg.indicators
         # before indicators: it keeps the candle the values belong to
-        strategies.append(StrategyStage(cfg, a.markets))
+        strategies.append(StrategyStage(cfg, a.markets, indicators))
     step = min(timeframe_ns(a.config.trading_timeframe) for a in accounts)
     markets = [(a.config.account, account_markets(a, known)) for a in accounts]
     watermarks = WatermarkStage(markets, step)
@@ -823,8 +999,9 @@ def market_stages(
         CandleStage(timeframes),
         watermarks,
         FundingStage(markets),
+        ControlStage(markets),
         *strategies,
-        IndicatorStage(timeframes, specs),
+        indicators,
     ]
 
 

@@ -240,6 +240,8 @@ class AccountFeed(Event):
     signal: AggregatedSignal | None = None
     #: a funding time of the market: the account stage settles it after the candles that end by then
     funding: FundingRate | None = None
+    #: a command to the account (halt, resume, reduce_only, force_exit) where it came in the market's stream
+    control: ControlCommand | None = None
 
     @property
     def market(self) -> str:
@@ -447,4 +449,56 @@ class Liquidation(AccountEvent):
     maintenance_margin: Decimal
 
 
-AccountFeed.model_rebuild()  # its funding is defined after it
+ControlAction = Literal["start", "stop", "pause", "set_params", "halt", "resume", "reduce_only", "force_exit"]
+#: The actions on one strategy of an account (the market stages apply them); the rest act on the account.
+STRATEGY_ACTIONS: frozenset[str] = frozenset({"start", "stop", "pause", "set_params"})
+
+
+class ControlCommand(Event):
+    """A command to a running pipeline (the ``control`` topic; :mod:`mambo.core.control`): start, stop
+    or pause one of an account's strategies, change its parameters (``params``, a JSON object), halt
+    the account's entries or resume them, put it in reduce-only mode (``params`` ``{"on": false}``
+    ends it), or close its positions (``force_exit``). ``exchange`` and ``symbol`` name one market,
+    empty: every market of the account. ``version`` increases per account and strategy: a command at
+    or below the version applied there is stale and refused. ``who`` and ``why`` are for the record."""
+
+    command_id: str = Field(min_length=1)
+    account: str = Field(DEFAULT_ACCOUNT, min_length=1)
+    action: ControlAction
+    strategy: str = ""
+    exchange: str = ""
+    symbol: str = ""
+    params: str = Field("{}", description="a JSON object: set_params' parameters, reduce_only's on")
+    version: int = Field(ge=1)
+    who: str = Field(min_length=1)
+    why: str = ""
+
+    @property
+    def key(self) -> str:
+        """Its Kafka key: ``<account>/<strategy>`` (compaction keeps the last command per target)."""
+        return f"{self.account}/{self.strategy}"
+
+    @property
+    def market(self) -> str:
+        return market_key(self.exchange, self.symbol) if self.symbol else ""
+
+
+class ControlResult(Event):
+    """What became of a :class:`ControlCommand` in one market (strategy actions) or in the account:
+    ``applied``, or ``rejected`` with the reason; ``params``, the strategy's parameters in force after
+    it (JSON), so the history says what ran with which parameters when."""
+
+    command_id: str
+    account: str
+    action: ControlAction
+    strategy: str = ""
+    exchange: str = ""
+    symbol: str = ""
+    status: Literal["applied", "rejected"]
+    reason: str = ""
+    params: str = "{}"
+    version: int = 0
+    who: str = ""
+
+
+AccountFeed.model_rebuild()  # its funding and control are defined after it

@@ -22,6 +22,8 @@ from mambo.schemas.events import (
     AccountFeed,
     AggregatedSignal,
     Candle,
+    ControlCommand,
+    ControlResult,
     DeadLetter,
     EquitySnapshot,
     Event,
@@ -45,6 +47,9 @@ from mambo.schemas.events import (
 __all__ = [
     "ACCOUNT_FEED",
     "ALL_TOPICS",
+    "CONTROL",
+    "CONTROL_MARKETS",
+    "CONTROL_RESULTS",
     "DLQ_SUFFIX",
     "INTERNAL_TOPICS",
     "TABLES",
@@ -118,6 +123,18 @@ NOTIFICATIONS = Topic(
     retention_ms=30 * DAY_MS,
 )
 
+#: Commands to a running pipeline (:mod:`mambo.core.control`), compacted by target (account/strategy),
+#: and what became of them: the record of what ran with which parameters when.
+CONTROL = Topic("control", ControlCommand, "control", partitions=1, compacted=True)
+CONTROL_RESULTS = Topic(
+    "control.results",
+    ControlResult,
+    "control_results",
+    key_field="account",
+    partitions=1,
+    retention_ms=365 * DAY_MS,
+)
+
 _MAIN: tuple[Topic, ...] = (
     TRADES,
     QUOTES,
@@ -138,6 +155,8 @@ _MAIN: tuple[Topic, ...] = (
     FUNDING,
     LIQUIDATIONS,
     NOTIFICATIONS,
+    CONTROL,
+    CONTROL_RESULTS,
 )
 #: The market stages' feed to the account stages (:class:`~mambo.schemas.events.AccountFeed`), keyed by
 #: account (``account/<id>``): a repartition topic between the two stage groups, like Kafka Streams'
@@ -150,7 +169,15 @@ _DLQ: tuple[Topic, ...] = tuple(
     for t in (*_MAIN, ACCOUNT_FEED)  # the feed's dead letters are history like any other
 )
 ALL_TOPICS: tuple[Topic, ...] = _MAIN + _DLQ
-_BY_NAME = {t.name: t for t in (*ALL_TOPICS, *INTERNAL_TOPICS)}
+#: A control command's copy for one market (:func:`mambo.core.control.expand`), as the stages take it
+#: in line with the market's stream: a name on the in-process bus only (on Kafka the copy is a record
+#: in line on md.trades); the command itself is on ``control``.
+CONTROL_MARKETS = Topic("control.markets", ControlCommand, "", key_field="market")
+_BUS_ONLY: tuple[Topic, ...] = (
+    CONTROL_MARKETS,
+    Topic(dlq_topic(CONTROL_MARKETS.name), DeadLetter, "dead_letters", partitions=1),
+)
+_BY_NAME = {t.name: t for t in (*ALL_TOPICS, *INTERNAL_TOPICS, *_BUS_ONLY)}
 #: ClickHouse table name -> model. Several topics may share one table (all candle topics -> candles).
 TABLES: dict[str, type[Event]] = {t.table: t.model for t in ALL_TOPICS}
 # Tables no topic feeds: the records of parameter searches (mambo optimize).

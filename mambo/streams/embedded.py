@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from mambo.core.control import expand
 from mambo.core.market import Market
 from mambo.core.portfolio import Portfolio
 from mambo.core.stages import (
@@ -28,8 +29,10 @@ from mambo.core.stages import (
     build_stages,
 )
 from mambo.schemas.batches import TradeBatch, validate_trades
-from mambo.schemas.events import Candle, DeadLetter, Fill, FundingRate, Order, Quote
+from mambo.schemas.events import Candle, ControlCommand, DeadLetter, Fill, FundingRate, Order, Quote
 from mambo.schemas.topics import (
+    CONTROL,
+    CONTROL_MARKETS,
     EXCHANGE_CANDLES,
     FILLS,
     FUNDING_RATES,
@@ -155,6 +158,21 @@ class EmbeddedRuntime:
             ]:
                 self.bus.publish(topic, event)
             self.bus.publish(FUNDING_RATES.name, r)
+
+    def control(self, command: ControlCommand) -> None:
+        """A control command (:mod:`mambo.core.control`), where the markets' streams are now: on the
+        control topic (the record), then a copy in line for each market it concerns (its own, or every
+        market of its account the run has seen); the stages answer on control.results."""
+        self.bus.publish(CONTROL.name, command)
+        for cmd in expand(command, self._account_markets(command.account)):
+            self.bus.publish(CONTROL_MARKETS.name, cmd)
+
+    def _account_markets(self, account: str) -> list[str]:
+        for a in self.accounts:
+            if a.config.account == account and a.markets is not None:
+                return sorted(a.markets)
+        candles = next(s for s in self.stages if isinstance(s, CandleStage))
+        return sorted({*self.markets, *(self.known_markets or ()), *candles.builders})
 
     def dead_letters(self, letters: Sequence[DeadLetter]) -> None:
         for d in letters:

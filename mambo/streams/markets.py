@@ -39,13 +39,24 @@ from mambo.core.stages import (
     market_stages,
 )
 from mambo.schemas.batches import TradeBatch, validate_trades
-from mambo.schemas.events import AccountFeed, Candle, DeadLetter, FundingRate, make_id
-from mambo.schemas.topics import ACCOUNT_FEED, EXCHANGE_CANDLES, FUNDING_RATES, TRADES, dlq_topic
+from mambo.schemas.events import AccountFeed, Candle, ControlCommand, DeadLetter, FundingRate, make_id
+from mambo.schemas.topics import (
+    ACCOUNT_FEED,
+    CONTROL_MARKETS,
+    EXCHANGE_CANDLES,
+    FUNDING_RATES,
+    TRADES,
+    dlq_topic,
+)
 from mambo.streams.bus import EventBus
 
 __all__ = ["ACCOUNT_PREFIX", "MarketPipelines"]
 
 Emit = Callable[[str, Any], None]
+_INPUTS = frozenset({TRADES.name, EXCHANGE_CANDLES.name, FUNDING_RATES.name, CONTROL_MARKETS.name})
+#: An in-line record of a market's stream: a watermark (market key, watermark, ts_init), a funding
+#: time, or a control command's copy for the market.
+Inline = tuple[str, int, int] | FundingRate | ControlCommand
 #: The state key of an account stage (market keys are ``exchange:symbol``).
 ACCOUNT_PREFIX = "account/"
 
@@ -99,7 +110,7 @@ class MarketPipelines:
         return bus
 
     def _forward(self, topic: str, payload: Any) -> None:
-        if topic in (TRADES.name, EXCHANGE_CANDLES.name):  # the inputs are already on their topics
+        if topic in _INPUTS:  # the inputs are on their topics already (a copy of a command: on none)
             return
         if topic == ACCOUNT_FEED.name and self.loopback:
             self.ingest_feed([payload])
@@ -200,13 +211,33 @@ class MarketPipelines:
             touched[r.key] = None
         return list(touched)
 
-    def ingest_inline(self, steps: Sequence[tuple[str, int, int] | FundingRate]) -> list[str]:
-        """A source's in-line records of md.trades, in order: watermarks (:meth:`advance`) and funding
-        times (:meth:`ingest_funding`); the keys touched."""
+    def ingest_inline(
+        self, steps: Sequence[tuple[str, int, int] | FundingRate | ControlCommand]
+    ) -> list[str]:
+        """In-line records of md.trades, in order: watermarks (:meth:`advance`), funding times
+        (:meth:`ingest_funding`) and control commands (:meth:`ingest_control`); the keys touched."""
         touched: dict[str, None] = {}
         for step in steps:
-            keys = self.ingest_funding([step]) if isinstance(step, FundingRate) else self.advance([step])
+            if isinstance(step, FundingRate):
+                keys = self.ingest_funding([step])
+            elif isinstance(step, ControlCommand):
+                keys = self.ingest_control([step])
+            else:
+                keys = self.advance([step])
             touched.update(dict.fromkeys(keys))
+        return list(touched)
+
+    def ingest_control(self, commands: Sequence[ControlCommand]) -> list[str]:
+        """Control commands' copies for one market each (:func:`mambo.core.control.expand`), in line
+        with its stream: its strategy and control stages take them; the keys touched."""
+        touched: dict[str, None] = {}
+        for cmd in commands:
+            if not cmd.market or (self.known_markets is not None and cmd.market not in self.known_markets):
+                why = f"a control command's copy names no market of this run ({cmd.market or 'none'})"
+                self.emit(dlq_topic(CONTROL_MARKETS.name), _dead(CONTROL_MARKETS.name, cmd, why))
+                continue
+            self._bus(cmd.market).publish(CONTROL_MARKETS.name, cmd)
+            touched[cmd.market] = None
         return list(touched)
 
     def ingest_feed(self, feeds: Sequence[AccountFeed]) -> list[str]:

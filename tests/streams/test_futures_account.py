@@ -297,7 +297,8 @@ def stream(batch: TradeBatch, rates: list[FundingRate]) -> list[TradeBatch | Fun
 def with_funding_embedded(batch: TradeBatch, rules: dict[str, Market], config: Any) -> list[tuple[str, Any]]:
     rt = EmbeddedRuntime(config, rules, known_markets=batch.keys, metrics=False)
     out: list[tuple[str, Any]] = []
-    rt.observe(lambda t, e: out.append((t, e)) if t not in ("md.trades", "account.feed") else None)
+    inputs = ("md.trades", "md.funding", "account.feed")  # the stage groups give back no input
+    rt.observe(lambda t, e: out.append((t, e)) if t not in inputs else None)
     for item in stream(batch, funding_rates()):
         if isinstance(item, FundingRate):
             rt.ingest_funding([item])

@@ -140,17 +140,19 @@ def check_positive(**numbers: object) -> None:
             raise ValueError(f"{name} must be a number > 0, got {x!r}")
 
 
-def make_signal(strategy: Strategy, bar: Bar, decision: Decision, ts_init: int) -> Signal:
-    """The :class:`~mambo.schemas.events.Signal` event of ``strategy``'s decision on ``bar``, priced
-    at the candle's close; its id is the same on every replay of that candle."""
+def make_signal(strategy: Strategy | str, bar: Bar, decision: Decision, ts_init: int) -> Signal:
+    """The :class:`~mambo.schemas.events.Signal` event of ``strategy``'s (or the strategy named so)
+    decision on ``bar``, priced at the candle's close; its id is the same on every replay of that
+    candle."""
     c = bar.candle
+    name = strategy if isinstance(strategy, str) else strategy.name
     return Signal(
-        event_id=make_id("signal", strategy.name, c.exchange, c.symbol, c.timeframe, c.ts_event),
+        event_id=make_id("signal", name, c.exchange, c.symbol, c.timeframe, c.ts_event),
         ts_event=c.ts_event,
         ts_init=ts_init,
         exchange=c.exchange,
         symbol=c.symbol,
-        strategy=strategy.name,
+        strategy=name,
         timeframe=c.timeframe,
         side=decision.side,
         confidence=decision.confidence,

@@ -22,8 +22,8 @@ import orjson
 from pydantic import ValidationError
 
 from mambo.schemas.batches import SIDE_CODES, TradeBatch, validate_trades
-from mambo.schemas.events import DeadLetter, Event, make_id, split_key
-from mambo.schemas.topics import TRADES, Topic
+from mambo.schemas.events import ControlCommand, DeadLetter, Event, FundingRate, make_id, split_key
+from mambo.schemas.topics import CONTROL_MARKETS, FUNDING_RATES, TRADES, Topic
 
 __all__ = [
     "SCHEMA_HEADER",
@@ -32,6 +32,7 @@ __all__ = [
     "check_trades",
     "dead_letter",
     "decode",
+    "decode_inline",
     "decode_trades",
     "decode_watermark",
     "encode",
@@ -264,7 +265,12 @@ WATERMARK_HEADERS: Headers = [(SCHEMA_HEADER, b"1"), (TYPE_HEADER, WATERMARK_TYP
 #: A perpetual's funding time, in line with its market's trades the same way (a copy of the md.funding
 #: record): the worker settles it after the candles that end by then, wherever the markets ran.
 FUNDING_TYPE = b"FundingRate"
-_INLINE_TYPES = (WATERMARK_TYPE, FUNDING_TYPE)
+#: A control command's copy for the market (:func:`mambo.core.control.expand`), in line the same way:
+#: the command acts where the market's stream was when it was sent.
+CONTROL_TYPE = b"ControlCommand"
+_INLINE_TYPES = (WATERMARK_TYPE, FUNDING_TYPE, CONTROL_TYPE)
+#: What an in-line record is: a watermark (market key, watermark, ts_init), a funding time, a command.
+Inline = tuple[str, int, int] | FundingRate | ControlCommand
 
 
 def encode_watermark(key: str, watermark: int, ts_init: int) -> bytes:
@@ -297,6 +303,16 @@ def decode_watermark(value: bytes | None) -> tuple[str, int, int]:
 
 
 T = TypeVar("T")
+
+
+def decode_inline(value: bytes | None, headers: Any) -> Inline:
+    """An in-line md.trades record (see :func:`is_watermark`); DecodeError with the reason."""
+    kind = next((v for n, v in headers or () if n == TYPE_HEADER), None)
+    if kind == FUNDING_TYPE:
+        return decode(FUNDING_RATES, value, headers)  # type: ignore[return-value]
+    if kind == CONTROL_TYPE:
+        return decode(CONTROL_MARKETS, value, headers)  # type: ignore[return-value]
+    return decode_watermark(value)
 
 
 def runs_of_trades(items: Sequence[T], headers: Callable[[T], Any]) -> Iterator[tuple[bool, list[T]]]:

@@ -16,9 +16,10 @@ from typing import Any
 import structlog
 from confluent_kafka import KafkaError, Message, Producer
 
+from mambo.core.control import expand
 from mambo.schemas.batches import TradeBatch
-from mambo.schemas.events import Event, FundingRate
-from mambo.schemas.topics import FUNDING_RATES, TRADES, Topic, by_name
+from mambo.schemas.events import ControlCommand, Event, FundingRate
+from mambo.schemas.topics import CONTROL, FUNDING_RATES, TRADES, Topic, by_name
 from mambo.streams.kafka.codec import (
     WATERMARK_HEADERS,
     Headers,
@@ -107,6 +108,17 @@ class KafkaPublisher:
         for rate in rates:
             self.publish(FUNDING_RATES, rate)
             self._produce(TRADES.name, rate.key, rate.model_dump_json().encode(), headers_for(FundingRate))
+        self._producer.poll(0)
+
+    def publish_control(self, command: ControlCommand, markets: Sequence[str]) -> None:
+        """Queue a control command on ``control`` (the record) and its copy for each market it concerns
+        (its own, else each of ``markets``: the account's) in line on md.trades, where the worker
+        takes it after the market's trades so far (see :mod:`mambo.core.control`)."""
+        self.publish(CONTROL, command)
+        for cmd in expand(command, list(markets)):
+            self._produce(
+                TRADES.name, cmd.market, cmd.model_dump_json().encode(), headers_for(ControlCommand)
+            )
         self._producer.poll(0)
 
     def flush(self, timeout: float = 30.0) -> None:

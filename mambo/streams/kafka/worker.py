@@ -117,19 +117,19 @@ from mambo.core.market import Market
 from mambo.core.stages import Account, EngineConfig, Stage
 from mambo.metrics import ASSIGNED_PARTITIONS, REBALANCES, TRANSACTION_SECONDS, TRANSACTIONS
 from mambo.schemas.batches import TradeBatch
-from mambo.schemas.events import AccountFeed, Candle, Event, FundingRate
-from mambo.schemas.topics import ACCOUNT_FEED, EXCHANGE_CANDLES, FUNDING_RATES, TRADES, by_name, dlq_topic
+from mambo.schemas.events import AccountFeed, Candle, Event
+from mambo.schemas.topics import ACCOUNT_FEED, EXCHANGE_CANDLES, TRADES, by_name, dlq_topic
 from mambo.streams.kafka.codec import (
     DecodeError,
     Headers,
+    Inline,
     check_trades,
     dead_letter,
     decode,
+    decode_inline,
     decode_trades,
-    decode_watermark,
     encode,
     headers_for,
-    is_funding,
     runs_of_trades,
 )
 from mambo.streams.kafka.producer import PRODUCER_DEFAULTS
@@ -643,13 +643,10 @@ class Worker:
 
     def _watermarks(self, producer: Producer, partition: int, msgs: list[Message]) -> list[str]:
         """A source's in-line records, in order: watermarks, and funding times."""
-        steps: list[tuple[str, int, int] | FundingRate] = []
+        steps: list[Inline] = []
         for m in msgs:
             try:
-                if is_funding(m.headers()):
-                    steps.append(decode(FUNDING_RATES, m.value(), m.headers()))  # type: ignore[arg-type]
-                else:
-                    steps.append(decode_watermark(m.value()))
+                steps.append(decode_inline(m.value(), m.headers()))
             except DecodeError as ex:
                 self._dead_letter(producer, TRADES.name, partition, m, str(ex))
         return self._run(producer, lambda: self.pipelines.ingest_inline(steps))

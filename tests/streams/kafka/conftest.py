@@ -21,7 +21,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from mambo.schemas.events import Event
-from mambo.schemas.topics import TABLES, by_name
+from mambo.schemas.topics import TABLES, TRADES, by_name
 from mambo.streams.kafka import topology
 from mambo.streams.kafka.broker import KafkaBroker, free_port
 from mambo.streams.kafka.codec import decode, is_watermark
@@ -99,7 +99,7 @@ def read_keyed(bootstrap: str, topic: str, prefix: str = "") -> list[tuple[str, 
                     done.add(m.partition() or 0)
                     continue
                 raise RuntimeError(str(m.error()))
-            if is_watermark(m.headers()):  # a source's watermark on md.trades, not an event
+            if topic == TRADES.name and is_watermark(m.headers()):  # a source's in-line record, not a trade
                 continue
             events.append(((m.key() or b"").decode(), decode(model, m.value(), m.headers())))
     c.close()
