@@ -164,6 +164,7 @@ async def run_demo(
     batch_size: int = 2_000,
     observers: Sequence[Observer] = (),
     venue: Literal["paper", "exchange"] = "paper",
+    on_runtime: Callable[[EmbeddedRuntime], None] | None = None,
 ) -> int:
     """The demo on ``venue`` (see the module docstring); ``speed`` 0 is as fast as it goes on paper,
     :data:`EXCHANGE_DEMO_SPEED` on the exchange."""
@@ -213,6 +214,8 @@ async def run_demo(
     runtime.observe(OutboxFile(settings.data_dir / "notify" / "outbox.jsonl"))
     for observer in observers:  # e.g. the API's live feed (mambo api --demo)
         runtime.observe(observer)
+    if on_runtime is not None:  # e.g. the API's controls (mambo api --demo)
+        on_runtime(runtime)
     runtime.dead_letters(recording.dead_letters)
     console.print(
         f"replaying {len(trades):,} trades and {len(quote_list):,} quotes of {len(markets)} markets "

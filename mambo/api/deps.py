@@ -16,6 +16,7 @@ from mambo.api.service import PageRequest, SignalService, TimeRange, to_ns
 __all__ = [
     "NOT_FOUND",
     "REFUSALS",
+    "Admin",
     "AnalyticsReader",
     "EndQ",
     "PageQ",
@@ -66,6 +67,7 @@ def _require(scope: str) -> Callable[..., ApiKey]:
 Service = Annotated[SignalService, Depends(_service)]
 SignalsReader = Annotated[ApiKey, Depends(_require("signals:read"))]
 AnalyticsReader = Annotated[ApiKey, Depends(_require("analytics:read"))]
+Admin = Annotated[ApiKey, Depends(_require("admin"))]
 
 SymbolQ = Annotated[
     str | None,

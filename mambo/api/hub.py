@@ -53,6 +53,7 @@ CHANNELS: tuple[str, ...] = (
     "positions",
     "equity",
     "risk.rejections",
+    "control.results",
 )
 _CHANNEL_SET = frozenset(CHANNELS)
 

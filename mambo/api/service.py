@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -23,12 +24,14 @@ from clickhouse_connect.driver.client import Client
 from pydantic import BaseModel
 
 from mambo.api.analytics import REPORTS, QueryError, QueryResult, run_query
+from mambo.api.control import Controller
 from mambo.api.hub import Hub
 from mambo.connectors.clickhouse import read_events
 from mambo.schemas.batches import TradeBatch
 from mambo.schemas.events import (
     AggregatedSignal,
     Candle,
+    ControlResult,
     EquitySnapshot,
     Event,
     FeedHealth,
@@ -37,7 +40,7 @@ from mambo.schemas.events import (
     Order,
     Position,
 )
-from mambo.schemas.topics import FEED_HEALTH, SIGNALS
+from mambo.schemas.topics import CONTROL_RESULTS, FEED_HEALTH, SIGNALS
 from mambo.settings import ApiSettings
 
 __all__ = [
@@ -225,11 +228,22 @@ class SignalService:
         self.latest: dict[str, AggregatedSignal] = {}
         self.live = False  # whether a live feed calls on_event
         self.feed: dict[str, TopicActivity] = {}
+        #: where POST /control sends commands (mambo.api.control); None: nothing to control
+        self.controller: Controller | None = None
+        self._control_results: deque[ControlResult] = deque(maxlen=1_000)
 
     # --- the live stream -----------------------------------------------------------------------------
 
+    def control_results(self) -> list[ControlResult]:
+        """The latest answers to control commands the live feed brought, oldest first."""
+        with self.lock:
+            return list(self._control_results)
+
     def on_event(self, topic: str, payload: Any) -> None:
         """A bus observer: keep the live view and fan the event out to WebSocket clients."""
+        if topic == CONTROL_RESULTS.name:
+            with self.lock:
+                self._control_results.append(payload)
         if not self.live:
             for stored in self._stored_latest(None):  # what was there before the feed started
                 self.latest.setdefault(stored.key, stored)

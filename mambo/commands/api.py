@@ -91,8 +91,20 @@ async def serve(
             bold=True,
             err=True,
         )
+    if settings.kafka.bootstrap and not demo:  # POST /control: to the workers, as mambo ctl sends it
+        from mambo.api.control import KafkaController
+
+        own = {a.config.account: sorted(a.markets or ()) for a in settings.account_configs()}
+        service.controller = KafkaController(settings.kafka.bootstrap, own)
     if demo:
-        code = await run_demo(settings, symbols=symbols, speed=speed, observers=[service.on_event])
+        from mambo.api.control import EmbeddedController
+
+        def control(runtime: Any) -> None:
+            service.controller = EmbeddedController(runtime)
+
+        code = await run_demo(
+            settings, symbols=symbols, speed=speed, observers=[service.on_event], on_runtime=control
+        )
         if code:
             server.should_exit = True
         typer.echo(f"replay done; the API keeps serving at {where} (Ctrl-C to stop)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from mambo.api.routes import analytics, dashboard, market, signals, system, trading, ws
+from mambo.api.routes import analytics, control, dashboard, market, signals, system, trading, ws
 
 __all__ = ["ROUTERS"]
 
@@ -13,6 +13,7 @@ ROUTERS: tuple[APIRouter, ...] = (
     signals.router,
     market.router,
     trading.router,
+    control.router,
     analytics.router,
     ws.router,
     dashboard.router,
