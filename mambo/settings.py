@@ -26,6 +26,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from mambo.core.grid import GridConfig
 from mambo.core.margin import MarginConfig, is_perpetual
 from mambo.core.risk import RiskConfig
 from mambo.core.stages import DEFAULT_INDICATORS, Account, EngineConfig, reject_repeats
@@ -129,6 +130,8 @@ class AccountSettings(BaseModel):
     risk: RiskConfig | None = None
     #: trade the account's markets (perpetuals, named in ``markets``) on margin: leverage, margin mode
     futures: MarginConfig | None = None
+    #: grids the account runs beside its strategies (mambo.core.grid): market, low, high, levels, qty
+    grids: tuple[GridConfig, ...] | None = None
 
     @field_validator("markets", "strategies", mode="before")
     @classmethod
@@ -245,7 +248,7 @@ class MamboSettings(BaseSettings):
         out = []
         for name, a in self.accounts.items():
             changes: dict[str, Any] = {"account": name}
-            for field_name in ("strategies", "initial_cash", "order_qty", "risk", "futures"):
+            for field_name in ("strategies", "initial_cash", "order_qty", "risk", "futures", "grids"):
                 value = getattr(a, field_name)
                 if value is not None:
                     changes[field_name] = value

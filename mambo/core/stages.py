@@ -49,6 +49,7 @@ from mambo.core.control import StrategyControl, command_params
 from mambo.core.control import check as check_command
 from mambo.core.control import result as control_result
 from mambo.core.execution import PaperBroker
+from mambo.core.grid import GridConfig, Grids
 from mambo.core.indicators import IndicatorSet
 from mambo.core.intents import IntentPolicy
 from mambo.core.margin import (
@@ -162,6 +163,8 @@ class EngineConfig:
     #: perpetuals on margin: the account's leverage and margin mode (None: a spot account; see
     #: :class:`AccountStage`)
     futures: MarginConfig | None = None
+    #: grids the account runs beside its strategies (:mod:`mambo.core.grid`)
+    grids: tuple[GridConfig, ...] = ()
     #: the account these stages trade for: its id is on every intent, order, fill, position and
     #: equity snapshot they make
     account: str = DEFAULT_ACCOUNT
@@ -318,6 +321,13 @@ class ExecutionStage(Stage):
         """What the venue reported out of band (an exchange's fills and order states), booked and
         published as the paper broker's are: fills, positions and equity, order updates."""
         return self._publish(events, ts_init)
+
+    def cancel(self, client_order_id: str, ts_init: int) -> Out:
+        """Cancel a resting order (a grid's): its update, if the venue held it."""
+        cancel = getattr(self.broker, "cancel", None)
+        if cancel is None:
+            return []
+        return self._publish(cancel(client_order_id, ts_init), ts_init)
 
     def _publish(self, events: Sequence[Order | Fill], ts_init: int) -> Out:
         out: Out = []
@@ -650,6 +660,20 @@ class ControlStage(Stage):
         return [(ACCOUNT_FEED.name, feed)]
 
 
+class GridStage(Stage):
+    """An account's grids (:mod:`mambo.core.grid`) in its account stage: candles → limit intents,
+    order updates → each level's next order."""
+
+    name = "grid"
+
+    def __init__(self, grids: Grids) -> None:
+        self.grids = grids
+        self.inputs = grids.inputs
+
+    def handle(self, topic: str, payload: Any) -> Out:
+        return self.grids.handle(topic, payload)
+
+
 class IntentStage(Stage):
     """signals (aggregated) → intents, by the account's position. An account stage.
 
@@ -763,6 +787,19 @@ class AccountStage(Stage):
             RiskStage(self.risk, self.portfolio, self.timeframe),
             IntentStage(config, self.portfolio),
         ]
+        if config.grids:
+            self.stages.append(
+                GridStage(
+                    Grids(
+                        config.grids,
+                        config.account,
+                        dict(markets),
+                        candle_topic(self.timeframe),
+                        self.execution.cancel,
+                        self.portfolio.position,
+                    )
+                )
+            )
         self._readers: dict[str, list[Stage]] = {}
         for stage in self.stages:
             for topic in stage.inputs:
