@@ -36,6 +36,10 @@ ENGINE = {
     "strategies": "sma_cross,rsi_reversion,macd_cross,bollinger_breakout",
     "risk": {"position_fraction": "0.2", "max_open_positions": 2, "max_total_exposure": "0.5"},
 }
+#: A grid on BTC/USDT over the recording's range, beside the strategies (issue 17): the Kafka tests check
+#: its orders and fills like the rest, the crash test that its levels survive a SIGKILL.
+GRID = {"market": "binance:BTC/USDT", "low": "61540", "high": "61900", "levels": 10, "qty": "0.01"}
+ACCOUNT = {"markets": MARKETS, "grids": [GRID]}
 ENGINE_ENV = {
     "MAMBO_ENGINE__TIMEFRAMES": '["1s", "1m"]',
     "MAMBO_ENGINE__TRADING_TIMEFRAME": "1s",
@@ -44,6 +48,7 @@ ENGINE_ENV = {
     "MAMBO_ENGINE__RISK__MAX_OPEN_POSITIONS": "2",
     "MAMBO_ENGINE__RISK__MAX_TOTAL_EXPOSURE": "0.5",
     "MAMBO_ACCOUNTS__MAIN__MARKETS": json.dumps(MARKETS),
+    "MAMBO_ACCOUNTS__MAIN__GRIDS": json.dumps([GRID]),
 }
 
 
@@ -120,7 +125,7 @@ def notify_stages() -> Any:
     from mambo.notify import notifications
     from mambo.settings import MamboSettings
 
-    return notifications(MamboSettings(engine=ENGINE, accounts={"main": {"markets": MARKETS}}))
+    return notifications(MamboSettings(engine=ENGINE, accounts={"main": ACCOUNT}))
 
 
 def engine_config() -> Any:
@@ -128,7 +133,7 @@ def engine_config() -> Any:
     worker`` builds them from :data:`ENGINE_ENV`."""
     from mambo.settings import MamboSettings
 
-    settings = MamboSettings(engine=ENGINE, accounts={"main": {"markets": MARKETS}})
+    settings = MamboSettings(engine=ENGINE, accounts={"main": ACCOUNT})
     return settings.account_configs()
 
 

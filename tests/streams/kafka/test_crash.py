@@ -1,5 +1,6 @@
 """SIGKILL a worker and a sink mid-stream, twice each at different points, restart them, and check
-that no order is lost or sent twice and ClickHouse holds every event exactly once.
+that no order is lost or sent twice and ClickHouse holds every event exactly once (the account runs a
+grid too: its levels come back with the account's state, and its orders and fills are the reference's).
 
 Both run as real ``mambo worker`` / ``mambo sink`` subprocesses (the sink with its own chdb folder,
 read back with ``mambo sql``). Cost: ~45 s."""
@@ -87,6 +88,8 @@ def test_worker_and_sink_killed_twice_resume_exactly_once(
         for s in range(0, len(batch), SLICE):
             pub.publish_trades(batch.slice(s, s + SLICE))
     ref = reference(engine_config(), batch, notify=True)
+    grid = [e for e in of(ref, FILLS.name) if e.strategy == "grid"]
+    assert [f for f in grid if f.side == "sell"], "the grid takes profits on the recording"
 
     env = {"MAMBO_KAFKA_BOOTSTRAP": bootstrap}
     logs = tmp_path / "logs"
