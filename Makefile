@@ -45,10 +45,12 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 browser:
 	@test -x /usr/bin/chromium || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium)
 
-# Debian's prometheus (prometheus and promtool) for tests/ops: promtool checks the metrics expositions
-# and the alert rules, and a real Prometheus scrapes a demo run. Skipped when already installed.
+# Debian's prometheus (prometheus and promtool) and prometheus-alertmanager (and amtool) for tests/ops:
+# promtool checks the metrics expositions and the alert rules, a real Prometheus scrapes a demo run,
+# and a real Alertmanager routes an alert to a webhook. Skipped when already installed.
 prometheus:
 	@test -x /usr/bin/promtool || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq prometheus)
+	@test -x /usr/bin/prometheus-alertmanager || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq prometheus-alertmanager)
 
 # The deployment files' validators for tests/deploy (no container engine or cluster needed): Debian's
 # docker-compose (`docker-compose config`) and helm built from the Go module proxy, cached in

@@ -22,6 +22,7 @@ LONG_RUNNING = {
     "source-exchange",
     "api",
     "prometheus",
+    "alertmanager",
     "grafana",
 }
 ONE_SHOT = {"topology"}
@@ -75,7 +76,7 @@ def test_named_volumes_hold_the_data_and_bind_mounts_exist(docker_compose: str) 
     config = compose_config(docker_compose)
     named = set(config["volumes"])
     holders = {"kafka": "/var/lib/kafka/data", "clickhouse": "/var/lib/clickhouse", "api": "/data"}
-    holders |= {"prometheus": "/prometheus", "grafana": "/var/lib/grafana"}
+    holders |= {"prometheus": "/prometheus", "alertmanager": "/alertmanager", "grafana": "/var/lib/grafana"}
     for name, service in config["services"].items():
         mounts = [_mount(v) for v in service.get("volumes", [])]
         for source, _target in mounts:
