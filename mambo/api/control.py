@@ -10,6 +10,7 @@ market's md.trades partition, as ``mambo ctl`` sends it). The answers come back 
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
@@ -42,10 +43,13 @@ class _Versions:
 
 
 class EmbeddedController:
-    """Commands into an :class:`~mambo.streams.embedded.EmbeddedRuntime` running in this event loop."""
+    """Commands into an :class:`~mambo.streams.embedded.EmbeddedRuntime`. ``loop``: the event loop the
+    runtime runs in (``mambo api --demo``'s replay), where the command is handed over between two of its
+    batches (a request handler's thread never touches the runtime); None: call it directly."""
 
-    def __init__(self, runtime: Any) -> None:
+    def __init__(self, runtime: Any, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.runtime = runtime
+        self.loop = loop
         self._versions = _Versions()
 
     def next_version(self, account: str, strategy: str) -> int:
@@ -54,7 +58,14 @@ class EmbeddedController:
     def send(self, command: ControlCommand) -> int:
         from mambo.core.control import expand
 
-        self.runtime.control(command)
+        if self.loop is None:
+            self.runtime.control(command)
+        else:
+
+            async def hand_over() -> None:
+                self.runtime.control(command)
+
+            asyncio.run_coroutine_threadsafe(hand_over(), self.loop).result(timeout=30)
         return len(expand(command, self.runtime._account_markets(command.account)))
 
 

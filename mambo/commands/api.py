@@ -99,8 +99,8 @@ async def serve(
     if demo:
         from mambo.api.control import EmbeddedController
 
-        def control(runtime: Any) -> None:
-            service.controller = EmbeddedController(runtime)
+        def control(runtime: Any) -> None:  # called in the replay's loop: commands are handed over there
+            service.controller = EmbeddedController(runtime, asyncio.get_running_loop())
 
         code = await run_demo(
             settings, symbols=symbols, speed=speed, observers=[service.on_event], on_runtime=control

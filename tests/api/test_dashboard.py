@@ -4,9 +4,12 @@ artifacts/ (gitignored)."""
 
 from __future__ import annotations
 
+import json
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -100,3 +103,67 @@ def test_dashboard_shows_live_signals(live: LiveServer) -> None:
         page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
         browser.close()
     assert errors == []
+
+
+def test_operator_panel_positions_and_strategy_controls(
+    live: LiveServer, clickhouse_client: Any, clickhouse_db: str
+) -> None:
+    """The operator panel shows what /metrics/summary reads from the registry (the same figures
+    /metrics serves), the positions table what /positions holds (liquidation price column included),
+    and the strategy controls work: clicking stop on rsi_reversion is answered "applied" on the page,
+    and from then on the strategy holds. Screenshots: artifacts/operator.png, artifacts/controls.png."""
+    from playwright.sync_api import sync_playwright
+
+    from mambo.api.control import EmbeddedController
+    from mambo.connectors.clickhouse import ClickHouseSink
+    from mambo.streams.embedded import SinkObserver
+
+    runtime, recording = make_runtime()
+    recorded = Recorded()
+    sink = ClickHouseSink(clickhouse_client, clickhouse_db)
+    for observer in (recorded, live.publish, SinkObserver(sink)):
+        runtime.observe(observer)
+    live.service.controller = EmbeddedController(runtime)  # the test thread ingests only between clicks
+    batches = replay(recording, 2_000)
+    for _ in range(4):
+        batch, quotes = next(batches)
+        runtime.ingest_quotes(quotes)
+        runtime.ingest_trades(batch)
+    sink.flush()
+    summary = json.loads(urllib.request.urlopen(live.url + "/metrics/summary", timeout=10).read())
+    positions = json.loads(urllib.request.urlopen(live.url + "/positions", timeout=10).read())
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(live.url + "/")
+        page.wait_for_selector('#operator tr[data-figure="fills"]', timeout=10_000)
+        fills = page.locator('#operator tr[data-figure="fills"] td').nth(1).inner_text()
+        assert int(fills.replace(",", "")) == int(summary["fills"]) > 0
+        orders = page.locator('#operator tr[data-figure="orders"] td').nth(1).inner_text()
+        assert int(orders.replace(",", "")) == int(summary["orders"]["new"])
+        assert page.locator('#operator tr[data-figure="latency_order"]').count() == 1
+        open_positions = [p for p in positions if float(p["qty"]) != 0]
+        page.wait_for_function(
+            f"document.querySelectorAll('#positions tr').length === {len(open_positions)}", timeout=5_000
+        )
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.locator("#operator-panel").screenshot(path=str(ARTIFACTS / "operator.png"))
+
+        stop = page.locator('#strategies tr[data-strategy="rsi_reversion"] button[data-action="stop"]')
+        stop.wait_for(timeout=10_000)
+        stop.click()
+        page.wait_for_selector('#control-answer[data-status="applied"]', timeout=10_000)
+        assert "stop rsi_reversion: applied" in page.locator("#control-answer").inner_text()
+        page.screenshot(path=str(ARTIFACTS / "controls.png"), full_page=True)
+        browser.close()
+    assert errors == []
+    # from the stop on, rsi_reversion holds in every market (its state dropped: no values)
+    before = len(recorded.events)
+    for _ in range(3):
+        batch, quotes = next(batches)
+        runtime.ingest_quotes(quotes)
+        runtime.ingest_trades(batch)
+    after = [e for t, e in recorded.events[before:] if t == "signals.raw" and e.strategy == "rsi_reversion"]
+    assert len(after) > 50 and all(s.side == "hold" and s.values == {} for s in after)

@@ -31,7 +31,7 @@ def test_no_server_errors(service: SignalService, tmp_path: Path) -> None:
     service.controller = EmbeddedController(make_runtime()[0])  # commands go to a real (idle) pipeline
     schema = schemathesis.openapi.from_asgi("/openapi.json", create_app(service, store))
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert len(operations) == 19  # every REST operation (the WebSocket is not in OpenAPI)
+    assert len(operations) == 20  # every REST operation (the WebSocket is not in OpenAPI)
 
     for operation in operations:
 

@@ -37,3 +37,25 @@ def prometheus_metrics() -> Response:
     """This process's Prometheus metrics (:mod:`mambo.metrics`): the API's requests and WebSocket
     clients, and with ``--demo`` the embedded pipeline's too."""
     return Response(metrics.exposition(), media_type=metrics.CONTENT_TYPE_LATEST)
+
+
+@router.get("/metrics/summary")
+def metrics_summary() -> JSONResponse:
+    """The operator panel's figures, from the same registry ``/metrics`` serves (mambo.api.operator):
+    messages and dead letters per topic, lag, latency p50 and p99 per stage, orders, fills,
+    rejections, each account's equity, drawdown, exposure, positions and kill switch, feeds, the hub.
+    A quantile with no observation is null."""
+    from mambo.api.operator import summary
+
+    return JSONResponse(_finite(summary()))
+
+
+def _finite(value: Any) -> Any:
+    """NaN and infinities as null (JSON has neither)."""
+    if isinstance(value, float):
+        return value if value == value and abs(value) != float("inf") else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value

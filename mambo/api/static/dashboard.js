@@ -209,6 +209,100 @@ async function refreshHealth() {
   } catch (e) { console.warn(e); }
 }
 
+function setRows(tbodyId, rows) {
+  const tbody = $(tbodyId);
+  tbody.replaceChildren();
+  for (const [cells, attrs] of rows) {
+    const tr = document.createElement("tr");
+    for (const [k, v] of Object.entries(attrs || {})) tr.dataset[k] = v;
+    for (const c of cells) {
+      const td = document.createElement("td");
+      if (c instanceof Node) td.appendChild(c); else td.textContent = c;
+      tr.appendChild(td);
+    }
+    tbody.appendChild(tr);
+  }
+}
+
+const ms = (s) => (s === null || s === undefined ? "-" : fmt(1000 * s, 1) + " ms");
+
+async function refreshOperator() {
+  try {
+    const m = await get("/metrics/summary");
+    const total = (o) => Object.values(o).reduce((a, b) => a + b, 0);
+    const rows = [
+      ["messages", total(m.messages).toLocaleString(), "messages"],
+      ["dead letters", m.dead_letters.reduce((a, d) => a + d.count, 0).toLocaleString(), "dead_letters"],
+      ["orders", (m.orders.new || 0).toLocaleString(), "orders"],
+      ["fills", m.fills.toLocaleString(), "fills"],
+      ["risk rejections", total(m.rejections).toLocaleString(), "rejections"],
+    ];
+    for (const [stage, l] of Object.entries(m.latency)) {
+      rows.push([`latency ${stage} p50 / p99`, `${ms(l.p50)} / ${ms(l.p99)}`, `latency_${stage}`]);
+    }
+    for (const [account, a] of Object.entries(m.accounts)) {
+      rows.push([`${account} equity`, fmt(a.equity), `equity_${account}`]);
+      rows.push([`${account} drawdown`, `${fmt(100 * (a.drawdown || 0))}%` + (a.halted ? "  HALTED" : ""), `drawdown_${account}`]);
+    }
+    if (m.lag.length) rows.push(["max consumer lag", Math.max(...m.lag.map((l) => l.messages)).toLocaleString(), "lag"]);
+    rows.push(["WebSocket clients", String(m.ws.clients), "ws_clients"]);
+    setRows("operator", rows.map(([label, value, figure]) => [[label, value], { figure }]));
+  } catch (e) { console.warn(e); }
+}
+
+async function refreshPositions() {
+  try {
+    const rows = (await get("/positions")).filter((p) => Number(p.qty) !== 0).map((p) => [
+      [p.account, `${p.exchange}:${p.symbol}`, fmt(p.qty, 6), fmt(p.avg_price), fmt(p.mark_price), fmt(p.unrealized_pnl),
+       p.liquidation_price === null ? "-" : fmt(p.liquidation_price)],
+      { market: `${p.exchange}:${p.symbol}` },
+    ]);
+    setRows("positions", rows);
+  } catch (e) { console.warn(e); }
+}
+
+async function sendControl(body) {
+  const headers = { "Content-Type": "application/json", ...(state.apiKey ? { "X-API-Key": state.apiKey } : {}) };
+  const r = await fetch("/control", { method: "POST", headers, body: JSON.stringify(body) });
+  const answer = await r.json();
+  if (!r.ok) { $("control-answer").textContent = `refused: ${answer.detail}`; return; }
+  $("control-answer").textContent = `${body.action} ${body.strategy || ""}: sent (version ${answer.version})`;
+  for (let i = 0; i < 20; i++) {
+    await new Promise((ok) => setTimeout(ok, 250));
+    const results = await get(`/control/results?command_id=${answer.command_id}`);
+    if (results.length) {
+      const states = results.map((x) => x.status + (x.reason ? ` (${x.reason})` : ""));
+      $("control-answer").textContent = `${body.action} ${body.strategy || ""}: ${[...new Set(states)].join(", ")}`;
+      $("control-answer").dataset.status = results[0].status;
+      return;
+    }
+  }
+}
+
+function controlButton(label, body) {
+  const b = document.createElement("button");
+  b.textContent = label;
+  b.dataset.action = body.action;
+  b.addEventListener("click", () => sendControl(body));
+  return b;
+}
+
+async function refreshStrategies() {
+  try {
+    const rows = (await get("/strategies")).map((s) => {
+      const buttons = document.createElement("span");
+      for (const action of ["pause", "stop", "start"]) buttons.appendChild(controlButton(action, { action, strategy: s.name }));
+      return [[s.name, s.signals.toLocaleString(), buttons], { strategy: s.name }];
+    });
+    if (!rows.length) return;
+    const halt = document.createElement("span");
+    halt.appendChild(controlButton("halt entries", { action: "halt" }));
+    halt.appendChild(controlButton("resume", { action: "resume" }));
+    rows.push([["account main", "", halt], { strategy: "" }]);
+    setRows("strategies", rows);
+  } catch (e) { console.warn(e); }
+}
+
 // --- WebSocket -----------------------------------------------------------------------------------------
 function onFrame(msg) {
   if (msg.type === "welcome") {
@@ -265,4 +359,10 @@ loadHistory().finally(() => {
   connect();
   refreshHealth();
   setInterval(refreshHealth, 2000);
+  refreshOperator();
+  setInterval(refreshOperator, 2000);
+  refreshPositions();
+  setInterval(refreshPositions, 2000);
+  refreshStrategies();
+  setInterval(refreshStrategies, 5000);
 });
