@@ -96,6 +96,7 @@ class EngineSettings(BaseModel):
     ordering: Literal["event_time", "arrival"] = "event_time"  # see EngineConfig.ordering
     risk: RiskConfig = Field(default_factory=RiskConfig)
     futures: MarginConfig | None = None  # perpetuals on margin, see EngineConfig.futures
+    grids: tuple[GridConfig, ...] = ()  # see EngineConfig.grids (an account's own: [accounts.<id>] grids)
 
     @field_validator("timeframes", "strategies", "indicators", mode="before")
     @classmethod

@@ -53,7 +53,7 @@ from mambo.core.portfolio import MONEY, Portfolio, booked_qty_and_fee
 from mambo.core.risk import RiskEngine
 from mambo.core.stages import EngineConfig
 from mambo.core.strategies import SIDE_CODES, BatchDecisions, Strategy, load_strategy
-from mambo.schemas.events import AggregatedSignal, Fill, RiskRejection
+from mambo.schemas.events import AggregatedSignal, ControlCommand, Fill, RiskRejection
 from mambo.schemas.topics import FILLS, REJECTIONS, SIGNALS
 from mambo.streams.embedded import EmbeddedRuntime
 
@@ -234,15 +234,21 @@ def run_events(
     config: EngineConfig,
     market: Market | None = None,
     progress: Progress | None = None,
+    control: Sequence[ControlCommand] = (),
 ) -> BacktestResult:
-    """The reference path: every candle through the embedded runtime, one at a time."""
+    """The reference path: every candle through the embedded runtime, one at a time. ``control``: a
+    control script (:mod:`mambo.core.control`), each command given to the runtime before the first
+    candle that opens at or after its ``ts_event``, as a running pipeline takes it between candles."""
     config = backtest_config(config, frame.timeframe)
     runtime = EmbeddedRuntime(config, frame_markets(frame, market), metrics=False)  # no live metrics
     rec = Recorder()
     runtime.observe(rec)
     n, every = len(frame), progress_every(len(frame))
     portfolio, equity = runtime.portfolio, []
+    script = sorted(control, key=lambda c: c.ts_event)
     for i in range(n):
+        while script and script[0].ts_event <= int(frame.open_time[i]):
+            runtime.control(script.pop(0))
         runtime.ingest_candles([frame.candle(i)])
         equity.append(portfolio.equity)
         if progress is not None and (i + 1) % every == 0:
@@ -473,9 +479,17 @@ def run_backtest(
     market: Market | None = None,
     mode: Mode = "auto",
     progress: Progress | None = None,
+    control: Sequence[ControlCommand] = (),
 ) -> BacktestResult:
     """Backtest ``config`` over ``frame``: vectorized when it can give the event path's results
-    (``auto``), else the event path; ``mode`` forces one (ValueError if vectorized is refused)."""
+    (``auto``), else the event path; ``mode`` forces one (ValueError if vectorized is refused). A
+    control script (``control``) runs on the event path."""
+    if control:
+        if mode == "vectorized":
+            raise ValueError("a control script runs on the event path (--mode events or auto)")
+        result = run_events(frame, config, market, progress, control)
+        result.fallback = "a control script"
+        return result
     if mode == "events":
         return run_events(frame, config, market, progress)
     refusal = vector_refusal(backtest_config(config, frame.timeframe))

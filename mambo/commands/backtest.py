@@ -373,6 +373,14 @@ def register(app: typer.Typer) -> None:
             typer.Option("--marks", help="With --funding: mark-price candles (else the closes, said so)."),
         ] = None,
         leverage: Annotated[int, typer.Option(help="With --funding: the leverage.")] = 1,
+        control: Annotated[
+            Path | None,
+            typer.Option(
+                help="A control script: a JSON list of commands, each {at (ISO time), action, strategy, "
+                "market, params, why}, given to the pipeline before the first candle opening at or after "
+                "its time (see mambo ctl). Runs the event path; one market or --each.",
+            ),
+        ] = None,
         margin_mode: Annotated[str, typer.Option(help="With --funding: cross or isolated.")] = "cross",
         config: ConfigOpt = None,
         data_dir: DataDirOpt = None,
@@ -435,7 +443,10 @@ def register(app: typer.Typer) -> None:
                     def show(done: int, _total: int, bar: Any = bar, task: Any = task) -> None:
                         bar.update(task, completed=done)
 
-                    result = run_backtest(frame, engine, rules.market, mode=mode, progress=show)  # type: ignore[arg-type]
+                    result = run_backtest(
+                        frame, engine, rules.market, mode=mode, progress=show,  # type: ignore[arg-type]
+                        control=_control_script(control, key) if control is not None else (),
+                    )  # fmt: skip
             except ValueError as exc:
                 raise _fail(str(exc)) from exc
             if result.fallback:
@@ -446,6 +457,54 @@ def register(app: typer.Typer) -> None:
             paths = write_outputs(result, metrics, folder)
             _show_metrics(metrics)
             typer.echo(f"wrote {', '.join(str(p) for p in paths.values())}")
+
+    def _control_script(path: Path, market: str) -> list[Any]:
+        """The commands of a control script file (see ``--control``), for ``market``."""
+        import json
+        import uuid
+
+        import pandas as pd
+
+        from mambo.core.control import check
+        from mambo.schemas.events import ControlCommand
+
+        try:
+            items = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise _fail(f"--control {path}: {e}") from e
+        if not isinstance(items, list):
+            raise _fail(f"--control {path}: a JSON list of commands")
+        out, versions = [], dict[str, int]()
+        for n, item in enumerate(items, 1):
+            try:
+                at = pd.Timestamp(item["at"])
+                at = at.tz_localize("UTC") if at.tzinfo is None else at
+                strategy = item.get("strategy", "")
+                versions[strategy] = versions.get(strategy, 0) + 1
+                ts = int(at.value)
+                exchange, _, symbol = (item.get("market") or market).partition(":")
+                cmd = ControlCommand(
+                    event_id=uuid.uuid5(uuid.NAMESPACE_URL, f"{path}#{n}").hex,
+                    ts_event=ts,
+                    ts_init=ts,
+                    command_id=f"script-{n}",
+                    account=item.get("account", "main"),
+                    action=item["action"],
+                    strategy=strategy,
+                    exchange=exchange,
+                    symbol=symbol,
+                    params=json.dumps(item.get("params", {}), sort_keys=True),
+                    version=versions[strategy],
+                    who=item.get("who", "control script"),
+                    why=item.get("why", ""),
+                )
+            except (KeyError, TypeError, ValueError) as e:
+                raise _fail(f"--control {path}: command {n}: {e}") from e
+            problem = check(cmd)
+            if problem is not None:
+                raise _fail(f"--control {path}: command {n}: {problem}")
+            out.append(cmd)
+        return out
 
     @app.command()
     def optimize(

@@ -626,10 +626,13 @@ class ControlStage(Stage):
 
     def __init__(self, accounts: Sequence[tuple[str, frozenset[str] | None]]) -> None:
         self.accounts = dict(accounts)
-        self.inputs = (TRADES.name, CONTROL_MARKETS.name)
+        self.inputs = (TRADES.name, EXCHANGE_CANDLES.name, CONTROL_MARKETS.name)
         self.last: dict[str, int] = {}  # market -> time of the control item or trade last seen
 
     def handle(self, topic: str, payload: Any) -> Out:
+        if topic == EXCHANGE_CANDLES.name:  # a market fed candles (a backtest): after the last one
+            self.last[payload.key] = max(self.last.get(payload.key, -1), payload.ts_event)
+            return []
         if topic == TRADES.name:
             batch: TradeBatch = payload
             for code, key in enumerate(batch.keys):
