@@ -1,4 +1,5 @@
-"""Candles/s of a backtest of the SMA crossover (50/200), end to end, on one core.
+"""Candles/s of a backtest of the SMA crossover (50/200), end to end, on one core; and of the same
+backtest as a perpetual with funding (the margin account after it), beside spot.
 
 Input: nautilus_trader's 45,031 real one-minute BTC perpetual bars
 (../shared/data/nautilus_trader_testdata/btc-perp-20211231-20220201_1m.csv) when present, else the
@@ -17,11 +18,20 @@ core does. Baselines, side by side:
 * always: the event path (every candle through the embedded runtime, one at a time) on the first
   --baseline-candles bars; the same bars through the vectorized path must give the same fills,
   which is checked and printed;
+* always: spot and a perpetual side by side on the real bars (--perpetual-candles, default all of them,
+  untiled): spot is ``mambo backtest``'s work (run_backtest and its metrics), the perpetual is
+  ``mambo backtest --funding ... --leverage 10 --margin-mode cross``'s (the same with the margin account's
+  risk, then run_futures: every bar's marks, the funding times and the fills booked in the Decimal margin
+  account, and futures_metrics). The two take turns --perpetual-repeat times in this process, so both see
+  the same machine; the ratio is of the medians. No recorded BTC funding covers these bars (the BTC
+  funding at hand is from 2019 and 2023), so the funding history is synthetic and said so: every 8 hours
+  (00:00, 08:00, 16:00 UTC) at 0.01%, Binance's rate when the premium is nil;
 * with --against DIR (another checkout of Mambo, e.g. ``git worktree add /tmp/base <commit>``): the
   same measurement of both checkouts in fresh processes, taking turns --rounds times, then the best
   and median of each and their ratio, and whether both gave the same fills and final equity.
 
 Run: python benchmarks/backtest.py [--candles 1000000] [--baseline-candles 20000] [--repeat 3]
+     [--perpetual-candles 45031] [--perpetual-repeat 5]
      python benchmarks/backtest.py --against /tmp/base [--rounds 3]
 """
 
@@ -82,6 +92,90 @@ def rates(bars: int, seconds: list[float]) -> tuple[float, float]:
     return bars / min(seconds), bars / statistics.median(seconds)
 
 
+#: The synthetic funding: Binance's interval and its rate when the premium index is nil.
+FUNDING_EVERY_NS = 8 * 3600 * 1_000_000_000
+FUNDING_RATE = 0.0001
+
+
+def synthetic_funding(frame: Any) -> list[Any]:
+    """A FundingRate at every 8-hour mark (00:00, 08:00, 16:00 UTC) over the frame's span, all at
+    :data:`FUNDING_RATE`; no mark price (run_futures takes the last close)."""
+    from mambo.schemas.events import FundingRate, make_id
+
+    first = -(-int(frame.open_time[0]) // FUNDING_EVERY_NS) * FUNDING_EVERY_NS
+    return [
+        FundingRate(
+            event_id=make_id("funding_rate", frame.exchange, frame.symbol, t),
+            ts_event=t,
+            ts_init=t,
+            exchange=frame.exchange,
+            symbol=frame.symbol,
+            rate=FUNDING_RATE,
+        )
+        for t in range(first, int(frame.ts_event[-1]) + 1, FUNDING_EVERY_NS)
+    ]
+
+
+def spot_and_perpetual(candles: int, repeat: int) -> None:
+    """Spot and perpetual candles/s over the same bars, taking turns, printed side by side."""
+    from dataclasses import replace
+
+    from mambo.backtest.data import load_candles
+    from mambo.backtest.engine import run_backtest
+    from mambo.backtest.futures import FuturesConfig, futures_metrics, run_futures
+    from mambo.backtest.metrics import compute_metrics
+    from mambo.core.stages import EngineConfig
+
+    source = REAL if REAL.exists() else FIXTURE
+    base = load_candles(source, "BTC/USDT:USDT", "binanceusdm")
+    candles = candles or len(base)
+    frame = base.tile(-(-candles // len(base))).slice(0, candles)
+    spot = EngineConfig(strategies=("sma_cross",))
+    perp = replace(spot, risk=spot.risk.model_copy(update={"cash_only": False}))  # as --funding runs it
+    futures_config = FuturesConfig(leverage=10, margin_mode="cross")
+    funding = synthetic_funding(frame)
+
+    def run_spot() -> dict[str, Any]:
+        result = run_backtest(frame, spot)
+        return {"fills": len(result.fills), **compute_metrics(result)["strategy"]}
+
+    def run_perp() -> dict[str, Any]:
+        result = run_backtest(frame, perp)
+        compute_metrics(result)
+        return {"fills": len(result.fills), **futures_metrics(run_futures(result, funding, futures_config))}
+
+    run_spot(), run_perp()  # warm: numba kernels, brackets, imports
+    timed: dict[str, tuple[list[float], list[float]]] = {"spot": ([], []), "perpetual": ([], [])}
+    last: dict[str, dict[str, Any]] = {}
+    for _ in range(repeat):
+        for name, run in (("spot", run_spot), ("perpetual", run_perp)):
+            t, c = time.perf_counter(), time.process_time()
+            last[name] = run()
+            timed[name][0].append(time.perf_counter() - t)
+            timed[name][1].append(time.process_time() - c)
+    p = last["perpetual"]
+    print(
+        f"spot and perpetual, the same {len(frame):,} bars of {source.name}, taking turns {repeat} times; "
+        f"funding SYNTHETIC: {len(funding)} times every 8 h at {FUNDING_RATE:.2%} (no recorded BTC funding "
+        f"covers these bars); perpetual at {futures_config.leverage}x {futures_config.margin_mode}"
+    )
+    print(
+        f"perpetual: {p['fills']:,} fills (spot {last['spot']['fills']:,}), {p['funding_payments']} funding "
+        f"payments, funding net {float(p['funding_net']):,.2f}, {p['liquidations']} liquidations, "
+        f"{p['refused_fills']} refused, max margin ratio {p['max_margin_ratio']:.4f}"
+    )
+    medians = {}
+    for name, (wall, cpu) in timed.items():
+        (wb, wm), (cb, cm) = rates(len(frame), wall), rates(len(frame), cpu)
+        medians[name] = (wm, cm)
+        print(
+            f"{name + ':':<11} wall best {wb:>10,.0f} median {wm:>10,.0f} candles/s; "
+            f"CPU best {cb:>10,.0f} median {cm:>10,.0f} candles/s"
+        )
+    (sw, sc), (pw, pc) = medians["spot"], medians["perpetual"]
+    print(f"ratio spot / perpetual (medians): wall {sw / pw:.1f}x, CPU {sc / pc:.1f}x")
+
+
 def side_by_side(against: Path, candles: int, repeat: int, rounds: int) -> None:
     runs: dict[str, list[dict[str, Any]]] = {"this checkout": [], f"against {against}": []}
     roots = dict(zip(runs, (ROOT, against.resolve()), strict=True))
@@ -120,6 +214,10 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--against", type=Path, help="another checkout to measure side by side")
     parser.add_argument("--rounds", type=int, default=3, help="turns of each checkout with --against")
+    parser.add_argument(
+        "--perpetual-candles", type=int, default=0, help="bars for spot vs perpetual (0: the real file's)"
+    )
+    parser.add_argument("--perpetual-repeat", type=int, default=5, help="turns of each, spot vs perpetual")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -166,6 +264,7 @@ def main() -> None:
     print(f"baseline, event path: {len(part):,} candles in {event_s:.2f} s = {event_rate:,.0f} candles/s")
     print(f"same fills on the baseline slice: {same} ({len(events.fills)} fills)")
     print(f"ratio vectorized (median) / event path: {wm / event_rate:,.0f}x")
+    spot_and_perpetual(args.perpetual_candles, args.perpetual_repeat)
     print(f"load average while measured: {os.getloadavg()[0]:.1f} (on {os.cpu_count()} cores)")
 
 

@@ -5,6 +5,11 @@ price), from a library that is well kept and widely used, and with the plotly.js
 in the page, so the file opens offline and on any machine. Long series are thinned for the plots to
 at most :data:`MAX_POINTS` points per line, keeping each bucket's highest and lowest value, so peaks,
 troughs and the drawdown's worst point still show; fills are always drawn, all of them.
+
+A perpetual's backtest (``mambo backtest --funding``) adds a Futures section: the ``futures`` figures of
+``metrics.json`` as they are there, each liquidation (time, price, what it cost the wallet), and the margin
+balance and margin-ratio curves at every bar's close, with the liquidation level (a ratio of 1) drawn and
+the liquidations marked on both.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import pandas as pd
 
 from mambo.backtest.data import CandleFrame
 from mambo.backtest.engine import BacktestResult
+from mambo.backtest.futures import FuturesResult
 from mambo.backtest.metrics import round_trips
 from mambo.backtest.portfolio import PortfolioResult
 from mambo.schemas.events import Fill
@@ -183,14 +189,95 @@ def _show(v: Any) -> str:
     return html.escape(str(v))
 
 
-def write_report(result: BacktestResult, metrics: dict[str, Any], path: Path) -> None:
-    """A self-contained HTML page: the metrics and the five plots (plotly.js embedded once)."""
+def _futures_figures(futures: FuturesResult) -> list[tuple[str, Any]]:
+    """The margin balance and the margin ratio at every bar's close, the liquidations marked on both."""
+    import plotly.graph_objects as go
+
+    times = pd.to_datetime(futures.times, unit="ns", utc=True)
+    balance = np.array([float(b) for b in futures.margin_balance])
+    # a ratio is infinite when the balance is gone: a gap in the line, not a point off the scale
+    ratio = np.where(np.isfinite(futures.margin_ratio), futures.margin_ratio, np.nan)
+    liqs = futures.liquidations
+    # a liquidation is marked at the close of the bar it happened in (or at the funding time's bar)
+    at = np.searchsorted(futures.times, [lq.ts_event for lq in liqs]).clip(0, max(len(times) - 1, 0))
+    liq_times = pd.to_datetime([lq.ts_event for lq in liqs], unit="ns", utc=True)
+    liq_text = [f"{lq.side} {lq.qty} at {lq.price}" for lq in liqs]
+    marker = {"symbol": "x", "size": 11, "color": "#d73027"}
+
+    curve = go.Figure()
+    idx = _thin_extremes(balance)
+    curve.add_scatter(x=times[idx], y=balance[idx], name="margin balance")
+    curve.add_scatter(
+        x=liq_times, y=balance[at], mode="markers", name="liquidations", marker=marker, text=liq_text
+    )
+
+    level = go.Figure()
+    idx = _thin_extremes(np.nan_to_num(ratio))
+    level.add_scatter(x=times[idx], y=ratio[idx], name="margin ratio")
+    level.add_scatter(
+        x=liq_times,
+        # the ratio that triggered it (a balance gone below zero: drawn on the level)
+        y=[float(lq.maintenance_margin / lq.margin_balance) if lq.margin_balance > 0 else 1.0 for lq in liqs],
+        mode="markers",
+        name="liquidations",
+        marker=marker,
+        text=liq_text,
+    )
+    level.add_hline(y=1.0, line={"dash": "dash", "color": "#d73027"}, annotation_text="liquidation (1.0)")
+    return [
+        ("Margin balance (at each bar's close)", curve),
+        ("Margin ratio: maintenance margin / margin balance", level),
+    ]
+
+
+def _futures_section(futures: FuturesResult, figures: dict[str, Any]) -> str:
+    """The perpetual's figures (``metrics.json``'s ``futures``), its notes and its liquidations."""
+    rows = "".join(
+        f"<tr><td>{html.escape(k)}</td><td>{_show(v)}</td></tr>" for k, v in figures.items() if k != "notes"
+    )
+    notes = "".join(f"<li>{html.escape(n)}</li>" for n in figures.get("notes", []))
+    liqs = "".join(
+        f"<tr><td>{iso(lq.ts_event)}</td><td>{lq.side}</td><td>{lq.qty}</td><td>{lq.price}</td>"
+        f"<td>{lq.realized_pnl}</td><td>{lq.fee}</td><td>{lq.insurance}</td>"
+        f"<td>{lq.fee - lq.realized_pnl - lq.insurance}</td></tr>"
+        for lq in futures.liquidations
+    )
+    liq_table = (
+        '<table class="liquidations"><tr><th>liquidated at</th><th>side</th><th>qty</th><th>price</th>'
+        "<th>price PnL</th><th>fee</th><th>insurance</th><th>loss</th></tr>"
+        f"{liqs}</table>"
+        if liqs
+        else "<p>No liquidation.</p>"
+    )
+    return (
+        '<h2 id="futures">Futures</h2>'
+        f'<table class="futures"><tr><th>futures</th><th></th></tr>{rows}</table>'
+        f"<ul>{notes}</ul>{liq_table}"
+        "<p>loss: what the liquidation took from the wallet (the fee, less the price PnL and what the "
+        "insurance fund covered).</p>"
+    )
+
+
+def _plots(figures: list[tuple[str, Any]], with_js: bool) -> list[str]:
+    """Each figure as an HTML fragment; plotly.js embedded in the first when ``with_js``."""
     import plotly.io as pio
 
     parts = []
-    for i, (title, fig) in enumerate(_figures(result)):
+    for i, (title, fig) in enumerate(figures):
         fig.update_layout(title=title, height=380, margin={"l": 50, "r": 20, "t": 50, "b": 40})
-        parts.append(pio.to_html(fig, full_html=False, include_plotlyjs=(i == 0)))
+        parts.append(pio.to_html(fig, full_html=False, include_plotlyjs=with_js and i == 0))
+    return parts
+
+
+def write_report(
+    result: BacktestResult, metrics: dict[str, Any], path: Path, futures: FuturesResult | None = None
+) -> None:
+    """A self-contained HTML page: the metrics and the five plots (plotly.js embedded once); with
+    ``futures`` (and ``metrics["futures"]``), the Futures section and its two plots."""
+    parts = _plots(_figures(result), with_js=True)
+    if futures is not None:
+        parts.append(_futures_section(futures, metrics["futures"]))
+        parts += _plots(_futures_figures(futures), with_js=False)
     head = (
         f"{html.escape(metrics['market'])} {html.escape(metrics['timeframe'])}, {metrics['bars']:,} bars, "
         f"{iso(metrics['start'])} to {iso(metrics['end'])}, strategies "
@@ -211,7 +298,6 @@ def write_portfolio_outputs(result: PortfolioResult, metrics: dict[str, Any], ou
     """A portfolio backtest's ``trades.csv`` (every market), ``metrics.json`` (the account and each
     market) and ``report.html`` (the account's equity and drawdown, each market's table and fills)."""
     import plotly.graph_objects as go
-    import plotly.io as pio
 
     out.mkdir(parents=True, exist_ok=True)
     paths = {name: out / name for name in ("trades.csv", "metrics.json", "report.html")}
@@ -227,10 +313,7 @@ def write_portfolio_outputs(result: PortfolioResult, metrics: dict[str, Any], ou
         (f"{key}: price and fills", _price_and_fills(frame, [f for f in result.fills if f.key == key]))
         for key, frame in result.frames.items()
     ]
-    parts = []
-    for i, (title, fig) in enumerate(figures):
-        fig.update_layout(title=title, height=380, margin={"l": 50, "r": 20, "t": 50, "b": 40})
-        parts.append(pio.to_html(fig, full_html=False, include_plotlyjs=(i == 0)))
+    parts = _plots(figures, with_js=True)
     account = "".join(
         f"<tr><td>{html.escape(k)}</td><td>{_show(v)}</td></tr>" for k, v in metrics["account"].items()
     )
@@ -254,11 +337,14 @@ td,th{{border:1px solid #ccc;padding:2px 8px;text-align:right}}td:first-child{{t
     return paths
 
 
-def write_outputs(result: BacktestResult, metrics: dict[str, Any], out: Path) -> dict[str, Path]:
-    """``trades.csv``, ``metrics.json`` and ``report.html`` in the folder ``out`` (created)."""
+def write_outputs(
+    result: BacktestResult, metrics: dict[str, Any], out: Path, futures: FuturesResult | None = None
+) -> dict[str, Path]:
+    """``trades.csv``, ``metrics.json`` and ``report.html`` in the folder ``out`` (created); ``futures``:
+    the perpetual's run (:func:`~mambo.backtest.futures.run_futures`) for the report's Futures section."""
     out.mkdir(parents=True, exist_ok=True)
     paths = {name: out / name for name in ("trades.csv", "metrics.json", "report.html")}
     write_trades(result.fills, paths["trades.csv"])
     paths["metrics.json"].write_text(json.dumps(json_safe(metrics), indent=2) + "\n")
-    write_report(result, metrics, paths["report.html"])
+    write_report(result, metrics, paths["report.html"], futures)
     return paths

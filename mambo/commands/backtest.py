@@ -11,6 +11,7 @@ import typer
 if TYPE_CHECKING:
     from mambo.backtest.data import CandleFrame
     from mambo.backtest.engine import BacktestResult
+    from mambo.backtest.futures import FuturesResult
     from mambo.core.stages import EngineConfig
     from mambo.settings import MamboSettings
 
@@ -239,8 +240,8 @@ def _show_portfolio(metrics: dict[str, Any]) -> None:
 
 def _futures(
     result: BacktestResult, funding: Path, marks: Path | None, leverage: int, margin_mode: str
-) -> dict[str, Any]:
-    """The perpetual's section of metrics.json: :mod:`mambo.backtest.futures`."""
+) -> tuple[FuturesResult, dict[str, Any]]:
+    """The perpetual's run and its section of metrics.json: :mod:`mambo.backtest.futures`."""
     from decimal import Decimal
 
     from mambo.backtest.futures import (
@@ -258,7 +259,8 @@ def _futures(
         config = FuturesConfig(
             leverage=leverage, margin_mode="isolated" if margin_mode == "isolated" else "cross"
         )
-        futures = futures_metrics(run_futures(result, rates, config, mark_frame))
+        run = run_futures(result, rates, config, mark_frame)
+        futures = futures_metrics(run)
     except ValueError as exc:  # CandleDataError is one
         raise _fail(str(exc)) from exc
     for note in futures["notes"]:
@@ -268,7 +270,7 @@ def _futures(
         f" {Decimal(futures['funding_net']):,.4f}; {futures['liquidations']} liquidations;"
         f" max margin ratio {futures['max_margin_ratio']:.4f}"
     )
-    return futures
+    return run, futures
 
 
 def _run_portfolio(
@@ -452,9 +454,10 @@ def register(app: typer.Typer) -> None:
             if result.fallback:
                 typer.echo(f"note: ran the event path: {result.fallback}", err=True)
             metrics = compute_metrics(result)
+            perpetual = None
             if funding is not None:
-                metrics["futures"] = _futures(result, funding, mark_prices, leverage, margin_mode)
-            paths = write_outputs(result, metrics, folder)
+                perpetual, metrics["futures"] = _futures(result, funding, mark_prices, leverage, margin_mode)
+            paths = write_outputs(result, metrics, folder, perpetual)
             _show_metrics(metrics)
             typer.echo(f"wrote {', '.join(str(p) for p in paths.values())}")
 
