@@ -45,11 +45,13 @@ async def serve(
     demo: bool = False,
     speed: float = 0.0,
     symbols: str | None = None,
+    prefix: str = "",
 ) -> int:
     """Serve the API until stopped; with ``demo``, replay the recording through the pipeline in this
     process (chdb allows one process per data folder, so the API must live with the pipeline);
     otherwise, with ``kafka.bootstrap`` set (``MAMBO_KAFKA_BOOTSTRAP``), the live view (WebSocket,
-    latest signals) comes from the Kafka topics (:class:`~mambo.api.kafka_feed.KafkaFeed`)."""
+    latest signals) comes from the Kafka topics (:class:`~mambo.api.kafka_feed.KafkaFeed`) and ``POST
+    /control`` goes to them (``prefix``: the topics' namespace, as ``mambo up --prefix`` made them)."""
     import uvicorn
 
     from mambo.api.analytics import readonly_client
@@ -73,7 +75,7 @@ async def serve(
     if settings.kafka.bootstrap and not demo:  # distributed mode: the live view comes from Kafka
         from mambo.api.kafka_feed import KafkaFeed
 
-        feed = KafkaFeed(settings.kafka.bootstrap, service.on_event_threadsafe)
+        feed = KafkaFeed(settings.kafka.bootstrap, service.on_event_threadsafe, prefix=prefix)
         typer.echo(f"live feed: Kafka at {settings.kafka.bootstrap}")
     app = create_app(service, store, feed)
     server = uvicorn.Server(uvicorn.Config(app, host=api.host, port=api.port, log_level="warning", **UVICORN))
@@ -95,7 +97,7 @@ async def serve(
         from mambo.api.control import KafkaController
 
         own = {a.config.account: sorted(a.markets or ()) for a in settings.account_configs()}
-        service.controller = KafkaController(settings.kafka.bootstrap, own)
+        service.controller = KafkaController(settings.kafka.bootstrap, own, prefix)
     if demo:
         from mambo.api.control import EmbeddedController
 
@@ -138,6 +140,9 @@ def register(app: typer.Typer) -> None:
         strategies: Annotated[
             str | None, typer.Option(help="Comma-separated strategies (with --demo: the demo's four).")
         ] = None,
+        prefix: Annotated[
+            str, typer.Option(help="On Kafka: the namespace of topic names (as given to mambo up / worker).")
+        ] = "",
         config: ConfigOpt = None,
         data_dir: DataDirOpt = None,
     ) -> None:
@@ -160,7 +165,7 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"error: open access is for loopback only, not {settings.api.host}", err=True)
             raise typer.Exit(2)
         try:
-            code = asyncio.run(serve(settings, is_open, demo, speed, symbols))
+            code = asyncio.run(serve(settings, is_open, demo, speed, symbols, prefix))
         except KeyboardInterrupt:
             code = 0
         except Exception as exc:  # ClickHouse unreachable, a locked chdb folder: say why, no traceback

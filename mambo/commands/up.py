@@ -116,7 +116,7 @@ def register(app: typer.Typer) -> None:
                 ChildSpec("sink", [*mambo, "sink", "--prefix", prefix, *common, *health(0, "sink")], env)
             )
             if api:
-                sup.start(ChildSpec("api", [*mambo, "api", *common], env))
+                sup.start(ChildSpec("api", [*mambo, "api", "--prefix", prefix, *common], env))
             for i in range(1, workers + 1):
                 worker_health = health(i, f"worker-{i}")
                 sup.start(

@@ -1,9 +1,16 @@
 """``mambo up`` as a user runs it, on the session broker: topology, sink, two workers and the replay
-come up; a worker killed mid-stream is reported and restarted; SIGTERM stops every child; the orders
-and fills in ClickHouse are the reference's. A real Prometheus (Debian's) scrapes every child's
-/metrics meanwhile (``--health-ports``) and answers PromQL with the consumer lag the run had, order
-latencies and the account's equity. Cost: ~60-80 s on the loaded machine (the replay alone takes
-11 s)."""
+come up; a worker killed mid-stream is reported and restarted; SIGTERM stops every child. A real
+Prometheus (Debian's) scrapes every child's /metrics meanwhile (``--health-ports``) and answers PromQL
+with the consumer lag the run had, order latencies and the account's equity.
+
+Control (issue 17): ``mambo api`` in distributed mode beside it (its own ClickHouse folder: the sink's
+is the sink's alone) takes a parameter change on ``POST /control`` while the replay runs; the worker
+that owns the market applies it and the answer comes back on ``GET /control/results`` (what the
+dashboard shows). The history has the command and its answer, and rsi_reversion's signals on that
+market carry RSI(14) before the command's place in the stream and RSI(7) from the next candle on. A
+replay of the same topics (md.trades copied record for record into a fresh namespace, through a fresh
+worker) gives the orders and fills the sink stored, id for id. Cost: ~90-110 s on the loaded machine
+(the replay alone takes 11 s)."""
 
 from __future__ import annotations
 
@@ -18,19 +25,25 @@ import sys
 import time
 import urllib.parse
 import urllib.request
+import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
+from confluent_kafka import Consumer, Message, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
 
 from mambo.connectors.replay import load_trades
 from mambo.schemas.topics import FILLS, ORDERS, TRADES
+from mambo.streams.kafka import topology
 from mambo.streams.kafka.broker import free_port
+from mambo.streams.kafka.codec import CONTROL_TYPE, TYPE_HEADER, is_watermark
+from mambo.streams.kafka.worker import Worker
 from tests.ops import installed
 
-from .conftest import engine_config, feed_drained, mambo, topic_end
+from .conftest import engine_config, feed_drained, mambo, read_topic, topic_end
 from .test_crash import committed
-from .test_pipeline import of, reference
 
 pytestmark = pytest.mark.kafka
 
@@ -106,9 +119,20 @@ def test_up_runs_supervises_and_stops_the_pipeline(bootstrap: str, tmp_path: Pat
         "--health-ports",
         str(health),
     )
-    proc = mambo(
-        *args, env={"MAMBO_KAFKA_BOOTSTRAP": bootstrap}, stdout=out.open("wb"), stderr=subprocess.STDOUT
+    env = {"MAMBO_KAFKA_BOOTSTRAP": bootstrap}
+    api_port = free_port()
+    api_args = (
+        "api",
+        "--open",
+        "--port",
+        str(api_port),
+        "--prefix",
+        prefix,
+        "--data-dir",
+        str(tmp_path / "api"),
     )
+    api = mambo(*api_args, env=env, stdout=(tmp_path / "api.out").open("wb"), stderr=subprocess.STDOUT)
+    proc = mambo(*args, env=env, stdout=out.open("wb"), stderr=subprocess.STDOUT)
     text = lambda: out.read_text()  # noqa: E731
     pids = lambda name: [int(p) for p in re.findall(rf"^{name}: started \(pid (\d+)\)", text(), re.M)]  # noqa: E731
     try:
@@ -116,6 +140,9 @@ def test_up_runs_supervises_and_stops_the_pipeline(bootstrap: str, tmp_path: Pat
         assert "kafka: answering" in text()  # the broker that runs is used, not a second one
         workers, trades = prefix + "mambo-workers", prefix + TRADES.name
         wait(lambda: committed(bootstrap, workers, trades) > 5_000, "a worker's first commits", proc)
+        # a parameter change over the API, while the replay runs (and before a worker is killed)
+        sent = post(api_port, "/control", CHANGE)
+        assert sent["markets"] == 1 and sent["version"] == 1, sent
         os.kill(pids("worker-1")[0], signal.SIGKILL)  # mid-stream: the recording takes ~11 s at speed 60
         wait(lambda: len(pids("worker-1")) == 2, "worker-1's restart", proc)
         assert re.search(r"^worker-1: DIED \(exit -9\), restarting in 1 s", text(), re.M)
@@ -127,6 +154,12 @@ def test_up_runs_supervises_and_stops_the_pipeline(bootstrap: str, tmp_path: Pat
         every = lambda: committed(bootstrap, workers, trades) == topic_end(bootstrap, trades)  # noqa: E731
         wait(every, "the workers", proc)
         wait(lambda: feed_drained(bootstrap, workers, prefix), "the account stage", proc)
+        answers = lambda: get(api_port, f"/control/results?command_id={sent['command_id']}")  # noqa: E731
+        wait(lambda: bool(answers()), "the answer on the API", proc, 30)
+        (answer,) = answers()
+        assert (answer["status"], answer["exchange"], answer["symbol"]) == ("applied", "binance", "BTC/USDT")
+        assert json.loads(answer["params"]) == {"period": 7}  # the parameters given beyond the defaults
+        assert (answer["who"], answer["version"]) == (WHO, 1)
         sink, last, since = prefix + "mambo-sink", -1, time.monotonic()
         while time.monotonic() - since < 3:  # the sink has taken everything: its offsets stay put
             now = sum(committed(bootstrap, sink, prefix + t) for t in (TRADES.name, ORDERS.name, FILLS.name))
@@ -150,6 +183,8 @@ def test_up_runs_supervises_and_stops_the_pipeline(bootstrap: str, tmp_path: Pat
     finally:
         if proc.poll() is None:
             proc.kill()
+        api.terminate()
+        api.wait(timeout=30)
         scraper.terminate()
         scraper.wait(timeout=10)
     children = [p for name in ("topology", "sink", "worker-1", "worker-2", "source") for p in pids(name)]
@@ -159,19 +194,134 @@ def test_up_runs_supervises_and_stops_the_pipeline(bootstrap: str, tmp_path: Pat
         text()
     )
 
-    # the replay's watermarks and the notifications, as mambo kafka replay and mambo worker make them
-    ref = reference(engine_config(), batch, watermarks=True, notify=True)
-    sql = " UNION ALL ".join(
-        f"SELECT '{t}' AS topic, event_id FROM {t} FINAL" for t in (ORDERS.name, FILLS.name)
+    def sql(query: str) -> list[list[str]]:
+        res = subprocess.run(
+            [sys.executable, "-m", "mambo.cli", "sql", query, "--format", "csv", "--data-dir", str(data)],
+            capture_output=True,
+            check=True,
+        )
+        return [r for r in csv.reader(io.StringIO(res.stdout.decode())) if r][1:]  # after the header
+
+    # the history: the command as sent, and its answer (what ran with which parameters from when)
+    (command,) = sql("SELECT command_id, action, strategy, symbol, params, who, version FROM control FINAL")
+    assert command == [
+        sent["command_id"],
+        "set_params",
+        "rsi_reversion",
+        "BTC/USDT",
+        '{"period": 7}',
+        WHO,
+        "1",
+    ]
+    (stored,) = sql("SELECT command_id, status, params FROM control_results FINAL")
+    assert stored == [sent["command_id"], "applied", answer["params"]]
+
+    # the change acted from the market's next candle on: the command's copy sits on BTC/USDT's md.trades
+    # partition after the trade at time `last`; the candles up to the one holding it ran RSI(14), from the
+    # next candle boundary on RSI(7) (a signal's time is its candle's opening)
+    last = last_trade_before_command(bootstrap, trades, "binance:BTC/USDT")
+    rows = sql(
+        "SELECT toUnixTimestamp64Nano(ts_event), arrayStringConcat(mapKeys(values), ',') FROM signals_raw "
+        "FINAL WHERE strategy = 'rsi_reversion' AND symbol = 'BTC/USDT' AND timeframe = '1s' ORDER BY 1"
     )
-    res = subprocess.run(
-        [sys.executable, "-m", "mambo.cli", "sql", sql, "--format", "csv", "--data-dir", str(data)],
-        capture_output=True,
-        check=True,
+    rsi = {int(t): set(k.split(",")) & {"rsi_14", "rsi_7"} for t, k in rows}
+    boundary = last // SECOND * SECOND + SECOND  # the candle holding that trade closes here
+    assert {k for t, ks in rsi.items() if t < boundary for k in ks} == {"rsi_14"}
+    assert rsi[boundary - SECOND] == {"rsi_14"}  # the candle the command came in ran to its end as it was
+    # from the boundary, RSI(7) warming up anew: seven candles without a value, then RSI(7) on every one
+    assert [rsi[boundary + i * SECOND] for i in range(8)] == [set()] * 7 + [{"rsi_7"}]
+    assert {k for t, ks in rsi.items() if t >= boundary for k in ks} == {"rsi_7"}
+    assert sum(t >= boundary for t in rsi) > 100  # the change had the rest of the replay to act in
+
+    # a replay of the same topics gives the same orders and fills, id for id
+    again = copy_trades(bootstrap, trades)
+    Worker(bootstrap, engine_config(), prefix=again, batch_size=5_000).run(idle_exit=3.0)
+    rows = sql(
+        " UNION ALL ".join(f"SELECT '{t}', event_id FROM {t} FINAL" for t in (ORDERS.name, FILLS.name))
     )
-    rows = [r for r in csv.reader(io.StringIO(res.stdout.decode())) if r and r[0] != "topic"]
     for topic in (ORDERS.name, FILLS.name):
-        assert sorted(i for t, i in rows if t == topic) == [e.event_id for e in of(ref, topic)], topic
+        stored_ids = sorted(i for t, i in rows if t == topic)
+        assert stored_ids == sorted(e.event_id for e in read_topic(bootstrap, topic, again)), topic
+        assert len(stored_ids) > 10, topic
+
+
+SECOND = 1_000_000_000
+#: Who the API says sent a command with open access (a key's name otherwise).
+WHO = "open access (local)"
+#: The parameter change sent over the API: rsi_reversion on binance:BTC/USDT from RSI(14) to RSI(7).
+CHANGE = {
+    "action": "set_params",
+    "strategy": "rsi_reversion",
+    "market": "binance:BTC/USDT",
+    "params": {"period": 7},
+    "why": "faster RSI",
+}
+
+
+def post(port: int, path: str, body: dict[str, Any]) -> Any:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}", json.dumps(body).encode(), {"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        assert answer.status == 202
+        return json.loads(answer.read())
+
+
+def get(port: int, path: str) -> Any:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=30) as answer:
+        return json.loads(answer.read())
+
+
+def partitions(bootstrap: str, topic: str) -> list[int]:
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    return sorted(admin.list_topics(topic, timeout=10).topics[topic].partitions)
+
+
+def records(bootstrap: str, topic: str, partition: int) -> list[Message]:
+    """Every record of one partition of a non-transactional topic, in order."""
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "up-test", "log_level": 0})
+    try:
+        low, high = c.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
+        c.assign([TopicPartition(topic, partition, low)])
+        out: list[Message] = []
+        while len(out) < high - low:
+            for m in c.consume(10_000, 1.0):
+                assert m.error() is None, m.error()
+                out.append(m)
+        return out
+    finally:
+        c.close()
+
+
+def last_trade_before_command(bootstrap: str, topic: str, market: str) -> int:
+    """The time of the last trade before the first control record on ``market``'s records of md.trades."""
+    last = 0
+    for p in partitions(bootstrap, topic):
+        for m in records(bootstrap, topic, p):
+            if (m.key() or b"").decode() != market:
+                continue
+            if dict(m.headers() or ()).get(TYPE_HEADER) == CONTROL_TYPE:
+                return last
+            if not is_watermark(m.headers()):
+                last = json.loads(m.value() or b"{}")["ts_event"]
+    raise AssertionError(f"no control record for {market} on {topic}")
+
+
+def copy_trades(bootstrap: str, topic: str) -> str:
+    """md.trades copied record for record (key, value, headers, partition) into a fresh namespace with
+    every topic of the registry; the namespace."""
+    prefix = f"again{uuid.uuid4().hex[:6]}."
+    parts = partitions(bootstrap, topic)
+    topology.apply(AdminClient({"bootstrap.servers": bootstrap}), len(parts), prefix)
+    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 20})
+    for p in parts:
+        for m in records(bootstrap, topic, p):
+            producer.produce(
+                prefix + TRADES.name, m.value(), m.key(), partition=p, headers=m.headers() or None
+            )
+            producer.poll(0)
+    assert producer.flush(30) == 0
+    return prefix
 
 
 def port_free(port: int) -> bool:
