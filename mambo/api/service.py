@@ -89,13 +89,37 @@ class SymbolInfo(BaseModel):
 
 
 class StrategyInfo(BaseModel):
-    """A strategy, its raw signal counts and its current aggregation weight in each market."""
+    """A strategy, its raw signal counts, its current aggregation weight in each market, the markets
+    it runs in, and the parameters its class declares with their defaults (what ``set_params`` takes;
+    empty for a strategy the API cannot load by its name)."""
 
     name: str
     signals: int
     buys: int
     sells: int
     weights: dict[str, float]
+    markets: list[str] = []
+    parameters: dict[str, float | int | str | bool] = {}
+
+
+def declared_parameters(name: str) -> dict[str, float | int | str | bool]:
+    """The parameters the strategy called ``name`` declares (its dataclass fields set at construction)
+    with their defaults, where they are plain values; {} when no registered strategy is called so."""
+    import dataclasses
+
+    from mambo.core.strategies import StrategyConfigError, strategy_class
+
+    try:
+        cls = strategy_class(name)
+    except StrategyConfigError:
+        return {}
+    if not dataclasses.is_dataclass(cls):
+        return {}
+    out: dict[str, float | int | str | bool] = {}
+    for f in dataclasses.fields(cls):
+        if f.init and not f.name.startswith("_") and isinstance(f.default, float | int | str | bool):
+            out[f.name] = f.default
+    return out
 
 
 class StrategyPnl(BaseModel):
@@ -462,13 +486,16 @@ class SignalService:
         ]
 
     def strategies(self) -> list[StrategyInfo]:
-        counts = {
-            name: (n, b, s)
-            for name, n, b, s in self._query(
-                f"SELECT strategy, count(), countIf(side = 'buy'), countIf(side = 'sell') "
-                f"FROM `{self.database}`.signals_raw FINAL GROUP BY strategy ORDER BY strategy"
-            )
-        }
+        counts: dict[str, tuple[int, int, int]] = {}
+        markets: dict[str, list[str]] = {}
+        for name, exchange, symbol, n, b, s in self._query(
+            f"SELECT strategy, exchange, symbol, count(), countIf(side = 'buy'), countIf(side = 'sell') "
+            f"FROM `{self.database}`.signals_raw FINAL GROUP BY strategy, exchange, symbol "
+            "ORDER BY strategy, exchange, symbol"
+        ):
+            n0, b0, s0 = counts.get(name, (0, 0, 0))
+            counts[name] = (n0 + n, b0 + b, s0 + s)
+            markets.setdefault(name, []).append(f"{exchange}:{symbol}")
         weights: dict[str, dict[str, float]] = {}
         for sig in self.latest_signals():
             for name, w in sig.weights.items():
@@ -481,6 +508,8 @@ class SignalService:
                 buys=counts.get(n, (0, 0, 0))[1],
                 sells=counts.get(n, (0, 0, 0))[2],
                 weights=weights.get(n, {}),
+                markets=markets.get(n, sorted(weights.get(n, {}))),
+                parameters=declared_parameters(n),
             )
             for n in names
         ]

@@ -5,9 +5,11 @@ artifacts/ (gitignored)."""
 from __future__ import annotations
 
 import json
+import re
 import time
 import urllib.request
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -110,8 +112,11 @@ def test_operator_panel_positions_and_strategy_controls(
 ) -> None:
     """The operator panel shows what /metrics/summary reads from the registry (the same figures
     /metrics serves), the positions table what /positions holds (liquidation price column included),
-    and the strategy controls work: clicking stop on rsi_reversion is answered "applied" on the page,
-    and from then on the strategy holds. Screenshots: artifacts/operator.png, artifacts/controls.png."""
+    and the strategy controls work: rsi_reversion's parameters form, on one market, is refused a period
+    of 0 with the strategy's reason and takes a period of 7 (both answers on the page and in the control
+    history), after which that market's rsi_reversion runs RSI(7) and the others RSI(14); clicking stop
+    on rsi_reversion is answered "applied", and from then on the strategy holds. Screenshots:
+    artifacts/operator.png, artifacts/controls.png."""
     from playwright.sync_api import sync_playwright
 
     from mambo.api.control import EmbeddedController
@@ -150,9 +155,63 @@ def test_operator_panel_positions_and_strategy_controls(
         )
         ARTIFACTS.mkdir(exist_ok=True)
         page.locator("#operator-panel").screenshot(path=str(ARTIFACTS / "operator.png"))
+        # the fills as /fills has them, exactly, without the trailing zeros of the table's scale
+        history = json.loads(urllib.request.urlopen(live.url + "/fills?limit=1000", timeout=10).read())
+        by_id = {f["event_id"]: f for f in history["items"]}
+        shown = page.locator("#fills tr")
+        assert shown.count() > 5
+        for i in range(shown.count()):
+            fill = by_id[shown.nth(i).get_attribute("data-event-id") or ""]
+            cells = shown.nth(i).locator("td").all_inner_texts()
+            for text, name in zip(cells[3:7], ("price", "qty", "fee", "realized_pnl"), strict=True):
+                assert Decimal(text) == Decimal(fill[name]), (name, text)
+                assert not re.search(r"\.\d*0$|E", text), (name, text)
 
-        stop = page.locator('#strategies tr[data-strategy="rsi_reversion"] button[data-action="stop"]')
-        stop.wait_for(timeout=10_000)
+        row = page.locator('#strategies tr[data-strategy="rsi_reversion"]')
+        row.locator('button[data-action="parameters"]').click()
+        row.locator("select.market").select_option("binance:BTC/USDT")
+        form = page.locator('form.params[data-strategy="rsi_reversion"]')
+        assert form.locator('input[name="period"]').input_value() == "14"  # the declared default
+        form.locator('input[name="period"]').fill("0")
+        form.locator('button[data-action="set_params"]').click()
+        page.wait_for_selector('#control-answer[data-status="rejected"]', timeout=10_000)
+        refused = page.locator("#control-answer").inner_text()
+        assert refused.startswith(
+            "set_params rsi_reversion on binance:BTC/USDT: rejected (invalid parameters"
+        )
+        assert "period" in refused
+        form.locator('input[name="period"]').fill("7")
+        form.locator('button[data-action="set_params"]').click()
+        page.wait_for_selector('#control-answer[data-status="applied"]', timeout=10_000)
+        assert page.locator("#control-answer").inner_text() == (
+            "set_params rsi_reversion on binance:BTC/USDT: applied"
+        )
+        history = page.locator("#control-history tr")
+        page.wait_for_function("document.querySelectorAll('#control-history tr').length === 2", timeout=5_000)
+        newest = history.nth(0).locator("td").all_inner_texts()
+        assert newest[1:6] == [
+            "open access (local)",
+            "set_params",
+            "rsi_reversion",
+            "binance:BTC/USDT",
+            "applied",
+        ]
+        assert json.loads(newest[6]) == {"period": 7, "lower": 30, "upper": 70}
+        assert history.nth(1).get_attribute("data-status") == "rejected"
+        before = len(recorded.events)
+        for _ in range(2):  # the page idle meanwhile: commands come only from clicks
+            batch, quotes = next(batches)
+            runtime.ingest_quotes(quotes)
+            runtime.ingest_trades(batch)
+        rsi = {}
+        for t, e in recorded.events[before:]:
+            if t == "signals.raw" and e.strategy == "rsi_reversion" and e.timeframe == "1s" and e.values:
+                rsi.setdefault(e.key, set()).update(k for k in e.values if k[4:].isdigit())
+        assert rsi.pop("binance:BTC/USDT") == {"rsi_7"}
+        assert rsi and set().union(*rsi.values()) == {"rsi_14"}
+
+        row.locator("select.market").select_option("")  # every market
+        stop = row.locator('button[data-action="stop"]')
         stop.click()
         page.wait_for_selector('#control-answer[data-status="applied"]', timeout=10_000)
         assert "stop rsi_reversion: applied" in page.locator("#control-answer").inner_text()

@@ -22,6 +22,13 @@ const state = {
 const $ = (id) => document.getElementById(id);
 const tfSeconds = (tf) => parseInt(tf, 10) * TF_SECONDS[tf.slice(-1)];
 const isoTime = (ns) => new Date(Number(ns) / 1e6).toISOString().replace("T", " ").slice(0, 19);
+// A Decimal as the API sends it (a string, exact), without the trailing zeros of ClickHouse's scale.
+const dec = (x) => {
+  if (x === null || x === undefined) return "-";
+  const t = String(x);
+  if (/e/i.test(t)) return Number(t) === 0 ? "0" : t; // Decimal("0E-18"): a zero at the table's scale
+  return t.includes(".") ? t.replace(/0+$/, "").replace(/\.$/, "") : t;
+};
 const fmt = (x, digits = 2) => (x === null || x === undefined ? "-" : Number(x).toFixed(digits));
 
 // --- charts -------------------------------------------------------------------------------------------
@@ -122,14 +129,14 @@ function showSignal(s) {
 
 function showOrder(o) {
   prependRow("orders", [
-    [isoTime(o.ts_event)], [`${o.exchange}:${o.symbol}`], [o.strategy], [o.side, o.side], [o.qty], [o.status],
+    [isoTime(o.ts_event)], [`${o.exchange}:${o.symbol}`], [o.strategy], [o.side, o.side], [dec(o.qty)], [o.status],
   ], { "data-event-id": o.event_id });
 }
 
 function showFill(f) {
   prependRow("fills", [
-    [isoTime(f.ts_event)], [`${f.exchange}:${f.symbol}`], [f.side, f.side], [f.price], [f.qty], [f.fee],
-    [f.realized_pnl],
+    [isoTime(f.ts_event)], [`${f.exchange}:${f.symbol}`], [f.side, f.side], [dec(f.price)], [dec(f.qty)], [dec(f.fee)],
+    [dec(f.realized_pnl)],
   ], { "data-event-id": f.event_id });
 }
 
@@ -263,43 +270,174 @@ async function refreshPositions() {
 
 async function sendControl(body) {
   const headers = { "Content-Type": "application/json", ...(state.apiKey ? { "X-API-Key": state.apiKey } : {}) };
+  const what = `${body.action} ${body.strategy || ""}${body.market ? " on " + body.market : ""}`;
+  const answerEl = $("control-answer");
+  delete answerEl.dataset.status;
   const r = await fetch("/control", { method: "POST", headers, body: JSON.stringify(body) });
   const answer = await r.json();
-  if (!r.ok) { $("control-answer").textContent = `refused: ${answer.detail}`; return; }
-  $("control-answer").textContent = `${body.action} ${body.strategy || ""}: sent (version ${answer.version})`;
-  for (let i = 0; i < 20; i++) {
+  if (!r.ok) {
+    answerEl.textContent = `${what}: refused: ${typeof answer.detail === "string" ? answer.detail : JSON.stringify(answer.detail)}`;
+    answerEl.dataset.status = "refused";
+    return;
+  }
+  answerEl.textContent = `${what}: sent (version ${answer.version})`;
+  for (let i = 0; i < 40; i++) {
     await new Promise((ok) => setTimeout(ok, 250));
     const results = await get(`/control/results?command_id=${answer.command_id}`);
     if (results.length) {
       const states = results.map((x) => x.status + (x.reason ? ` (${x.reason})` : ""));
-      $("control-answer").textContent = `${body.action} ${body.strategy || ""}: ${[...new Set(states)].join(", ")}`;
-      $("control-answer").dataset.status = results[0].status;
+      answerEl.textContent = `${what}: ${[...new Set(states)].join(", ")}`;
+      answerEl.dataset.status = results.every((x) => x.status === "applied") ? "applied" : "rejected";
+      refreshControlHistory();
       return;
     }
   }
 }
 
-function controlButton(label, body) {
+// A button sending a command: ``body``, or what ``body()`` gives when clicked (the market chosen then).
+function controlButton(label, action, body) {
   const b = document.createElement("button");
   b.textContent = label;
-  b.dataset.action = body.action;
-  b.addEventListener("click", () => sendControl(body));
+  b.dataset.action = action;
+  b.addEventListener("click", () => sendControl(typeof body === "function" ? body() : body));
   return b;
+}
+
+// One row per strategy, made once (a form being filled in survives the refreshes): the signal count,
+// the market the controls act on (every market of the account, or one), pause/stop/start, and the
+// parameters form (its declared parameters, filled with the defaults or the last values applied).
+const strategyRows = new Map(); // name -> {count, market, form}
+const appliedParams = new Map(); // "strategy|market" -> params object, from the answers
+
+function parameterForm(s, market) {
+  const form = document.createElement("form");
+  form.className = "params";
+  form.hidden = true;
+  form.dataset.strategy = s.name;
+  for (const [name, value] of Object.entries(s.parameters)) {
+    const label = document.createElement("label");
+    label.textContent = name + " ";
+    const input = document.createElement("input");
+    input.name = name;
+    if (typeof value === "boolean") { input.type = "checkbox"; input.checked = value; }
+    else if (typeof value === "number") { input.type = "number"; input.step = "any"; input.value = value; }
+    else input.value = value;
+    input.dataset.kind = typeof value;
+    input.dataset.integer = Number.isInteger(value) ? "1" : "";
+    label.appendChild(input);
+    form.appendChild(label);
+  }
+  const apply = document.createElement("button");
+  apply.type = "submit";
+  apply.textContent = "apply";
+  apply.dataset.action = "set_params";
+  form.appendChild(apply);
+  form.addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const params = {};
+    for (const input of form.querySelectorAll("input")) {
+      if (input.dataset.kind === "boolean") params[input.name] = input.checked;
+      else if (input.dataset.kind === "number") {
+        params[input.name] = input.dataset.integer && /^-?\d+$/.test(input.value) ? parseInt(input.value, 10) : Number(input.value);
+      } else params[input.name] = input.value;
+    }
+    sendControl({ action: "set_params", strategy: s.name, market: market.value, params });
+  });
+  return form;
+}
+
+function fillForm(name) {
+  const row = strategyRows.get(name);
+  if (!row) return;
+  const applied = appliedParams.get(`${name}|${row.market.value}`) || {};
+  for (const input of row.form.querySelectorAll("input")) {
+    const value = input.name in applied ? applied[input.name] : row.defaults[input.name];
+    if (input.dataset.kind === "boolean") input.checked = value; else input.value = value;
+  }
+}
+
+function strategyRow(s) {
+  const tbody = $("strategies");
+  const tr = document.createElement("tr");
+  tr.dataset.strategy = s.name;
+  const name = document.createElement("td");
+  name.textContent = s.name;
+  const count = document.createElement("td");
+  const where = document.createElement("td");
+  const market = document.createElement("select");
+  market.className = "market";
+  for (const m of ["", ...s.markets]) {
+    const o = document.createElement("option");
+    o.value = m;
+    o.textContent = m || "every market";
+    market.appendChild(o);
+  }
+  where.appendChild(market);
+  const controls = document.createElement("td");
+  for (const action of ["pause", "stop", "start"]) {
+    controls.appendChild(controlButton(action, action, () => ({ action, strategy: s.name, market: market.value })));
+  }
+  const form = parameterForm(s, market);
+  if (Object.keys(s.parameters).length) {
+    const toggle = document.createElement("button");
+    toggle.textContent = "parameters";
+    toggle.dataset.action = "parameters";
+    toggle.addEventListener("click", () => { form.hidden = !form.hidden; fillForm(s.name); });
+    controls.appendChild(toggle);
+  }
+  market.addEventListener("change", () => fillForm(s.name));
+  tr.append(name, count, where, controls);
+  const formRow = document.createElement("tr");
+  formRow.dataset.paramsFor = s.name;
+  const cell = document.createElement("td");
+  cell.colSpan = 4;
+  cell.appendChild(form);
+  formRow.appendChild(cell);
+  const account = tbody.querySelector("tr[data-strategy='']");
+  tbody.insertBefore(tr, account);
+  tbody.insertBefore(formRow, account);
+  strategyRows.set(s.name, { count, market, form, defaults: s.parameters });
 }
 
 async function refreshStrategies() {
   try {
-    const rows = (await get("/strategies")).map((s) => {
-      const buttons = document.createElement("span");
-      for (const action of ["pause", "stop", "start"]) buttons.appendChild(controlButton(action, { action, strategy: s.name }));
-      return [[s.name, s.signals.toLocaleString(), buttons], { strategy: s.name }];
-    });
-    if (!rows.length) return;
-    const halt = document.createElement("span");
-    halt.appendChild(controlButton("halt entries", { action: "halt" }));
-    halt.appendChild(controlButton("resume", { action: "resume" }));
-    rows.push([["account main", "", halt], { strategy: "" }]);
-    setRows("strategies", rows);
+    const list = await get("/strategies");
+    if (!list.length) return;
+    const tbody = $("strategies");
+    if (!tbody.querySelector("tr[data-strategy='']")) {
+      const tr = document.createElement("tr");
+      tr.dataset.strategy = "";
+      const name = document.createElement("td");
+      name.textContent = "account main";
+      const controls = document.createElement("td");
+      controls.colSpan = 3;
+      controls.appendChild(controlButton("halt entries", "halt", { action: "halt" }));
+      controls.appendChild(controlButton("resume", "resume", { action: "resume" }));
+      tr.append(name, controls);
+      tbody.appendChild(tr);
+    }
+    for (const s of list) {
+      if (!strategyRows.has(s.name)) strategyRow(s);
+      strategyRows.get(s.name).count.textContent = s.signals.toLocaleString();
+    }
+  } catch (e) { console.warn(e); }
+}
+
+// The answers to commands, newest first: what ran with which parameters from when, and who said so.
+async function refreshControlHistory() {
+  try {
+    const results = await get("/control/results");
+    for (const r of results) {
+      if (r.action === "set_params" && r.status === "applied") {
+        appliedParams.set(`${r.strategy}|${r.exchange}:${r.symbol}`, JSON.parse(r.params || "{}"));
+      }
+    }
+    const rows = results.slice(-20).reverse().map((r) => [
+      [isoTime(r.ts_event), r.who, r.action, r.strategy || "-", r.exchange ? `${r.exchange}:${r.symbol}` : "-",
+       r.status, r.reason || (r.action === "set_params" ? r.params : "")],
+      { status: r.status, command: r.command_id },
+    ]);
+    setRows("control-history", rows);
   } catch (e) { console.warn(e); }
 }
 
@@ -365,4 +503,6 @@ loadHistory().finally(() => {
   setInterval(refreshPositions, 2000);
   refreshStrategies();
   setInterval(refreshStrategies, 5000);
+  refreshControlHistory();
+  setInterval(refreshControlHistory, 5000);
 });
