@@ -19,6 +19,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -315,3 +316,52 @@ def test_a_wrong_runtime_or_guarantee_is_refused_with_the_choices(tmp_path: Path
     assert result.exit_code == 2 and "--runtime must be native or faust" in result.output
     with pytest.raises(ValueError, match="exactly_once, at_least_once"):
         FaustPipeline("127.0.0.1:1", engine_config(), tmp_path, guarantee="twice")
+
+
+def test_faust_applies_control_commands_where_they_came_as_the_stage_groups_do(
+    bootstrap: str, kafka_prefix: str, recording: TradeBatch, tmp_path: Path
+) -> None:
+    """~20 s: control (issue 17) through Faust: the first 12,000 trades with commands in line between
+    the slices (a parameter change, one refused by the strategy, a forced exit, a stop in every market,
+    halt, a stale version, resume), as ``publish_control`` puts them; Faust gives the orders, fills,
+    rejections and answers of the in-process stage groups, id for id."""
+    from mambo.core.control import expand
+    from mambo.core.stages import Account
+    from mambo.schemas.topics import CONTROL_RESULTS, REJECTIONS
+    from mambo.streams.markets import MarketPipelines
+
+    from ..test_control import BTC, CONFIG, command
+
+    script = [  # (after how many slices, the command)
+        (1, command(1, "set_params", 1, "sma_cross", BTC, fast=5, slow=20)),
+        (2, command(2, "set_params", 2, "sma_cross", BTC, fast=-3)),  # refused by the strategy
+        (3, command(3, "force_exit", 1)),  # the positions open then, in every market
+        (3, command(4, "stop", 1, "rsi_reversion")),  # every market
+        (4, command(5, "halt", 2)),
+        (4, command(6, "set_params", 1, "sma_cross", BTC, fast=7)),  # refused: version 1 is applied
+        (5, command(7, "resume", 3)),
+    ]
+    batch = recording.slice(0, 12_000)
+    markets = sorted(batch.keys)
+    accounts = [Account(CONFIG, frozenset(markets))]
+    ref: list[tuple[str, Any]] = []
+    mp = MarketPipelines(accounts, lambda t, e: ref.append((t, e)), loopback=True)
+    with KafkaPublisher(bootstrap, kafka_prefix) as pub:
+        for i, start in enumerate(range(0, len(batch), SLICE)):
+            for _, cmd in (c for c in script if c[0] == i):
+                pub.publish_control(cmd, markets)
+                mp.ingest_control(expand(cmd, markets))
+            pub.publish_trades(batch.slice(start, start + SLICE))
+            mp.ingest_trades(batch.slice(start, start + SLICE))
+    app = FaustPipeline(bootstrap, accounts, tmp_path, guarantee="exactly_once", prefix=kafka_prefix)
+    asyncio.run(app.run(idle_exit=1.0))
+    assert app.processed == len(batch) and app.dead == 0
+    for topic in (ORDERS.name, FILLS.name, REJECTIONS.name, CONTROL_RESULTS.name):
+        got = sorted(read_topic(bootstrap, topic, kafka_prefix), key=lambda e: e.event_id)
+        assert got == of(ref, topic), topic
+    answers = {(r.command_id, r.status) for r in of(ref, CONTROL_RESULTS.name)}
+    assert answers == {
+        ("cmd1", "applied"), ("cmd2", "rejected"), ("cmd3", "applied"), ("cmd4", "applied"),
+        ("cmd5", "applied"), ("cmd6", "rejected"), ("cmd7", "applied"),
+    }  # fmt: skip
+    assert [o for o in of(ref, ORDERS.name) if o.strategy == "control"]  # the forced exit's orders
