@@ -98,7 +98,7 @@ def read_keyed(bootstrap: str, topic: str, prefix: str = "") -> list[tuple[str, 
     events: list[tuple[str, Event]] = []
     done: set[int] = set()
     while len(done) < len(parts):
-        for m in c.consume(10_000, 1.0):
+        for m in c.consume(10_000, 0.1):
             if m.error() is not None:
                 if m.error().code() == -191:
                     done.add(m.partition() or 0)
@@ -195,7 +195,7 @@ def feed_drained(bootstrap: str, group: str, prefix: str = "") -> bool:
         open_parts = set(ends)
         deadline = time.monotonic() + 10
         while open_parts and time.monotonic() < deadline:
-            for m in c.consume(1000, 0.5):
+            for m in c.consume(1000, 0.1):
                 if m.error() is not None:
                     if m.error().code() == KafkaError._PARTITION_EOF:
                         open_parts.discard(m.partition() or 0)

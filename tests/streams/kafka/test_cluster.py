@@ -14,7 +14,7 @@ What must hold, against the single-process reference computed here by the same c
 fills equal it id for id (exactly once: nothing doubled, and every topic's count; at least once: any
 repeat is the same event but for ``ts_init``), and ClickHouse holds each event exactly once.
 
-Cost: ~15 s for the cluster, then 40-65 s per scenario (four) on a loaded two-core machine."""
+Cost: ~15 s for the cluster, then 35-45 s per scenario (two) on a loaded two-core machine."""
 
 from __future__ import annotations
 
@@ -117,7 +117,7 @@ def data_ends(bootstrap: str, topics: list[str]) -> dict[tuple[str, int], int]:
     ends: dict[tuple[str, int], int] = {}
     left = {(tp.topic, tp.partition) for tp in parts}
     while left:
-        for m in c.consume(10_000, 1.0):
+        for m in c.consume(10_000, 0.1):
             err = m.error()
             if err is not None and err.code() == KafkaError._PARTITION_EOF:
                 left.discard((m.topic(), m.partition()))
@@ -192,8 +192,10 @@ def test_topics_on_three_brokers_have_three_replicas_and_two_in_sync(cluster: Ka
     assert internal.get("__consumer_offsets", 3) == 3 and internal.get("__transaction_state", 3) == 3
 
 
-@pytest.mark.parametrize("guarantee", ["exactly_once", "at_least_once"])
-@pytest.mark.parametrize("leading", ["input", "orders"])
+#: Two scenarios, each guarantee and each victim once (all four cost ~150 s of CI's 25 minutes): the
+#: transactional producer losing the leader it writes orders to, and the plain consumer losing the
+#: leader of its input.
+@pytest.mark.parametrize(("leading", "guarantee"), [("orders", "exactly_once"), ("input", "at_least_once")])
 def test_a_broker_killed_mid_stream_loses_nothing(
     cluster: KafkaCluster,
     recording: tuple[TradeBatch, list[tuple[str, Any]]],

@@ -17,9 +17,8 @@ import signal
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 import pytest
@@ -32,11 +31,13 @@ from mambo.agents.app import FaustPipeline
 from mambo.connectors.clickhouse import ClickHouseSink, ensure_schema
 from mambo.connectors.replay import load_trades
 from mambo.schemas.batches import TradeBatch
-from mambo.schemas.topics import FILLS, ORDERS, TABLES, TRADES
+from mambo.schemas.events import ControlCommand
+from mambo.schemas.topics import CONTROL_RESULTS, FILLS, ORDERS, REJECTIONS, TABLES, TRADES
 from mambo.streams.kafka.producer import KafkaPublisher
 from mambo.streams.kafka.sink import KafkaSink
 
-from .conftest import engine_config, feed_drained, mambo, read_topic
+from ..test_control import BTC, command
+from .conftest import MARKETS, engine_config, feed_drained, mambo, read_topic
 from .test_crash import Victim, committed
 from .test_pipeline import SLICE, malformed, of, reference
 
@@ -50,10 +51,29 @@ def recording() -> TradeBatch:
     return batch
 
 
-def publish(bootstrap: str, prefix: str, batch: TradeBatch) -> None:
+def publish(
+    bootstrap: str, prefix: str, batch: TradeBatch, commands: Sequence[tuple[int, ControlCommand]] = ()
+) -> None:
+    """The batch in slices, each ``(i, command)`` of ``commands`` before the i-th (see reference())."""
     with KafkaPublisher(bootstrap, prefix) as pub:
-        for s in range(0, len(batch), SLICE):
+        for i, s in enumerate(range(0, len(batch), SLICE)):
+            for _, cmd in (c for c in commands if c[0] == i):
+                pub.publish_control(cmd, MARKETS)
             pub.publish_trades(batch.slice(s, s + SLICE))
+
+
+#: Control commands (issue 17) in line in the exactly-once parity run: a parameter change, one the
+#: strategy refuses, a forced exit of the positions open then, a stop in every market, halt, a stale
+#: version, resume (each after that many slices).
+SCRIPT = [
+    (1, command(1, "set_params", 1, "sma_cross", BTC, fast=5, slow=20)),
+    (2, command(2, "set_params", 2, "sma_cross", BTC, fast=-3)),  # refused by the strategy
+    (3, command(3, "force_exit", 1)),
+    (3, command(4, "stop", 1, "rsi_reversion")),
+    (4, command(5, "halt", 2)),
+    (4, command(6, "set_params", 1, "sma_cross", BTC, fast=7)),  # refused: version 1 is applied
+    (5, command(7, "resume", 3)),
+]
 
 
 def ends(bootstrap: str, topic: str) -> dict[int, int]:
@@ -100,17 +120,26 @@ def test_faust_exactly_once_gives_the_reference_orders_fills_and_clickhouse_rows
     clickhouse_client: Client,
     clickhouse_db: str,
 ) -> None:
-    """~30 s: 20,000 trades through one Faust app, then the sink into ClickHouse."""
+    """~30 s: 20,000 trades through one Faust app, then the sink into ClickHouse; control commands in
+    line among them (:data:`SCRIPT`), applied where they came, as the stage groups apply them."""
     batch = recording.slice(0, N)
     ref_db = clickhouse_db + "_fref"
     ensure_schema(clickhouse_client, ref_db)
-    ref = reference(engine_config(), batch, ClickHouseSink(clickhouse_client, ref_db))
-    publish(bootstrap, kafka_prefix, batch)
+    ref = reference(engine_config(), batch, ClickHouseSink(clickhouse_client, ref_db), commands=SCRIPT)
+    answers = {(r.command_id, r.status) for r in of(ref, CONTROL_RESULTS.name)}
+    assert answers == {
+        ("cmd1", "applied"), ("cmd2", "rejected"), ("cmd3", "applied"), ("cmd4", "applied"),
+        ("cmd5", "applied"), ("cmd6", "rejected"), ("cmd7", "applied"),
+    }  # fmt: skip
+    assert [o for o in of(ref, ORDERS.name) if o.strategy == "control"]  # the forced exit's orders
+    publish(bootstrap, kafka_prefix, batch, SCRIPT)
     app = FaustPipeline(bootstrap, engine_config(), tmp_path, guarantee="exactly_once", prefix=kafka_prefix)
     before = {name: faust_metric(name) for name in FAUST_METRICS}
     asyncio.run(app.run(idle_exit=1.0))
     assert app.processed == len(batch) and app.dead == 0
     assert_reference_output(bootstrap, kafka_prefix, ref)
+    for topic in (REJECTIONS.name, CONTROL_RESULTS.name):
+        assert sorted(read_topic(bootstrap, topic, kafka_prefix), key=lambda e: e.event_id) == of(ref, topic)
     # its transactions (timed by Faust's sensor hooks) and its assignment, on the process's /metrics
     moved = {name: faust_metric(name) - before[name] for name in FAUST_METRICS}
     assert moved["mambo_kafka_transactions_total"] > 0
@@ -316,52 +345,3 @@ def test_a_wrong_runtime_or_guarantee_is_refused_with_the_choices(tmp_path: Path
     assert result.exit_code == 2 and "--runtime must be native or faust" in result.output
     with pytest.raises(ValueError, match="exactly_once, at_least_once"):
         FaustPipeline("127.0.0.1:1", engine_config(), tmp_path, guarantee="twice")
-
-
-def test_faust_applies_control_commands_where_they_came_as_the_stage_groups_do(
-    bootstrap: str, kafka_prefix: str, recording: TradeBatch, tmp_path: Path
-) -> None:
-    """~20 s: control (issue 17) through Faust: the first 12,000 trades with commands in line between
-    the slices (a parameter change, one refused by the strategy, a forced exit, a stop in every market,
-    halt, a stale version, resume), as ``publish_control`` puts them; Faust gives the orders, fills,
-    rejections and answers of the in-process stage groups, id for id."""
-    from mambo.core.control import expand
-    from mambo.core.stages import Account
-    from mambo.schemas.topics import CONTROL_RESULTS, REJECTIONS
-    from mambo.streams.markets import MarketPipelines
-
-    from ..test_control import BTC, CONFIG, command
-
-    script = [  # (after how many slices, the command)
-        (1, command(1, "set_params", 1, "sma_cross", BTC, fast=5, slow=20)),
-        (2, command(2, "set_params", 2, "sma_cross", BTC, fast=-3)),  # refused by the strategy
-        (3, command(3, "force_exit", 1)),  # the positions open then, in every market
-        (3, command(4, "stop", 1, "rsi_reversion")),  # every market
-        (4, command(5, "halt", 2)),
-        (4, command(6, "set_params", 1, "sma_cross", BTC, fast=7)),  # refused: version 1 is applied
-        (5, command(7, "resume", 3)),
-    ]
-    batch = recording.slice(0, 12_000)
-    markets = sorted(batch.keys)
-    accounts = [Account(CONFIG, frozenset(markets))]
-    ref: list[tuple[str, Any]] = []
-    mp = MarketPipelines(accounts, lambda t, e: ref.append((t, e)), loopback=True)
-    with KafkaPublisher(bootstrap, kafka_prefix) as pub:
-        for i, start in enumerate(range(0, len(batch), SLICE)):
-            for _, cmd in (c for c in script if c[0] == i):
-                pub.publish_control(cmd, markets)
-                mp.ingest_control(expand(cmd, markets))
-            pub.publish_trades(batch.slice(start, start + SLICE))
-            mp.ingest_trades(batch.slice(start, start + SLICE))
-    app = FaustPipeline(bootstrap, accounts, tmp_path, guarantee="exactly_once", prefix=kafka_prefix)
-    asyncio.run(app.run(idle_exit=1.0))
-    assert app.processed == len(batch) and app.dead == 0
-    for topic in (ORDERS.name, FILLS.name, REJECTIONS.name, CONTROL_RESULTS.name):
-        got = sorted(read_topic(bootstrap, topic, kafka_prefix), key=lambda e: e.event_id)
-        assert got == of(ref, topic), topic
-    answers = {(r.command_id, r.status) for r in of(ref, CONTROL_RESULTS.name)}
-    assert answers == {
-        ("cmd1", "applied"), ("cmd2", "rejected"), ("cmd3", "applied"), ("cmd4", "applied"),
-        ("cmd5", "applied"), ("cmd6", "rejected"), ("cmd7", "applied"),
-    }  # fmt: skip
-    assert [o for o in of(ref, ORDERS.name) if o.strategy == "control"]  # the forced exit's orders

@@ -15,10 +15,11 @@ from clickhouse_connect.driver.client import Client
 
 from mambo.connectors.clickhouse import ClickHouseSink, ensure_schema
 from mambo.connectors.replay import load_trades
+from mambo.core.control import expand
 from mambo.core.stages import Account
 from mambo.schemas.batches import TradeBatch
-from mambo.schemas.events import Event, Quote
-from mambo.schemas.topics import ACCOUNT_FEED, FILLS, ORDERS, REJECTIONS, TABLES, TRADES
+from mambo.schemas.events import ControlCommand, Event, Quote
+from mambo.schemas.topics import ACCOUNT_FEED, CONTROL, FILLS, ORDERS, REJECTIONS, TABLES, TRADES
 from mambo.streams.embedded import EmbeddedRuntime, SinkObserver
 from mambo.streams.kafka.producer import KafkaPublisher
 from mambo.streams.kafka.replay import publish_recording
@@ -26,7 +27,7 @@ from mambo.streams.kafka.sink import KafkaSink
 from mambo.streams.kafka.worker import Worker
 from mambo.streams.markets import MarketPipelines
 
-from .conftest import engine_config, notify_stages, read_topic
+from .conftest import MARKETS, engine_config, notify_stages, read_topic
 
 pytestmark = pytest.mark.kafka
 SLICE = 2_000
@@ -44,11 +45,14 @@ def reference(
     sink: ClickHouseSink | None = None,
     watermarks: bool = False,
     notify: bool = False,
+    commands: Sequence[tuple[int, ControlCommand]] = (),
 ) -> list[tuple[str, Any]]:
     """Every event the market and account stages publish for the recording, in one process, no
     Kafka (the account feed looped back, and left out: its watermarks depend on the batching).
     ``watermarks``: after each slice every market has come that far, as ``mambo kafka replay`` says.
-    ``notify``: with the notifications outbox, as ``mambo worker`` runs it."""
+    ``notify``: with the notifications outbox, as ``mambo worker`` runs it. ``commands``: (i, command)
+    given before the i-th slice, in line in each market of the tests' account (as ``publish_control``
+    puts them)."""
     out: list[tuple[str, Any]] = []
     observer = SinkObserver(sink) if sink is not None else None
 
@@ -60,7 +64,11 @@ def reference(
             observer(topic, event)
 
     mp = MarketPipelines(config, emit, loopback=True, extra=notify_stages() if notify else None)
-    for start in range(0, len(batch), SLICE):
+    for i, start in enumerate(range(0, len(batch), SLICE)):
+        for _, cmd in (c for c in commands if c[0] == i):
+            if observer is not None:
+                observer(CONTROL.name, cmd)
+            mp.ingest_control(expand(cmd, list(MARKETS)))
         piece = batch.slice(start, start + SLICE)
         if observer is not None:
             observer(TRADES.name, piece)

@@ -285,7 +285,7 @@ def records(bootstrap: str, topic: str, partition: int) -> list[Message]:
         c.assign([TopicPartition(topic, partition, low)])
         out: list[Message] = []
         while len(out) < high - low:
-            for m in c.consume(10_000, 1.0):
+            for m in c.consume(10_000, 0.1):
                 assert m.error() is None, m.error()
                 out.append(m)
         return out
