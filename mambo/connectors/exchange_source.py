@@ -38,6 +38,15 @@ no time, so a quote's ``ts_event`` is then the time of the market's last trade c
 the quote came (the exchange's clock as we know it), or the local time before any trade; a ticker's
 own time is used when it has one (Binance's futures frames, the local exchange's replay).
 
+Perpetuals (a symbol with a settle currency, ``BTC/USDT:USDT``). A ``marks:<symbol>`` stream watches
+the mark price (ccxt.pro ``watch_mark_price``: Binance's ``@markPrice@1s``) into md.mark, with the
+same stall, reconnect and health handling as trades; its frames also say the next funding time.
+Funding (md.funding) goes in line with the market's trades, as a replay puts it: the funding times
+from ``since_ms`` on are fetched over REST (:func:`fetch_funding_between`) at start and after each
+reconnect; a trade after the next funding time (known from the mark frames) holds the trades from
+there until that funding's settled rate is fetched over REST, the exchange's final word (retried while
+the exchange has not published it yet); then the trades up to it, the funding, and the rest go out.
+
 End of stream. Trades that a full ccxt cache dropped, or that ccxt parsed after a watch returned,
 reach the source only with a later trade (ccxt hands them over on the next message; the ids reveal
 what the cache dropped, and REST fills it). When no trade follows (a replay that ended),
@@ -60,8 +69,18 @@ import structlog
 
 from mambo.connectors.errors import Backoff, TemporaryError, classify, with_retry
 from mambo.schemas.batches import SIDE_CODES, TradeBatch
-from mambo.schemas.events import Candle, FeedHealth, FeedStatus, Quote, make_id, market_key, timeframe_ns
-from mambo.schemas.topics import EXCHANGE_CANDLES, FEED_HEALTH, QUOTES
+from mambo.schemas.events import (
+    Candle,
+    FeedHealth,
+    FeedStatus,
+    FundingRate,
+    MarkPrice,
+    Quote,
+    make_id,
+    market_key,
+    timeframe_ns,
+)
+from mambo.schemas.topics import EXCHANGE_CANDLES, FEED_HEALTH, MARK_PRICES, QUOTES
 
 __all__ = [
     "CONSECUTIVE_TRADE_IDS",
@@ -73,7 +92,11 @@ __all__ = [
     "SourceConfig",
     "candles_from_ccxt",
     "fetch_candles_between",
+    "fetch_funding_between",
     "fetch_trades_between",
+    "funding_from_ccxt",
+    "is_perpetual",
+    "mark_from_ccxt",
     "quote_from_ccxt",
     "select_symbols",
     "trade_pages",
@@ -87,7 +110,10 @@ _HOUR_MS = 3_600_000
 #: Exchanges whose public trade ids are consecutive integers per market, so a jump is a gap.
 CONSECUTIVE_TRADE_IDS = frozenset({"binance", "binanceus", "binanceusdm"})
 #: Extra ccxt.pro ``watch_trades`` parameters per exchange (the stream whose ids match REST's).
-WATCH_TRADES_PARAMS: dict[str, dict[str, Any]] = {"binance": {"name": "aggTrade"}}
+WATCH_TRADES_PARAMS: dict[str, dict[str, Any]] = {
+    "binance": {"name": "aggTrade"},
+    "binanceusdm": {"name": "aggTrade"},
+}
 
 
 class Publisher(Protocol):
@@ -97,6 +123,8 @@ class Publisher(Protocol):
     def quotes(self, quotes: Sequence[Quote]) -> None: ...
     def candles(self, candles: Sequence[Candle]) -> None: ...
     def health(self, event: FeedHealth) -> None: ...
+    def marks(self, marks: Sequence[MarkPrice]) -> None: ...
+    def funding(self, rates: Sequence[FundingRate]) -> None: ...
 
 
 class EmbeddedPublisher:
@@ -118,6 +146,13 @@ class EmbeddedPublisher:
     def health(self, event: FeedHealth) -> None:
         self.runtime.bus.publish(FEED_HEALTH.name, event)
 
+    def marks(self, marks: Sequence[MarkPrice]) -> None:
+        for mark in marks:  # the history's (paper trading measures at candles)
+            self.runtime.bus.publish(MARK_PRICES.name, mark)
+
+    def funding(self, rates: Sequence[FundingRate]) -> None:
+        self.runtime.ingest_funding(rates)
+
 
 class ClickHousePublisher:
     """Writes market data straight to its ClickHouse tables (``mambo backfill``); flush to finish."""
@@ -137,6 +172,14 @@ class ClickHousePublisher:
 
     def health(self, event: FeedHealth) -> None:
         self.sink.write(FEED_HEALTH.table, [event])
+
+    def marks(self, marks: Sequence[MarkPrice]) -> None:
+        self.sink.write(MARK_PRICES.table, list(marks))
+
+    def funding(self, rates: Sequence[FundingRate]) -> None:
+        from mambo.schemas.topics import FUNDING_RATES
+
+        self.sink.write(FUNDING_RATES.table, list(rates))
 
 
 class KafkaSourcePublisher:
@@ -159,6 +202,12 @@ class KafkaSourcePublisher:
 
     def health(self, event: FeedHealth) -> None:
         self.producer.publish_many(FEED_HEALTH, [event])
+
+    def marks(self, marks: Sequence[MarkPrice]) -> None:
+        self.producer.publish_many(MARK_PRICES, marks)
+
+    def funding(self, rates: Sequence[FundingRate]) -> None:
+        self.producer.publish_funding(rates)
 
     def flush(self) -> None:
         self.producer.flush()
@@ -240,6 +289,45 @@ def quote_from_ccxt(exchange: str, ticker: dict[str, Any], ts_event_ms: int, ts_
         bid_qty=float(ticker.get("bidVolume") or 0.0),
         ask=float(ticker["ask"]),
         ask_qty=float(ticker.get("askVolume") or 0.0),
+    )
+
+
+def is_perpetual(symbol: str) -> bool:
+    """Whether a ccxt unified symbol is a derivative with a settle currency (``BTC/USDT:USDT``)."""
+    return ":" in symbol
+
+
+def mark_from_ccxt(exchange: str, ticker: dict[str, Any], ts_init: int) -> MarkPrice | None:
+    """A ccxt mark-price ticker (``watch_mark_price``) as a MarkPrice; None without a mark or a time."""
+    if ticker.get("markPrice") is None or ticker.get("timestamp") is None:
+        return None
+    ts = int(ticker["timestamp"]) * _MS
+    index = ticker.get("indexPrice")
+    return MarkPrice(
+        event_id=make_id("mark", market_key(exchange, ticker["symbol"]), ts),
+        ts_event=ts,
+        ts_init=ts_init,
+        exchange=exchange,
+        symbol=ticker["symbol"],
+        mark_price=float(ticker["markPrice"]),
+        index_price=float(index) if index else None,
+    )
+
+
+def funding_from_ccxt(exchange: str, symbol: str, row: dict[str, Any], ts_init: int) -> FundingRate:
+    """A ccxt funding-rate history row as a FundingRate at its funding time (with the mark price
+    there when the venue gives it: Binance's ``fundingRate`` does)."""
+    ts = int(row["timestamp"]) * _MS
+    info = row.get("info") or {}
+    mark = info.get("markPrice") if isinstance(info, dict) else None
+    return FundingRate(
+        event_id=make_id("funding_rate", exchange, symbol, ts),
+        ts_event=ts,
+        ts_init=ts_init,
+        exchange=exchange,
+        symbol=symbol,
+        rate=float(row["fundingRate"]),
+        mark_price=float(mark) if mark not in (None, "", "0") else None,
     )
 
 
@@ -352,6 +440,38 @@ async def fetch_candles_between(
     return out
 
 
+async def fetch_funding_between(
+    client: Any,
+    symbol: str,
+    since_ms: int,
+    until_ms: int,
+    *,
+    limit: int = 1000,
+    backoff: Backoff | None = None,
+) -> list[dict[str, Any]]:
+    """Funding-rate history rows of ``symbol`` with ``since_ms <= time < until_ms``, oldest first
+    (ccxt ``fetch_funding_rate_history``, paged from the last row's time)."""
+    out: list[dict[str, Any]] = []
+    cursor = since_ms
+    while cursor < until_ms:
+        start = cursor
+
+        async def page(start: int = start) -> list[dict[str, Any]]:
+            rows: list[dict[str, Any]] = await client.fetch_funding_rate_history(
+                symbol, since=start, limit=limit, params={"until": until_ms - 1}
+            )
+            return rows
+
+        rows = await with_retry(page, what=f"fetch_funding_rate_history {symbol}", backoff=backoff,
+                                client=client)  # fmt: skip
+        rows = sorted((r for r in rows if cursor <= r["timestamp"] < until_ms), key=lambda r: r["timestamp"])
+        out += rows
+        if len(rows) < limit:
+            break
+        cursor = int(rows[-1]["timestamp"]) + 1
+    return out
+
+
 # --- the live source -----------------------------------------------------------------------------
 
 
@@ -359,7 +479,9 @@ async def fetch_candles_between(
 class SourceConfig:
     exchange: str
     symbols: list[str]
-    streams: tuple[str, ...] = ("trades", "quotes", "candles")
+    #: "marks" runs for perpetual symbols only (and with it, funding in line with the trades)
+    streams: tuple[str, ...] = ("trades", "quotes", "candles", "marks")
+    funding_wait_seconds: float = 30.0  # how long a funding time's rate is asked for before going on
     timeframe: str = "1m"
     stall_seconds: float = 30.0
     health_seconds: float = 10.0  # every stream's age is published this often (0: never)
@@ -413,10 +535,20 @@ class ExchangeSource:
         self._tops: deque[Quote] = deque()  # book tops ccxt parsed, not yet published
         self._tops_taped = False  # whether this exchange's ccxt code writes its book tops to bidsasks
         self._tops_dropped = 0  # tops dropped from a full buffer since the last publish
+        #: perpetuals: the funding times (ms) the mark frames gave, not yet published (a frame after a
+        #: funding time names the next one, perhaps before the trades reach the first), the last mark
+        #: frame's estimated rate, funding fetched and not yet published (in time order), the last
+        #: funding time published
+        self._next_funding: dict[str, set[int]] = {}
+        self._estimate: dict[str, tuple[int, float]] = {}
+        self._funding: dict[str, deque[FundingRate]] = {s: deque() for s in config.symbols}
+        self._last_funding_ms: dict[str, int] = {}
         self.counts = {
             "trades": 0,
             "quotes": 0,
             "candles": 0,
+            "marks": 0,
+            "funding": 0,
             "duplicates": 0,
             "recovered": 0,
             "reconnects": 0,
@@ -428,7 +560,13 @@ class ExchangeSource:
         cfg = self.config
         out = [f"{kind}:{symbol}" for symbol in cfg.symbols for kind in ("trades", "candles")
                if kind in cfg.streams]  # fmt: skip
+        out += [f"marks:{symbol}" for symbol in self._perpetuals]
         return out + (["quotes"] if "quotes" in cfg.streams else [])
+
+    @property
+    def _perpetuals(self) -> list[str]:
+        """The symbols with a mark stream: perpetuals, when "marks" is among the streams."""
+        return [s for s in self.config.symbols if is_perpetual(s)] if "marks" in self.config.streams else []
 
     def health(self) -> dict[str, float]:
         """Seconds since the last message of each stream (since the start for one not heard from)."""
@@ -447,6 +585,8 @@ class ExchangeSource:
                 tasks.append(self._loop(f"trades:{symbol}", symbol, self._trades_once))
             if "candles" in cfg.streams:
                 tasks.append(self._loop(f"candles:{symbol}", symbol, self._candles_once))
+        for symbol in self._perpetuals:
+            tasks.append(self._loop(f"marks:{symbol}", symbol, self._marks_once))
         if "quotes" in cfg.streams:
             tasks.append(self._loop("quotes", None, self._quotes_once))
         if cfg.health_seconds > 0:
@@ -574,12 +714,12 @@ class ExchangeSource:
             self._report(stream, "reconnected")
         else:
             self._report(stream, "connected")
-        self._publish_trades(symbol, batch)
+        await self._publish_trades(symbol, batch)
         while True:
             batch = await self._watch(stream, watch)
             if self._has_id_gap(symbol, batch):
                 batch = await self._fill_trades(symbol, batch, stream)
-            self._publish_trades(symbol, batch)
+            await self._publish_trades(symbol, batch)
 
     async def _fill_to_latest(self, symbol: str, stream: str) -> None:
         """Publish what was missed since the last published trade, through the exchange's latest."""
@@ -604,8 +744,8 @@ class ExchangeSource:
             pages = trade_pages(self.client, symbol, since, recent[0]["timestamp"] + 1,
                                 backoff=self.config.backoff)  # fmt: skip
             async for page in pages:
-                n += self._publish_trades(symbol, page)
-        n += self._publish_trades(symbol, recent)
+                n += await self._publish_trades(symbol, page)
+        n += await self._publish_trades(symbol, recent)
         self.counts["recovered"] += n
         if n:
             self._report(stream, "gap_filled", f"{n} trades from REST since {since}")
@@ -635,7 +775,7 @@ class ExchangeSource:
             fetched = {str(t["id"]) for t in page}
             recovered += sum(1 for i in fetched if i not in known and i not in state.seen)
             extra = [t for t in before if str(t["id"]) not in fetched]  # streamed, not in REST's answer
-            self._publish_trades(symbol, sorted(page + extra, key=_trade_order) if extra else page)
+            await self._publish_trades(symbol, sorted(page + extra, key=_trade_order) if extra else page)
         self.counts["recovered"] += recovered
         self._report(stream, "gap_filled", f"{recovered} trades from REST since {since}")
         return pending
@@ -655,7 +795,9 @@ class ExchangeSource:
             previous = max(previous, int(tid))
         return False
 
-    def _publish_trades(self, symbol: str, trades: list[dict[str, Any]]) -> int:
+    async def _publish_trades(self, symbol: str, trades: list[dict[str, Any]]) -> int:
+        """Publish the trades not published yet, in order, with each funding time they pass in line
+        (after the trades before it); the number published."""
         state = self._trades[symbol]
         fresh = []
         for t in trades:
@@ -678,9 +820,137 @@ class ExchangeSource:
         self._last_trade_ms[symbol] = state.last_ts
         if str(last["id"]).isdigit():
             state.last_id = max(state.last_id or 0, int(last["id"]))
-        self.publisher.trades(trades_from_ccxt(self.config.exchange, fresh, self.clock()))
-        self.counts["trades"] += len(fresh)
-        return len(fresh)
+        n, rest = len(fresh), fresh
+        while rest and (rate := await self._funding_due(symbol, int(rest[-1]["timestamp"]))) is not None:
+            at = rate.ts_event // _MS
+            cut = bisect.bisect_left(rest, at, key=lambda t: int(t["timestamp"]))
+            if cut:
+                self._emit_trades(rest[:cut])
+            self._emit_funding(symbol, [rate])
+            rest = rest[cut:]
+        if rest:
+            self._emit_trades(rest)
+        return n
+
+    def _emit_trades(self, trades: list[dict[str, Any]]) -> None:
+        self.publisher.trades(trades_from_ccxt(self.config.exchange, trades, self.clock()))
+        self.counts["trades"] += len(trades)
+
+    def _emit_funding(self, symbol: str, rates: list[FundingRate]) -> None:
+        last = self._last_funding_ms.get(symbol, -1)
+        rates = [r for r in rates if r.ts_event // _MS > last]  # once, whichever stream got there first
+        if not rates:
+            return
+        self.publisher.funding(rates)
+        self._last_funding_ms[symbol] = rates[-1].ts_event // _MS
+        self.counts["funding"] += len(rates)
+
+    # --- mark prices and funding (perpetuals) ----------------------------------------------------
+
+    async def _marks_once(self, symbol: str | None, recovering: bool) -> None:
+        assert symbol is not None
+        stream = f"marks:{symbol}"
+
+        def watch() -> Any:
+            return self.client.watch_mark_price(symbol)
+
+        first = True
+        while True:
+            ticker = await self._watch(stream, watch)
+            info = ticker.get("info") if isinstance(ticker.get("info"), dict) else {}
+            if first:  # the funding times missed (from the start, or while disconnected) over REST
+                self._report(stream, "reconnected" if recovering else "connected")
+                await self._fill_funding(symbol, int(ticker.get("timestamp") or self.clock() // _MS))
+                first = False
+            mark = mark_from_ccxt(self.config.exchange, ticker, self.clock())
+            if mark is not None:
+                self.publisher.marks([mark])
+                self.counts["marks"] += 1
+            if info.get("T") is not None:
+                self._next_funding.setdefault(symbol, set()).add(int(info["T"]))
+            if info.get("r") not in (None, "") and mark is not None:
+                self._estimate[symbol] = (mark.ts_event // _MS, float(info["r"]))
+            await self._publish_due_funding(symbol)
+
+    async def _fill_funding(self, symbol: str, until_ms: int) -> None:
+        """Fetch the funding times after the last one published (or from ``since_ms``) up to
+        ``until_ms`` over REST: queued to go in line with the trades."""
+        last = self._last_funding_ms.get(symbol)
+        queued = self._funding[symbol]
+        since = (
+            queued[-1].ts_event // _MS + 1
+            if queued
+            else last + 1
+            if last is not None
+            else self.config.since_ms
+        )
+        if since is None or since > until_ms:
+            return
+        rows = await fetch_funding_between(
+            self.client, symbol, since, until_ms + 1, backoff=self.config.backoff
+        )
+        queued.extend(funding_from_ccxt(self.config.exchange, symbol, r, self.clock()) for r in rows)
+        if rows and last is not None:
+            self._report(
+                f"marks:{symbol}", "gap_filled", f"{len(rows)} funding times from REST since {since}"
+            )
+
+    async def _publish_due_funding(self, symbol: str) -> None:
+        """Funding the trades have already passed goes out now (it could not go in line: fetched
+        after the trades past it were published); the rest waits for the trades."""
+        state = self._trades[symbol]
+        if "trades" not in self.config.streams:
+            state_ms = 1 << 62  # no trades to go in line with
+        else:
+            state_ms = state.last_ts if state.last_ts is not None else -1
+        while (rate := await self._funding_due(symbol, state_ms)) is not None:
+            if "trades" in self.config.streams:
+                log.warning("source.funding_late", exchange=self.config.exchange, symbol=symbol,
+                            funding_time=rate.ts_event // _MS, last_trade=state_ms)  # fmt: skip
+            self._emit_funding(symbol, [rate])
+
+    async def _funding_due(self, symbol: str, last_trade_ms: int) -> FundingRate | None:
+        """The next funding time at or before ``last_trade_ms`` (a trade there or later exists) with
+        its settled rate, or None. A time known only from the mark frames is fetched over REST now,
+        asked again while the exchange has not published it (``funding_wait_seconds``; then the mark
+        stream's last estimate before it stands in, with a warning)."""
+        queued = self._funding[symbol]
+        last = self._last_funding_ms.get(symbol, -1)
+        if (ready := self._funding_due_queued(symbol, last_trade_ms)) is not None or queued:
+            return ready
+        times = self._next_funding.get(symbol, set())
+        for t in [t for t in times if t <= last]:
+            times.discard(t)
+        due = min(times, default=None)
+        if due is None or due > last_trade_ms:
+            return None
+        deadline = time.monotonic() + self.config.funding_wait_seconds
+        while True:
+            rows = await fetch_funding_between(self.client, symbol, due, due + 1, backoff=self.config.backoff)
+            if rows:
+                rate = funding_from_ccxt(self.config.exchange, symbol, rows[0], self.clock())
+                break
+            estimate = self._estimate.get(symbol)
+            if time.monotonic() > deadline and estimate is not None:
+                log.warning("source.funding_estimated", exchange=self.config.exchange, symbol=symbol,
+                            funding_time=due, rate=estimate[1])  # fmt: skip
+                ts = due * _MS
+                rate = FundingRate(
+                    event_id=make_id("funding_rate", self.config.exchange, symbol, ts), ts_event=ts,
+                    ts_init=self.clock(), exchange=self.config.exchange, symbol=symbol, rate=estimate[1],
+                )  # fmt: skip
+                break
+            await asyncio.sleep(0.2)
+        if not any(q.ts_event == rate.ts_event for q in queued):  # the other stream may have fetched it
+            queued.append(rate)
+        return self._funding_due_queued(symbol, last_trade_ms)
+
+    def _funding_due_queued(self, symbol: str, last_trade_ms: int) -> FundingRate | None:
+        queued = self._funding[symbol]
+        last = self._last_funding_ms.get(symbol, -1)
+        while queued and queued[0].ts_event // _MS <= last:
+            queued.popleft()
+        return queued[0] if queued and queued[0].ts_event // _MS <= last_trade_ms else None
 
     # --- candles -------------------------------------------------------------------------------
 
