@@ -105,7 +105,7 @@ class LiveSession:
         self.source = ExchangeSource(
             client,
             EmbeddedPublisher(self.runtime),
-            SourceConfig(exchange_id, self.symbols, streams=("trades", "quotes"),
+            SourceConfig(exchange_id, self.symbols, streams=("trades", "quotes", "marks"),
                          timeframe=settings.engine.trading_timeframe, stall_seconds=stall_seconds,
                          since_ms=since_ms),
         )  # fmt: skip

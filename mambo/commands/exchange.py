@@ -47,6 +47,38 @@ def _time_ms(text: str) -> int:
     return int(moment.timestamp() * 1000)
 
 
+def _serve_usdm(
+    recording: Path, host: str, port: int, speed: float, history_seconds: float, secret: str, balance: str
+) -> None:
+    """``mambo exchange --usdm``: the local exchange's Binance USD-M side on a recording."""
+    from mambo.exchange import serve
+    from mambo.exchange.binance.futures import FuturesExchange, load_usdm_recording
+
+    try:
+        events = load_usdm_recording(recording)
+        local = FuturesExchange(events, api_secret=secret, balance=balance, speed=speed,
+                                history_seconds=history_seconds)  # fmt: skip
+    except (OSError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+
+    async def main() -> None:
+        runner, url = await serve(local, host, port)  # and starts the replay
+        names = ", ".join(m.trades.market.symbol for m in local.markets.values())
+        typer.echo(f"local exchange (Binance USD-M futures) on {url} (markets: {names})")
+        typer.echo(f"  mambo source --exchange binanceusdm --symbols {names.split(', ')[0]} --base-url {url}")
+        try:
+            await local.finished.wait()
+            typer.echo("the recording has been replayed; still serving (Ctrl-C to stop)")
+            await asyncio.Event().wait()
+        finally:
+            await local.stop()
+            await runner.cleanup()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(main())
+
+
 def register(app: typer.Typer) -> None:
     @app.command("exchange")
     def exchange_cmd(
@@ -72,14 +104,26 @@ def register(app: typer.Typer) -> None:
             str,
             typer.Option(envvar="MAMBO_LOCAL_EXCHANGE_SECRET", help="Secret that signed requests must use."),
         ] = "mambo-local-secret",
+        usdm: Annotated[
+            Path | None,
+            typer.Option(
+                help="Serve Binance USD-M futures (/fapi) instead, replaying this recording of its streams "
+                "(e.g. tests/fixtures/binance_usdm/btcusdt_20230404_funding.dat.gz)."
+            ),
+        ] = None,
+        balance: Annotated[str, typer.Option(help="--usdm: the account's USDT balance.")] = "10000",
     ) -> None:
-        """Run the local exchange: Binance spot REST and WebSocket, replaying recorded data."""
+        """Run the local exchange: Binance spot (or with --usdm, USD-M futures) REST and WebSocket,
+        replaying recorded data."""
         from mambo.connectors.replay import DEMO_QUOTES, DEMO_TRADES, load_quotes, load_trades
         from mambo.exchange import LocalExchange, serve
         from mambo.exchange.depth import load_depth
         from mambo.logs import configure_logging
 
         configure_logging("console")
+        if usdm is not None:
+            _serve_usdm(usdm, host, port, speed, history_seconds, secret, balance)
+            return
         batch, _ = load_trades(trades or DEMO_TRADES)
         book, _ = load_quotes(quotes or DEMO_QUOTES)
         recorded_depth = load_depth(depth) if depth is not None else None

@@ -108,9 +108,13 @@ async def _trade(
     from mambo.runner import PipelineStats, summary_table
 
     console = Console() if Console().is_terminal else Console(width=140)
-    client = make_exchange(
-        exchange, base_url=base_url, api_key=creds.api_key, secret=creds.secret, sandbox=mode == "sandbox"
-    )
+    try:
+        client = make_exchange(
+            exchange, base_url=base_url, api_key=creds.api_key, secret=creds.secret, sandbox=mode == "sandbox"
+        )
+    except ValueError as exc:  # no such exchange, a testnet that is gone, a local URL for another venue
+        typer.echo(f"error: {exc}", err=True)
+        return 2
     stats = PipelineStats()
     try:
         await client.load_markets()

@@ -40,9 +40,18 @@ def make_exchange(
 ) -> Any:
     """A ``ccxt.pro`` client of ``exchange_id``, rate limited by ccxt.
 
-    ``base_url`` points a ``binance`` client at the local exchange (``mambo exchange``); ``sandbox``
-    switches to the exchange's testnet through ccxt's sandbox mode (Binance spot testnet).
+    ``base_url`` points a ``binance`` client at the local exchange (``mambo exchange``), or a
+    ``binanceusdm`` one at its futures side (``mambo exchange --usdm``); ``sandbox`` switches to the
+    exchange's testnet through ccxt's sandbox mode (Binance spot testnet). Binance's futures testnet
+    is gone: ccxt refuses sandbox mode for futures and points to Binance's demo trading, so
+    ``binanceusdm`` with ``sandbox`` is refused here with that reason.
     """
+    if sandbox and exchange_id == "binanceusdm":
+        raise ValueError(
+            "Binance's futures testnet is gone (ccxt: sandbox mode is not supported for futures anymore; "
+            "it points to Binance's demo trading): trade futures on the local exchange (--base-url, "
+            "mambo exchange --usdm) or for real (--live)"
+        )
     try:
         cls = getattr(ccxtpro, exchange_id)
     except AttributeError:
@@ -60,8 +69,11 @@ def make_exchange(
     if sandbox:
         exchange.set_sandbox_mode(True)
     if base_url is not None:
-        if exchange_id != "binance":
-            raise ValueError("the local exchange speaks Binance: use --exchange binance with a base URL")
+        if exchange_id not in ("binance", "binanceusdm"):
+            raise ValueError(
+                "the local exchange speaks Binance: use --exchange binance (spot) or binanceusdm "
+                "(USD-M futures, mambo exchange --usdm) with a base URL"
+            )
         exchange.urls["api"] = local_urls(exchange.urls["api"], base_url)
         # a local peer: ccxt's throttle need not pace us, and its 1 ms polling loop costs an order
         # ~45 ms on a busy machine (benchmarks/exchange_venue.py); 429/418 answers are still obeyed

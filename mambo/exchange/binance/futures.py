@@ -8,7 +8,7 @@ What it answers (what ccxt's ``binanceusdm`` and ``pro.binanceusdm`` ask with de
   index, last funding rate, next funding time) and ``fundingRate`` (the funding settled so far);
 * signed REST (HMAC-SHA256 as on the spot side, :func:`~.state.signed_params`): ``leverageBracket``,
   ``leverage``, ``marginType``, ``positionSide/dual`` (one-way mode only: ``BOTH``), ``order`` (new,
-  query, cancel; ``MARKET`` and ``LIMIT`` with ``reduceOnly``), ``openOrders``, ``/fapi/v2|v3/
+  query, cancel; ``MARKET`` and ``LIMIT`` with ``reduceOnly``), ``openOrders``, ``userTrades``, ``/fapi/v2|v3/
   positionRisk``, ``/fapi/v2|v3/account``, ``/fapi/v2/balance``, ``income`` (``COMMISSION``,
   ``REALIZED_PNL``, ``FUNDING_FEE``, ``INSURANCE_CLEAR`` for the liquidation fee); and the wallet
   requests ccxt makes in ``load_markets`` (``/sapi/v1/capital/config/getall``, ``margin/allPairs``);
@@ -224,6 +224,7 @@ class FuturesExchange:
         self.funding_history: list[dict[str, Any]] = []
         self.liquidations: list[Liquidation] = []
         self._next_order_id = self._next_trade_id = self._next_tran_id = 1
+        self.user_trades: list[dict[str, Any]] = []  # /fapi/v1/userTrades: this account's fills
         self._cursor = 0
         self._conns: list[_Conn] = []
         self._replay_task: asyncio.Task[None] | None = None
@@ -405,6 +406,13 @@ class FuturesExchange:
         order.status, order.update_time = "FILLED", now
         self._income(m, "REALIZED_PNL", booked.realized_pnl, now, trade_id)
         self._income(m, "COMMISSION", -fee, now, trade_id)
+        self.user_trades.append({
+            "symbol": m.rules.symbol_id, "id": trade_id, "orderId": order.order_id, "side": order.side,
+            "price": _num(price), "qty": _num(order.qty), "realizedPnl": _num(booked.realized_pnl),
+            "marginAsset": "USDT", "quoteQty": _num(price * order.qty), "commission": _num(fee),
+            "commissionAsset": "USDT", "time": now, "positionSide": "BOTH", "buyer": order.side == "BUY",
+            "maker": maker,
+        })  # fmt: skip
 
     def _match(self, m: _Market, trade_price: Decimal) -> None:
         """Resting limits the trade went through fill whole at their price, as makers; one that can no
@@ -549,6 +557,21 @@ class FuturesExchange:
                  "availableBalance": t["availableBalance"], "maxWithdrawAmount": t["maxWithdrawAmount"],
                  "marginAvailable": True, "updateTime": self.now_ms}]  # fmt: skip
 
+    def _user_trades(self, params: dict[str, str]) -> list[Any]:
+        """The account's fills of a symbol (Binance requires it), by order, time and id as asked."""
+        if "symbol" not in params:
+            raise _ApiError(-1102, "Mandatory parameter 'symbol' was not sent, was empty/null, or malformed.")
+        rows = [r for r in self.user_trades if r["symbol"] == params["symbol"]]
+        for name, keep in (
+            ("orderId", lambda r, v: r["orderId"] == int(v)),
+            ("fromId", lambda r, v: r["id"] >= int(v)),
+            ("startTime", lambda r, v: r["time"] >= int(v)),
+            ("endTime", lambda r, v: r["time"] <= int(v)),
+        ):
+            if name in params:
+                rows = [r for r in rows if keep(r, params[name])]
+        return rows[: min(int(params.get("limit", 500)), 1000)]
+
     def _income_route(self, params: dict[str, str]) -> list[Any]:
         rows = self.income
         for name, keep in (
@@ -662,6 +685,7 @@ class FuturesExchange:
         delete("/fapi/v1/order", self._signed(self._cancel_order))
         get("/fapi/v1/openOrders", self._signed(self._open_orders))
         get("/fapi/v1/income", self._signed(self._income_route))
+        get("/fapi/v1/userTrades", self._signed(self._user_trades))
         for version in ("v2", "v3"):
             get(f"/fapi/{version}/positionRisk", self._signed(self._position_risk))
             get(f"/fapi/{version}/account", self._signed(self._account_route))

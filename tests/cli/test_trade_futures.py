@@ -1,0 +1,120 @@
+"""``mambo trade`` on a futures exchange (issue 16's Live): ccxt's ``binanceusdm`` behind the same explicit
+flags as spot, here on the local exchange's Binance USD-M side replaying BTCUSDT across the funding time
+of 2023-04-05 00:00 UTC, with a futures account (10x cross) in the settings.
+
+One account, two books that share no code path but the recording: the exchange's (its userTrades,
+income and balance) and Mambo's history (fills, funding payments, equity in ClickHouse). The position
+a scripted strategy opens before the funding time and closes after it pays the funding both agree on,
+worked from the recording's funding frame (``-qty x mark x rate``); and Mambo's wallet ends at the
+exchange's balance to the cent. ``--sandbox`` with binanceusdm is refused with the reason (Binance's
+futures testnet is gone). About 25 s: the replay at 4x real time, and the process starting."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import os
+import sys
+import uuid
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from typer.testing import CliRunner
+
+from mambo.cli import app
+from mambo.exchange import serve
+from mambo.exchange.binance.futures import FuturesExchange, load_usdm_recording
+
+from .test_trade import ROOT, SCRIPTED, _sql
+
+FIXTURE = ROOT / "tests" / "fixtures" / "binance_usdm" / "btcusdt_20230404_funding.dat.gz"
+FUNDING_TIME = 1680652800000  # 2023-04-05 00:00 UTC
+MARKET = "binanceusdm:BTC/USDT:USDT"
+FUTURES = {"leverage": 10, "margin_mode": "cross"}
+FILLS = (
+    "SELECT side, toString(price) AS price, toString(qty) AS qty, toString(fee) AS fee,"
+    " toString(realized_pnl) AS pnl"
+)
+
+
+def test_sandbox_futures_is_refused_with_the_reason() -> None:
+    env = {"MAMBO_EXCHANGE__API_KEY": "k", "MAMBO_EXCHANGE__SECRET": "s"}
+    result = CliRunner().invoke(
+        app, ["trade", "--exchange", "binanceusdm", "--symbols", "BTC/USDT:USDT", "--sandbox"], env=env
+    )
+    assert result.exit_code != 0
+    assert "futures testnet is gone" in result.output and "demo trading" in result.output
+
+
+def funding_frame() -> dict[str, Any]:
+    with gzip.open(FIXTURE, "rt") as f:
+        frames = [json.loads(line.partition(" ")[2])["data"] for line in f]
+    return next(m for m in frames if m["e"] == "markPriceUpdate" and m["E"] >= FUNDING_TIME)
+
+
+def test_a_futures_account_trades_on_binanceusdm_and_books_what_the_exchange_books(tmp_path: Path) -> None:
+    key, secret = f"key-{uuid.uuid4().hex}", f"secret-{uuid.uuid4().hex}"
+    # 60 s in: 40 s before the funding time; at 4x, the buy on the 3rd candle, the sell on the 60th
+    ex = FuturesExchange(load_usdm_recording(FIXTURE), api_secret=secret, balance="10000", speed=4,
+                         history_seconds=60)  # fmt: skip
+
+    async def main() -> bytes:
+        server, url = await serve(ex)
+        try:
+            args = ["trade", "--exchange", "binanceusdm", "--base-url", url, "--symbols", "BTC/USDT:USDT",
+                    "--strategies", SCRIPTED, "--timeframe", "1s", "--duration", "20",
+                    "--data-dir", str(tmp_path)]  # fmt: skip
+            env = {**os.environ, "MAMBO_EXCHANGE__API_KEY": key, "MAMBO_EXCHANGE__SECRET": secret,
+                   "MAMBO_ENGINE__STRATEGY_PARAMS": json.dumps({SCRIPTED: {"buy_at": 3, "sell_at": 60}}),
+                   "MAMBO_ACCOUNTS__MAIN__MARKETS": json.dumps([MARKET]),
+                   "MAMBO_ACCOUNTS__MAIN__INITIAL_CASH": "10000",
+                   "MAMBO_ACCOUNTS__MAIN__FUTURES": json.dumps(FUTURES)}  # fmt: skip
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "mambo.cli", *args, cwd=ROOT, env=env,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            )  # fmt: skip
+            out, _ = await asyncio.wait_for(proc.communicate(), 120)
+            assert proc.returncode == 0, out.decode()[-3000:]
+            return out
+        finally:
+            await server.cleanup()
+
+    output = asyncio.run(main())
+    assert secret.encode() not in output and key.encode() not in output
+
+    # the exchange's book: a buy before the funding time, a sell after it
+    trades = ex.user_trades
+    assert [t["side"] for t in trades] == ["BUY", "SELL"], trades
+    assert trades[0]["time"] < FUNDING_TIME < trades[1]["time"]
+    qty = Decimal(trades[0]["qty"])
+    frame = funding_frame()
+    expected_funding = -qty * Decimal(frame["p"]) * Decimal(frame["r"])
+    income = {(r["incomeType"], r["time"]): Decimal(r["income"]) for r in ex.income}
+    # (the exchange shows amounts to 8 decimals, as Binance does; its books hold them exact)
+    assert income[("FUNDING_FEE", FUNDING_TIME)] == expected_funding.quantize(Decimal("1e-8"))
+
+    # Mambo's book, from its history
+    fills = _sql(tmp_path, FILLS + " FROM fills FINAL ORDER BY ts_event")
+    assert [(f["side"], Decimal(f["price"]), Decimal(f["qty"]), Decimal(f["fee"])) for f in fills] == [
+        (t["side"].lower(), Decimal(t["price"]), Decimal(t["qty"]), Decimal(t["commission"])) for t in trades
+    ]
+    assert Decimal(fills[1]["pnl"]) == Decimal(trades[1]["realizedPnl"])
+    (payment,) = _sql(tmp_path, "SELECT toUnixTimestamp64Milli(ts_event) AS at, toString(amount) AS amount,"
+                                " toString(rate) AS rate FROM funding_payments FINAL")  # fmt: skip
+    assert (int(payment["at"]), Decimal(payment["amount"])) == (FUNDING_TIME, expected_funding)
+    assert Decimal(payment["rate"]) == Decimal(frame["r"])
+    # the wallet: Mambo's last equity (flat: the wallet balance) is the exchange's balance
+    (last,) = _sql(
+        tmp_path, "SELECT toString(equity) AS equity FROM equity FINAL ORDER BY ts_event DESC LIMIT 1"
+    )
+    balance = ex.account.wallet_balance
+    assert Decimal(last["equity"]) == balance
+    worked = (
+        Decimal(10000)
+        + Decimal(trades[1]["realizedPnl"])
+        - sum((Decimal(t["commission"]) for t in trades), Decimal(0))
+        + expected_funding
+    )
+    assert balance == worked
