@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -51,7 +52,6 @@ def _serve_usdm(
     recording: Path, host: str, port: int, speed: float, history_seconds: float, secret: str, balance: str
 ) -> None:
     """``mambo exchange --usdm``: the local exchange's Binance USD-M side on a recording."""
-    from mambo.exchange import serve
     from mambo.exchange.binance.futures import FuturesExchange, load_usdm_recording
 
     try:
@@ -62,11 +62,27 @@ def _serve_usdm(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
 
+    names = [m.trades.market.symbol for m in local.markets.values()]
+    _serve_until_stopped(
+        local,
+        host,
+        port,
+        lambda url: [
+            f"local exchange (Binance USD-M futures) on {url} (markets: {', '.join(names)})",
+            f"  mambo source --exchange binanceusdm --symbols {names[0]} --base-url {url}",
+        ],
+    )
+
+
+def _serve_until_stopped(local: Any, host: str, port: int, banner: Callable[[str], list[str]]) -> None:
+    """Serve a local exchange (its replay started) until Ctrl-C, saying where and when the recording
+    has been replayed."""
+    from mambo.exchange import serve
+
     async def main() -> None:
-        runner, url = await serve(local, host, port)  # and starts the replay
-        names = ", ".join(m.trades.market.symbol for m in local.markets.values())
-        typer.echo(f"local exchange (Binance USD-M futures) on {url} (markets: {names})")
-        typer.echo(f"  mambo source --exchange binanceusdm --symbols {names.split(', ')[0]} --base-url {url}")
+        runner, url = await serve(local, host, port)
+        for line in banner(url):
+            typer.echo(line)
         try:
             await local.finished.wait()
             typer.echo("the recording has been replayed; still serving (Ctrl-C to stop)")
@@ -116,7 +132,7 @@ def register(app: typer.Typer) -> None:
         """Run the local exchange: Binance spot (or with --usdm, USD-M futures) REST and WebSocket,
         replaying recorded data."""
         from mambo.connectors.replay import DEMO_QUOTES, DEMO_TRADES, load_quotes, load_trades
-        from mambo.exchange import LocalExchange, serve
+        from mambo.exchange import LocalExchange
         from mambo.exchange.depth import load_depth
         from mambo.logs import configure_logging
 
@@ -128,23 +144,19 @@ def register(app: typer.Typer) -> None:
         book, _ = load_quotes(quotes or DEMO_QUOTES)
         recorded_depth = load_depth(depth) if depth is not None else None
 
-        async def main() -> None:
-            local = LocalExchange(batch, book, speed=speed, history_seconds=history_seconds,
-                                  api_secret=secret, depth=recorded_depth)  # fmt: skip
-            runner, url = await serve(local, host, port)
-            names = ", ".join(s.market.symbol for s in local.symbols.values())
-            typer.echo(f"local exchange on {url} (markets: {names})")
-            typer.echo(f"  mambo source --exchange binance --symbols BTC/USDT --base-url {url}")
-            typer.echo(f'  faults: curl -X POST {url}/mambo/faults -d \'{{"kind": "disconnect"}}\'')
-            try:
-                await local.finished.wait()
-                typer.echo("the recording has been replayed; still serving (Ctrl-C to stop)")
-                await asyncio.Event().wait()
-            finally:
-                await runner.cleanup()
-
-        with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(main())
+        local = LocalExchange(batch, book, speed=speed, history_seconds=history_seconds,
+                              api_secret=secret, depth=recorded_depth)  # fmt: skip
+        names = ", ".join(s.market.symbol for s in local.symbols.values())
+        _serve_until_stopped(
+            local,
+            host,
+            port,
+            lambda url: [
+                f"local exchange on {url} (markets: {names})",
+                f"  mambo source --exchange binance --symbols BTC/USDT --base-url {url}",
+                f'  faults: curl -X POST {url}/mambo/faults -d \'{{"kind": "disconnect"}}\'',
+            ],
+        )
 
     @app.command("source")
     def source_cmd(

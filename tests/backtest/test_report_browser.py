@@ -5,6 +5,7 @@ its two Futures plots too, with the liquidations the run booked."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -28,12 +29,12 @@ ARGS = [
 pytestmark = pytest.mark.browser
 
 
-def test_report_draws_every_plot_offline(tmp_path: Path) -> None:
+def open_report(report: Path, plots: int, script: str) -> tuple[Any, list[str], list[str]]:
+    """``report`` in the real browser, offline: once ``plots`` plots are drawn, what ``script`` (a JS
+    function) gives, the page's script errors and every URL it asked for."""
     from playwright.sync_api import sync_playwright
 
     assert CHROMIUM.exists(), "make test installs Debian's chromium (make browser)"
-    result = run_vectorized(load_candles(FIXTURE), EngineConfig())
-    paths = write_outputs(result, compute_metrics(result), tmp_path)
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
         page = browser.new_page(viewport={"width": 1200, "height": 900})
@@ -41,14 +42,23 @@ def test_report_draws_every_plot_offline(tmp_path: Path) -> None:
         fetched: list[str] = []
         page.on("pageerror", lambda e: errors.append(str(e)))
         page.on("request", lambda r: fetched.append(r.url))
-        page.goto(paths["report.html"].as_uri())
-        page.wait_for_function("document.querySelectorAll('.plotly-graph-div .main-svg').length >= 5")
-        # the markers plotly drew for the buy and sell fills, counted from the figure's data
-        drawn = page.evaluate(
-            "() => document.querySelectorAll('.plotly-graph-div')[0].data"
-            ".filter(t => t.mode === 'markers').map(t => t.x.length)"
-        )
+        page.goto(report.as_uri())
+        page.wait_for_function(f"document.querySelectorAll('.plotly-graph-div .main-svg').length >= {plots}")
+        answer = page.evaluate(script)
         browser.close()
+    return answer, errors, fetched
+
+
+def test_report_draws_every_plot_offline(tmp_path: Path) -> None:
+    result = run_vectorized(load_candles(FIXTURE), EngineConfig())
+    paths = write_outputs(result, compute_metrics(result), tmp_path)
+    # the markers plotly drew for the buy and sell fills, counted from the figure's data
+    drawn, errors, fetched = open_report(
+        paths["report.html"],
+        5,
+        "() => document.querySelectorAll('.plotly-graph-div')[0].data"
+        ".filter(t => t.mode === 'markers').map(t => t.x.length)",
+    )
     assert errors == []
     assert [u for u in fetched if not u.startswith("file:")] == []
     assert drawn == [sum(f.side == "buy" for f in result.fills), sum(f.side == "sell" for f in result.fills)]
@@ -56,8 +66,6 @@ def test_report_draws_every_plot_offline(tmp_path: Path) -> None:
 
 def test_a_perpetuals_report_draws_its_futures_plots_offline(tmp_path: Path) -> None:
     from decimal import Decimal
-
-    from playwright.sync_api import sync_playwright
 
     from mambo.backtest.engine import run_backtest
     from mambo.backtest.futures import FuturesConfig, futures_metrics, load_funding_rates, run_futures
@@ -80,21 +88,13 @@ def test_a_perpetuals_report_draws_its_futures_plots_offline(tmp_path: Path) -> 
     assert perpetual.liquidations
     metrics = {**compute_metrics(result), "futures": futures_metrics(perpetual)}
     paths = write_outputs(result, metrics, tmp_path, perpetual)
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        page = browser.new_page(viewport={"width": 1200, "height": 900})
-        errors: list[str] = []
-        fetched: list[str] = []
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.on("request", lambda r: fetched.append(r.url))
-        page.goto(paths["report.html"].as_uri())
-        page.wait_for_function("document.querySelectorAll('.plotly-graph-div .main-svg').length >= 7")
-        # the liquidation markers drawn on the two Futures plots (the last two), as plotly holds them
-        marked = page.evaluate(
-            "() => [...document.querySelectorAll('.plotly-graph-div')].slice(-2)"
-            ".map(d => d.querySelectorAll('.scatterlayer .trace:last-child .point').length)"
-        )
-        browser.close()
+    # the liquidation markers drawn on the two Futures plots (the last two), as plotly holds them
+    marked, errors, fetched = open_report(
+        paths["report.html"],
+        7,
+        "() => [...document.querySelectorAll('.plotly-graph-div')].slice(-2)"
+        ".map(d => d.querySelectorAll('.scatterlayer .trace:last-child .point').length)",
+    )
     assert errors == []
     assert [u for u in fetched if not u.startswith("file:")] == []
     assert marked == [len(perpetual.liquidations)] * 2
