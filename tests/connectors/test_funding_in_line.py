@@ -1,0 +1,116 @@
+"""Funding in line with the trades, whatever the interleaving (hypothesis): the exchange source's trade
+side and mark side race (two connections), trades come in batches of any size, and a funding time is
+learnt from the mark frames before or after the trades pass it. Whatever happens, what is published is
+every trade once and in order, each funding time once, after every trade before it and before every
+trade at or after it, with the exchange's settled rate. A fake ccxt client answers the REST calls."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+from hypothesis import given, note, settings
+from hypothesis import strategies as st
+
+from mambo.connectors.exchange_source import ExchangeSource, SourceConfig
+from mambo.schemas.batches import TradeBatch
+from mambo.schemas.events import Candle, FeedHealth, FundingRate, MarkPrice, Quote
+
+SYMBOL = "BTC/USDT:USDT"
+MS = 1_000_000
+HOUR = 3_600_000
+
+
+class Client:
+    """What the source asks over REST: the settled funding history (every funding time passed)."""
+
+    def __init__(self, rates: dict[int, float]) -> None:
+        self.rates = rates
+
+    async def fetch_funding_rate_history(
+        self, symbol: str, since: int, limit: int, params: dict[str, Any]
+    ) -> list[dict[str, Any]]:
+        until = params["until"]
+        rows = [{"timestamp": t, "fundingRate": r, "info": {}} for t, r in sorted(self.rates.items())]
+        return [r for r in rows if since <= r["timestamp"] <= until][:limit]
+
+
+class Published:
+    def __init__(self) -> None:
+        self.items: list[tuple[str, Any]] = []
+
+    def trades(self, batch: TradeBatch) -> None:
+        self.items += [("trade", int(t)) for t in batch.ts]
+
+    def funding(self, rates: Sequence[FundingRate]) -> None:
+        self.items += [("funding", r) for r in rates]
+
+    def quotes(self, quotes: Sequence[Quote]) -> None: ...
+    def candles(self, candles: Sequence[Candle]) -> None: ...
+    def health(self, event: FeedHealth) -> None: ...
+    def marks(self, marks: Sequence[MarkPrice]) -> None: ...
+
+
+@st.composite
+def scenarios(draw: st.DrawFn) -> tuple[list[int], dict[int, float], list[list[int]], list[int]]:
+    """Trade times (ms, ascending, some sharing a millisecond, some exactly at a funding time), the
+    funding times among them with rates, the trades cut in batches, and after which batch the mark
+    side learns each funding time (it can be late: after trades past it were published; it learns them
+    in their order)."""
+    times_count = draw(st.integers(1, 3))
+    funding = {HOUR * (i + 1): draw(st.sampled_from([0.0001, -0.0002, 0.00005])) for i in range(times_count)}
+    gaps = draw(st.lists(st.integers(0, 900_000), min_size=2, max_size=60))
+    trades, t = [], HOUR // 2
+    for g in gaps:
+        t += g
+        trades.append(t)
+    trades += [f for f in funding if draw(st.booleans())]  # a trade exactly at a funding time
+    trades.sort()
+    cuts = sorted(draw(st.sets(st.integers(1, max(1, len(trades) - 1)), max_size=8)))
+    batches = [trades[a:b] for a, b in zip([0, *cuts], [*cuts, len(trades)], strict=True) if trades[a:b]]
+    # -1: before any trade; in time order (a mark frame names the next funding time only once the
+    # one before has come)
+    learnt = sorted(draw(st.integers(-1, len(batches) - 1)) for _ in funding)
+    return trades, funding, batches, learnt
+
+
+@settings(max_examples=150, deadline=None)
+@given(scenarios())
+def test_every_funding_time_goes_once_between_the_trades_before_and_after_it(
+    scenario: tuple[list[int], dict[int, float], list[list[int]], list[int]],
+) -> None:
+    trades, funding, batches, learnt = scenario
+    note(repr(scenario))
+    published = Published()
+    source = ExchangeSource(Client(funding), published, SourceConfig("binanceusdm", [SYMBOL]))
+
+    async def run() -> None:
+        times = sorted(funding)
+        for t, when in zip(times, learnt, strict=True):
+            if when == -1:
+                source._next_funding.setdefault(SYMBOL, set()).add(t)
+        for i, batch in enumerate(batches):
+            first = sum(len(b) for b in batches[:i])
+            rows = [{"id": str(n), "timestamp": t, "price": 1.0, "amount": 1.0, "symbol": SYMBOL,
+                     "side": "buy"} for n, t in enumerate(batch, start=first)]  # fmt: skip
+            await source._publish_trades(SYMBOL, rows)
+            for t, when in zip(times, learnt, strict=True):
+                if when == i:  # the mark side hears of it now: funding the trades passed goes out now
+                    source._next_funding.setdefault(SYMBOL, set()).add(t)
+                    await source._publish_due_funding(SYMBOL)
+
+    asyncio.run(run())
+    assert [t for kind, t in published.items if kind == "trade"] == [t * MS for t in trades]
+    fundings = [(i, r) for i, (kind, r) in enumerate(published.items) if kind == "funding"]
+    # each funding time the trades passed, once, in time order, with the settled rate
+    assert [r.ts_event // MS for _, r in fundings] == [t for t in sorted(funding) if trades[-1] >= t]
+    for i, rate in fundings:
+        t = rate.ts_event // MS
+        assert rate.rate == funding[t]
+        before = [x // MS for kind, x in published.items[:i] if kind == "trade"]
+        after = [x // MS for kind, x in published.items[i + 1 :] if kind == "trade"]
+        assert all(x >= t for x in after)  # every trade before it went first
+        when = learnt[sorted(funding).index(t)]
+        if when == -1 or all(x < t for b in batches[: when + 1] for x in b):  # known in time: in line
+            assert all(x < t for x in before)
