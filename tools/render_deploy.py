@@ -2,6 +2,8 @@
 
 - ``deploy/helm/mambo/files/kafkatopics.yaml``: ``mambo topology export --format strimzi`` with the
   chart's settings file's partitions (the registry is the one source of truth for topics);
+- ``deploy/helm/mambo/files/alerts.yml``: a copy of ``deploy/prometheus/alerts.yml`` (the chart's
+  PrometheusRule, with ``monitoring.enabled``);
 - ``deploy/k8s/mambo.yaml``: ``helm template mambo deploy/helm/mambo`` (the plain manifests, for
   ``kubectl apply -f deploy/k8s/``).
 
@@ -23,6 +25,8 @@ CHART = ROOT / "deploy" / "helm" / "mambo"
 SETTINGS = CHART / "files" / "mambo.toml"
 TOPICS = CHART / "files" / "kafkatopics.yaml"
 MANIFESTS = ROOT / "deploy" / "k8s" / "mambo.yaml"
+ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
+CHART_ALERTS = CHART / "files" / "alerts.yml"
 RELEASE = "mambo"
 STRIMZI_CLUSTER = "mambo"
 HEADER = "# Rendered by `make deploy-render` ({}); do not edit: edit {} and render again.\n"
@@ -60,6 +64,10 @@ def topics() -> str:
     return HEADER.format("mambo topology export --format strimzi", "mambo/schemas/topics.py") + out
 
 
+def alerts() -> str:
+    return HEADER.format("a copy", "deploy/prometheus/alerts.yml") + ALERTS.read_text()
+
+
 def manifests(**set_values: str) -> str:
     """``helm template`` of the chart (``set_values``: ``--set`` overrides)."""
     sets = [a for k, v in set_values.items() for a in ("--set", f"{k}={v}")]
@@ -72,7 +80,8 @@ def manifests(**set_values: str) -> str:
 def main(argv: list[str]) -> int:
     check = "--check" in argv
     stale = []
-    for path, render in ((TOPICS, topics), (MANIFESTS, manifests)):  # topics first: the chart reads them
+    # the chart's files first: the chart reads them
+    for path, render in ((TOPICS, topics), (CHART_ALERTS, alerts), (MANIFESTS, manifests)):
         text = render()
         if check:
             if not path.is_file() or path.read_text() != text:

@@ -29,6 +29,8 @@ VARIANTS = {
         "source.kind=exchange",
         "worker.replicas=6",
         "imagePullSecrets[0].name=registry",
+        "monitoring.enabled=true",
+        "monitoring.labels.release=kube-prometheus-stack",
     ),
     "minimal": ("source.enabled=false", "strimzi.enabled=false", "worker.pdb.enabled=false"),
 }
@@ -36,12 +38,13 @@ WORKLOADS = {"Deployment", "StatefulSet", "Job"}
 
 
 def validate(docs: list[dict[str, Any]]) -> set[str]:
-    """Validate each document but the Strimzi ones (a CRD: checked against the registry by
-    test_strimzi) against Kubernetes' schema, strictly (unknown fields fail); returns the kinds."""
+    """Validate each document but the Strimzi and Prometheus Operator ones (CRDs: checked against the
+    registry by test_strimzi, and by test_monitoring_*) against Kubernetes' schema, strictly (unknown
+    fields fail); returns the kinds."""
     kinds = set()
     for doc in docs:
         kinds.add(doc["kind"])
-        if doc["apiVersion"].startswith("kafka.strimzi.io/"):
+        if doc["apiVersion"].startswith(("kafka.strimzi.io/", "monitoring.coreos.com/")):
             continue
         try:
             kubernetes_validate.validate(doc, KUBERNETES, strict=True)
@@ -63,7 +66,16 @@ def test_every_rendered_manifest_is_valid_kubernetes(helm: str, variant: str) ->
     kinds = validate(helm_template(helm, *VARIANTS[variant]))
     assert {"ConfigMap", "Service", "StatefulSet", "Deployment", "Job"} <= kinds
     if variant == "everything":
-        assert {"Secret", "Ingress", "PodDisruptionBudget", "KafkaTopic"} <= kinds
+        assert {
+            "Secret",
+            "Ingress",
+            "PodDisruptionBudget",
+            "KafkaTopic",
+            "PodMonitor",
+            "PrometheusRule",
+        } <= kinds
+    else:
+        assert not {"PodMonitor", "PrometheusRule"} & kinds  # off unless asked: they need the operator's CRDs
 
 
 def test_the_plain_manifests_are_valid_and_the_charts_current_rendering(helm: str) -> None:
@@ -158,3 +170,40 @@ def test_the_configmap_is_the_settings_file_and_the_secret_holds_the_keys(helm: 
         ref = env["MAMBO_CLICKHOUSE_DSN"]["valueFrom"]["secretKeyRef"]
         assert ref == {"name": secret["metadata"]["name"], "key": "clickhouse-dsn"}, name
     assert not any(d["kind"] == "Secret" for d in helm_template(helm)), "no Secret with made-up values"
+
+
+def test_monitoring_scrapes_every_process_under_its_job_and_carries_the_alert_rules(
+    helm: str, tmp_path: Any
+) -> None:
+    """With monitoring.enabled: each PodMonitor selects the pods of one workload by exactly their
+    labels, on a port their container names, under the job name deploy/prometheus/prometheus.yml gives
+    that process (so the alert rules' job selectors hold); the PrometheusRule is deploy/prometheus/
+    alerts.yml, and Prometheus' own promtool passes it."""
+    from tests.ops import installed
+
+    docs = helm_template(helm, "monitoring.enabled=true", "source.kind=exchange")
+    pods = {}
+    for d in docs:
+        if d["kind"] in WORKLOADS:
+            template = d["spec"]["template"]
+            ports = {p["name"] for c in template["spec"]["containers"] for p in c.get("ports", [])}
+            pods[d["metadata"]["name"]] = (template["metadata"]["labels"], ports)
+    jobs = set()
+    for monitor in (d for d in docs if d["kind"] == "PodMonitor"):
+        wanted = monitor["spec"]["selector"]["matchLabels"]
+        (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+        matched = [name for name, (labels, ports) in pods.items() if labels == wanted]
+        assert len(matched) == 1, (monitor["metadata"]["name"], matched)
+        assert endpoint["port"] in pods[matched[0]][1] and endpoint["path"] == "/metrics"
+        (relabel,) = endpoint["relabelings"]
+        assert relabel["targetLabel"] == "job"
+        jobs.add(relabel["replacement"])
+    compose_prometheus = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    assert jobs == {j["job_name"] for j in compose_prometheus["scrape_configs"]} - {"prometheus"}
+    (rule,) = [d for d in docs if d["kind"] == "PrometheusRule"]
+    alerts = yaml.safe_load((ROOT / "deploy" / "prometheus" / "alerts.yml").read_text())
+    assert rule["spec"] == alerts
+    rules = tmp_path / "rules.yml"
+    rules.write_text(yaml.safe_dump(rule["spec"]))
+    out = run(installed("promtool"), "check", "rules", str(rules))
+    assert out.returncode == 0, out.stdout + out.stderr
