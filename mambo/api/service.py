@@ -100,11 +100,14 @@ class StrategyInfo(BaseModel):
     weights: dict[str, float]
     markets: list[str] = []
     parameters: dict[str, float | int | str | bool] = {}
+    #: each parameter's type: "int", "float", "str" or "bool" (JSON cannot tell 30.0 from 30)
+    parameter_types: dict[str, str] = {}
 
 
 def declared_parameters(name: str) -> dict[str, float | int | str | bool]:
     """The parameters the strategy called ``name`` declares (its dataclass fields set at construction)
-    with their defaults, where they are plain values; {} when no registered strategy is called so."""
+    with their defaults, where they are plain values; {} when no registered strategy is called so.
+    Their types: ``type(default).__name__``."""
     import dataclasses
 
     from mambo.core.strategies import StrategyConfigError, strategy_class
@@ -509,7 +512,8 @@ class SignalService:
                 sells=counts.get(n, (0, 0, 0))[2],
                 weights=weights.get(n, {}),
                 markets=markets.get(n, sorted(weights.get(n, {}))),
-                parameters=declared_parameters(n),
+                parameters=(params := declared_parameters(n)),
+                parameter_types={k: type(v).__name__ for k, v in params.items()},
             )
             for n in names
         ]

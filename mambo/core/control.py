@@ -70,6 +70,26 @@ def check(cmd: ControlCommand) -> str | None:
     return None
 
 
+def _as_declared(ref: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Whole numbers given for parameters the strategy declares as floats, as floats (JSON, and so a
+    browser, cannot tell 30.0 from 30); everything else as given, for the strategy to judge."""
+    import dataclasses
+
+    from mambo.core.strategies import StrategyConfigError, strategy_class
+
+    try:
+        cls = strategy_class(ref)
+    except StrategyConfigError:
+        return params
+    if not dataclasses.is_dataclass(cls):
+        return params
+    floats = {f.name for f in dataclasses.fields(cls) if isinstance(f.default, float)}
+    return {
+        k: float(v) if k in floats and isinstance(v, int) and not isinstance(v, bool) else v
+        for k, v in params.items()
+    }
+
+
 def expand(cmd: ControlCommand, markets: list[str]) -> list[ControlCommand]:
     """The command's copy for each market it concerns: its own, else each of ``markets``."""
     if cmd.market:
@@ -132,7 +152,7 @@ class StrategyControl:
             return result(cmd, "rejected", problem, self._shown()), None
         built: Strategy | None = None
         if cmd.action == "set_params":
-            params = {**self.params, **command_params(cmd)}
+            params = {**self.params, **_as_declared(self.ref, command_params(cmd))}
             try:
                 built = load_strategy(self.ref, **params)
             except Exception as e:  # the strategy's own validation: types, ranges, unknown names

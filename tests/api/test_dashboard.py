@@ -197,6 +197,7 @@ def test_operator_panel_positions_and_strategy_controls(
             "applied",
         ]
         assert json.loads(newest[6]) == {"period": 7, "lower": 30, "upper": 70}
+        assert '"lower": 30.0' in newest[6] and '"period": 7,' in newest[6]  # each as its declared type
         assert history.nth(1).get_attribute("data-status") == "rejected"
         before = len(recorded.events)
         for _ in range(2):  # the page idle meanwhile: commands come only from clicks

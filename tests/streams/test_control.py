@@ -255,3 +255,17 @@ def test_the_stage_groups_give_the_same_events_in_any_interleaving_and_across_a_
         assert sorted(r.event_id for r in of(got, "control.results")) == sorted(
             r.event_id for r in of(run, "control.results")
         )
+
+
+def test_whole_numbers_for_float_parameters_are_taken_as_floats() -> None:
+    """JSON (a browser's form) cannot tell 30.0 from 30: a float parameter given a whole number is a
+    float in the strategy and in the answer's parameters; an int parameter given a fraction is refused
+    by the strategy, with its reason."""
+    from mambo.core.control import StrategyControl
+
+    control = StrategyControl("rsi_reversion", "rsi_reversion", {})
+    answer, built = control.apply(command(1, "set_params", 1, "rsi_reversion", BTC, lower=25, period=9))
+    assert answer.status == "applied" and json.loads(answer.params) == {"lower": 25.0, "period": 9}
+    assert '"lower": 25.0' in answer.params and type(built.lower) is float and type(built.period) is int  # type: ignore[union-attr]
+    refused, _ = control.apply(command(2, "set_params", 2, "rsi_reversion", BTC, period=9.5))
+    assert refused.status == "rejected" and "period" in refused.reason

@@ -323,7 +323,7 @@ function parameterForm(s, market) {
     else if (typeof value === "number") { input.type = "number"; input.step = "any"; input.value = value; }
     else input.value = value;
     input.dataset.kind = typeof value;
-    input.dataset.integer = Number.isInteger(value) ? "1" : "";
+    input.dataset.integer = s.parameter_types[name] === "int" ? "1" : ""; // 30.0 stays a float
     label.appendChild(input);
     form.appendChild(label);
   }
@@ -338,6 +338,7 @@ function parameterForm(s, market) {
     for (const input of form.querySelectorAll("input")) {
       if (input.dataset.kind === "boolean") params[input.name] = input.checked;
       else if (input.dataset.kind === "number") {
+        // an int parameter given a fraction is sent as it is: the strategy refuses it with its reason
         params[input.name] = input.dataset.integer && /^-?\d+$/.test(input.value) ? parseInt(input.value, 10) : Number(input.value);
       } else params[input.name] = input.value;
     }
