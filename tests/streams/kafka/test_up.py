@@ -38,7 +38,7 @@ from mambo.connectors.replay import load_trades
 from mambo.schemas.topics import FILLS, ORDERS, TRADES
 from mambo.streams.kafka import topology
 from mambo.streams.kafka.broker import free_port
-from mambo.streams.kafka.codec import CONTROL_TYPE, TYPE_HEADER, is_watermark
+from mambo.streams.kafka.codec import CONTROL_TYPE, TYPE_HEADER, decode_watermark, is_watermark
 from mambo.streams.kafka.worker import Worker
 from tests.ops import installed
 
@@ -217,21 +217,23 @@ def test_up_runs_supervises_and_stops_the_pipeline(bootstrap: str, tmp_path: Pat
     assert stored == [sent["command_id"], "applied", answer["params"]]
 
     # the change acted from the market's next candle on: the command's copy sits on BTC/USDT's md.trades
-    # partition after the trade at time `last`; the candles up to the one holding it ran RSI(14), from the
-    # next candle boundary on RSI(7) (a signal's time is its candle's opening)
-    last = last_trade_before_command(bootstrap, trades, "binance:BTC/USDT")
+    # partition where the stream had come to `reached`; the candles up to the one open then ran RSI(14)
+    # (that one is closed where the command comes, before it acts), from the next candle boundary on
+    # RSI(7) (a signal's time is its candle's opening)
+    reached = stream_time_before_command(bootstrap, trades, "binance:BTC/USDT")
     rows = sql(
         "SELECT toUnixTimestamp64Nano(ts_event), arrayStringConcat(mapKeys(values), ',') FROM signals_raw "
         "FINAL WHERE strategy = 'rsi_reversion' AND symbol = 'BTC/USDT' AND timeframe = '1s' ORDER BY 1"
     )
     rsi = {int(t): set(k.split(",")) & {"rsi_14", "rsi_7"} for t, k in rows}
-    boundary = last // SECOND * SECOND + SECOND  # the candle holding that trade closes here
+    boundary = reached // SECOND * SECOND + SECOND  # the end of the candle open when the command came
     assert {k for t, ks in rsi.items() if t < boundary for k in ks} == {"rsi_14"}
-    assert rsi[boundary - SECOND] == {"rsi_14"}  # the candle the command came in ran to its end as it was
-    # from the boundary, RSI(7) warming up anew: seven candles without a value, then RSI(7) on every one
-    assert [rsi[boundary + i * SECOND] for i in range(8)] == [set()] * 7 + [{"rsi_7"}]
+    # from there, RSI(7) warming up anew: seven candles without a value, then RSI(7) on every one (a
+    # second without a trade has no candle, so candles, not seconds, are counted)
+    after = [rsi[t] for t in sorted(rsi) if t >= boundary]
+    assert after[:8] == [set()] * 7 + [{"rsi_7"}], (reached, after[:10])
     assert {k for t, ks in rsi.items() if t >= boundary for k in ks} == {"rsi_7"}
-    assert sum(t >= boundary for t in rsi) > 100  # the change had the rest of the replay to act in
+    assert len(after) > 100  # the change had the rest of the replay to act in
 
     # a replay of the same topics gives the same orders and fills, id for id
     again = copy_trades(bootstrap, trades)
@@ -293,8 +295,10 @@ def records(bootstrap: str, topic: str, partition: int) -> list[Message]:
         c.close()
 
 
-def last_trade_before_command(bootstrap: str, topic: str, market: str) -> int:
-    """The time of the last trade before the first control record on ``market``'s records of md.trades."""
+def stream_time_before_command(bootstrap: str, topic: str, market: str) -> int:
+    """How far ``market``'s stream had come where its first control record sits on md.trades: the
+    latest trade or source watermark before it (a watermark closes the candles it passes, as a trade
+    does)."""
     last = 0
     for p in partitions(bootstrap, topic):
         for m in records(bootstrap, topic, p):
@@ -302,8 +306,10 @@ def last_trade_before_command(bootstrap: str, topic: str, market: str) -> int:
                 continue
             if dict(m.headers() or ()).get(TYPE_HEADER) == CONTROL_TYPE:
                 return last
-            if not is_watermark(m.headers()):
-                last = json.loads(m.value() or b"{}")["ts_event"]
+            if is_watermark(m.headers()):
+                last = max(last, decode_watermark(m.value())[1])
+            else:
+                last = max(last, json.loads(m.value() or b"{}")["ts_event"])
     raise AssertionError(f"no control record for {market} on {topic}")
 
 
