@@ -476,13 +476,22 @@ class FaustPipeline:
         low, high = reader.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
         if high <= low or topic == self.source.get_topic_name():  # md.trades: no transactions
             return high
+        # transactions back, read to the end in one go (one fetch, not one per record: that took ~25 s
+        # a partition): the last record is among them
+        reader.assign([TopicPartition(topic, partition, max(low, high - 1000))])
         last = None
-        at = max(low, high - 50)  # a few transactions back: the last record is among them
-        while True:
-            nxt = self._first_at(topic, partition, at, wait=1.0)
-            if nxt is None or nxt >= high:
-                return low if last is None else last + 1
-            last, at = nxt, nxt + 1
+        try:
+            quiet = time.monotonic() + 1.0  # the end: nothing more for a second, or the position at high
+            while time.monotonic() < quiet:
+                got = [m.offset() for m in reader.consume(500, 0.1) if m.error() is None]
+                if got:
+                    last, quiet = got[-1], time.monotonic() + 1.0
+                [pos] = reader.position([TopicPartition(topic, partition)])
+                if (last is not None and last + 1 >= high) or pos.offset >= high:
+                    break
+        finally:
+            reader.unassign()
+        return low if last is None else last + 1
 
     def _start_offset(self, topic: str, partition: int) -> int:
         """Where the group resumes a partition: its committed offset, else the log start."""
