@@ -8,9 +8,9 @@ to a funding time pays it). Marks:
 
 * within a bar, the mark-price candle of the same open time when mark candles of the backtest's timeframe
   are given, else the traded candle (said in :attr:`FuturesResult.notes`). A position is liquidated when
-  the bar's adverse extreme (the low of a long, the high of a short) reaches its liquidation price; the
-  mark passed through that price, so the liquidation is booked there (to 1e-18, on the liquidating
-  side), else the bar ends at its close.
+  the bar's adverse extreme (the low of a long, the high of a short) reaches its liquidation price: at
+  the bar's open when it opens beyond it (the mark gapped over it), else at that price, which the mark
+  passed through (to 1e-18, on the liquidating side); else the bar ends at its close.
 * at a funding time, the funding event's own mark price; else the open of the mark candle holding the
   funding time (freqtrade's convention: ``amount × mark open × rate``); else the last close.
 
@@ -189,10 +189,11 @@ def run_futures(
         liquidation_fee_rate=cfg.liquidation_fee_rate,
     )
     notes: list[str] = []
-    low, high, close = frame.low, frame.high, frame.close
+    first, low, high, close = frame.open, frame.low, frame.high, frame.close
     if marks is not None and marks.timeframe == frame.timeframe:
         at = np.searchsorted(marks.open_time, frame.open_time).clip(0, max(len(marks) - 1, 0))
         found = (marks.open_time[at] == frame.open_time) if len(marks) else np.zeros(len(frame), bool)
+        first = np.where(found, marks.open[at], frame.open)
         low = np.where(found, marks.low[at], frame.low)
         high = np.where(found, marks.high[at], frame.high)
         close = np.where(found, marks.close[at], frame.close)
@@ -227,7 +228,7 @@ def run_futures(
     for t, kind, i in timeline:
         if kind == 0:
             last_close = to_decimal(float(close[i]))
-            bar = acc.mark_bar(key, float(low[i]), float(high[i]), last_close, t, t)
+            bar = acc.mark_bar(key, float(low[i]), float(high[i]), last_close, t, t, float(first[i]))
             ghost += _liquidated(bar, liquidations)
             balance.append(acc.margin_balance)
             ratio.append(float(acc.margin_ratio(key)))

@@ -40,7 +40,9 @@ own time is used when it has one (Binance's futures frames, the local exchange's
 
 Perpetuals (a symbol with a settle currency, ``BTC/USDT:USDT``). A ``marks:<symbol>`` stream watches
 the mark price (ccxt.pro ``watch_mark_price``: Binance's ``@markPrice@1s``) into md.mark, with the
-same stall, reconnect and health handling as trades; its frames also say the next funding time.
+same stall, reconnect and health handling as trades; its frames also say the next funding time. A
+mark goes in line with the market's trades (where paper trading values and liquidates at it): after
+the trades at or before its time, waiting for them if the trade stream is behind.
 Funding (md.funding) goes in line with the market's trades, as a replay puts it: the funding times
 from ``since_ms`` on are fetched over REST (:func:`fetch_funding_between`) at start and after each
 reconnect; a trade after the next funding time (known from the mark frames) holds the trades from
@@ -147,8 +149,7 @@ class EmbeddedPublisher:
         self.runtime.bus.publish(FEED_HEALTH.name, event)
 
     def marks(self, marks: Sequence[MarkPrice]) -> None:
-        for mark in marks:  # the history's (paper trading measures at candles)
-            self.runtime.bus.publish(MARK_PRICES.name, mark)
+        self.runtime.ingest_marks(marks)
 
     def funding(self, rates: Sequence[FundingRate]) -> None:
         self.runtime.ingest_funding(rates)
@@ -204,7 +205,7 @@ class KafkaSourcePublisher:
         self.producer.publish_many(FEED_HEALTH, [event])
 
     def marks(self, marks: Sequence[MarkPrice]) -> None:
-        self.producer.publish_many(MARK_PRICES, marks)
+        self.producer.publish_marks(marks)
 
     def funding(self, rates: Sequence[FundingRate]) -> None:
         self.producer.publish_funding(rates)
@@ -543,6 +544,8 @@ class ExchangeSource:
         self._estimate: dict[str, tuple[int, float]] = {}
         self._funding: dict[str, deque[FundingRate]] = {s: deque() for s in config.symbols}
         self._last_funding_ms: dict[str, int] = {}
+        #: perpetuals: mark frames waiting for the trades to pass their time (they go in line after)
+        self._marks: dict[str, deque[MarkPrice]] = {s: deque() for s in config.symbols}
         self.counts = {
             "trades": 0,
             "quotes": 0,
@@ -825,16 +828,48 @@ class ExchangeSource:
             at = rate.ts_event // _MS
             cut = bisect.bisect_left(rest, at, key=lambda t: int(t["timestamp"]))
             if cut:
-                self._emit_trades(rest[:cut])
+                self._emit_trades(symbol, rest[:cut])
             self._emit_funding(symbol, [rate])
             rest = rest[cut:]
         if rest:
-            self._emit_trades(rest)
+            self._emit_trades(symbol, rest)
         return n
 
-    def _emit_trades(self, trades: list[dict[str, Any]]) -> None:
-        self.publisher.trades(trades_from_ccxt(self.config.exchange, trades, self.clock()))
-        self.counts["trades"] += len(trades)
+    def _emit_trades(self, symbol: str, trades: list[dict[str, Any]]) -> None:
+        """Publish trades (in time order), each mark waiting for them in line after the trades at or
+        before its time."""
+        marks = self._marks[symbol]
+        while trades:
+            if marks and marks[0].ts_event // _MS <= int(trades[-1]["timestamp"]):
+                at = marks[0].ts_event // _MS
+                cut = bisect.bisect_right(trades, at, key=lambda t: int(t["timestamp"]))
+            else:
+                at, cut = None, len(trades)
+            if cut:
+                self.publisher.trades(trades_from_ccxt(self.config.exchange, trades[:cut], self.clock()))
+                self.counts["trades"] += cut
+                trades = trades[cut:]
+            if at is not None:
+                self._emit_marks(symbol, until_ms=at)
+
+    def _queue_mark(self, symbol: str, mark: MarkPrice) -> None:
+        """A mark frame goes in line after the trades at or before its time: now if they are out, else
+        with them (:meth:`_emit_trades`)."""
+        self._marks[symbol].append(mark)
+        state = self._trades[symbol]
+        if "trades" not in self.config.streams:
+            self._emit_marks(symbol, 1 << 62)
+        elif state.last_ts is not None and state.last_ts >= mark.ts_event // _MS:
+            self._emit_marks(symbol, state.last_ts)
+
+    def _emit_marks(self, symbol: str, until_ms: int) -> None:
+        """The waiting marks of ``symbol`` up to ``until_ms``, in line now."""
+        marks, out = self._marks[symbol], []
+        while marks and marks[0].ts_event // _MS <= until_ms:
+            out.append(marks.popleft())
+        if out:
+            self.publisher.marks(out)
+            self.counts["marks"] += len(out)
 
     def _emit_funding(self, symbol: str, rates: list[FundingRate]) -> None:
         last = self._last_funding_ms.get(symbol, -1)
@@ -864,8 +899,7 @@ class ExchangeSource:
                 first = False
             mark = mark_from_ccxt(self.config.exchange, ticker, self.clock())
             if mark is not None:
-                self.publisher.marks([mark])
-                self.counts["marks"] += 1
+                self._queue_mark(symbol, mark)
             if info.get("T") is not None:
                 self._next_funding.setdefault(symbol, set()).add(int(info["T"]))
             if info.get("r") not in (None, "") and mark is not None:

@@ -364,6 +364,8 @@ class MarginAccount:
     _ledger: dict[str, Decimal] = field(init=False)
     _positions: dict[str, MarginPosition] = field(init=False, default_factory=dict)
     _version: int = field(init=False, default=0)
+    #: Markets whose mark comes from the venue's mark stream (:meth:`on_mark`): not from traded candles.
+    venue_marks: set[str] = field(init=False, default_factory=set)
 
     def __post_init__(self) -> None:
         self.initial_balance = to_decimal(self.initial_balance)
@@ -496,11 +498,15 @@ class MarginAccount:
         close: float | Decimal,
         ts_event: int,
         ts_init: int,
+        open: float | Decimal | None = None,
     ) -> list[Liquidation]:
         """A bar of the market's mark path (a mark-price candle, or the traded one standing in for it):
         a position whose liquidation price the bar's adverse extreme reaches (the low of a long, the high
-        of a short) is liquidated there, since the mark went through it; then the bar's close is the
-        mark. The liquidations, in order. Backtests and the account stage both mark through this."""
+        of a short) is liquidated. Where: at the bar's ``open`` when the bar opens beyond the liquidation
+        price (the mark gapped over it: the first mark past it is the open, as a discrete mark frame is a
+        bar of one price), else at the liquidation price, since the mark went through it. Then the
+        bar's close is the mark. The liquidations, in order. Backtests and the account stage both mark
+        through this."""
         out: list[Liquidation] = []
         pos = self._positions.get(key)
         if pos is not None and pos.qty:
@@ -508,7 +514,10 @@ class MarginAccount:
             lp = self.liquidation_price(key)
             adverse = to_decimal(low if long else high)
             if lp is not None and lp > 0 and (adverse <= lp if long else adverse >= lp):
-                out += self.mark(key, liquidation_edge(lp, long), ts_event, ts_init)
+                first = to_decimal(open) if open is not None else None
+                gapped = first is not None and (first <= lp if long else first >= lp)
+                at = first if gapped and first is not None else liquidation_edge(lp, long)
+                out += self.mark(key, at, ts_event, ts_init)
         return out + self.mark(key, close, ts_event, ts_init)
 
     def fund(
@@ -551,6 +560,9 @@ class MarginAccount:
         return payment, self._liquidate_if_due(pos, ts_event, ts_init)
 
     def on_mark(self, event: MarkPrice) -> list[Liquidation]:
+        """The venue's mark price of a market (a mark stream): from then on it, not the traded candles,
+        is the market's mark (:attr:`venue_marks`)."""
+        self.venue_marks.add(event.key)
         return self.mark(event.key, event.mark_price, event.ts_event, event.ts_init)
 
     def on_funding(self, event: FundingRate) -> tuple[FundingPayment | None, list[Liquidation]]:

@@ -77,6 +77,7 @@ from mambo.schemas.events import (
     Fill,
     FundingRate,
     IndicatorValues,
+    MarkPrice,
     Order,
     OrderIntent,
     RiskRejection,
@@ -97,6 +98,7 @@ from mambo.schemas.topics import (
     INDICATORS,
     INTENTS,
     LIQUIDATIONS,
+    MARK_PRICES,
     ORDERS,
     POSITIONS,
     REJECTIONS,
@@ -112,10 +114,10 @@ __all__ = [
     "Account",
     "AccountStage",
     "CandleStage",
-    "ControlStage",
     "EngineConfig",
     "ExecutionStage",
     "FundingStage",
+    "InLineStage",
     "IndicatorStage",
     "IntentStage",
     "Out",
@@ -348,7 +350,8 @@ class ExecutionStage(Stage):
 
 
 class PortfolioStage(Stage):
-    """Closed candles of the trading timeframe mark positions; an equity snapshot follows."""
+    """Closed candles of the trading timeframe mark positions (a perpetual's until the venue's own marks
+    come in its stream); an equity snapshot follows."""
 
     name = "portfolio"
 
@@ -364,12 +367,16 @@ class PortfolioStage(Stage):
         if self.portfolio.position(c.key) == 0:
             return []
         out: Out = []
-        if self.margin is not None and is_perpetual(c.key):
-            # the candle stands in for the mark path: a liquidation where its extreme reaches the
-            # liquidation price, booked in the portfolio too (cross: every cross position goes)
-            for liq in self.margin.mark_bar(c.key, c.low, c.high, c.close, c.ts_event, c.ts_init):
+        margin = self.margin
+        # a market the venue's marks value (AccountStage._mark): its trades do not stand in for them
+        venue_marked = margin is not None and c.key in margin.venue_marks
+        if margin is not None and is_perpetual(c.key) and not venue_marked:
+            # the candle stands in for the mark path: a liquidation where it reaches the liquidation
+            # price (at its open when it opens beyond), booked in the portfolio too (cross: every cross
+            # position goes)
+            for liq in margin.mark_bar(c.key, c.low, c.high, c.close, c.ts_event, c.ts_init, c.open):
                 out += [(LIQUIDATIONS.name, liq), (POSITIONS.name, self.portfolio.apply_liquidation(liq))]
-        if self.portfolio.position(c.key):
+        if self.portfolio.position(c.key) and not venue_marked:
             self.portfolio.mark(c.key, c.close)
         return [*out, (EQUITY.name, self.portfolio.snapshot(c.ts_event, c.ts_init))]
 
@@ -468,7 +475,7 @@ class StrategyStage(Stage):
 
     def _control(self, cmd: ControlCommand) -> Out:
         """A strategy command for one of this account's markets (an account command goes on through
-        :class:`ControlStage`)."""
+        :class:`InLineStage`)."""
         if cmd.account != self.account or cmd.action not in STRATEGY_ACTIONS or not cmd.market:
             return []
         if self.markets is not None and cmd.market not in self.markets:
@@ -616,30 +623,42 @@ class FundingStage(Stage):
         return out
 
 
-class ControlStage(Stage):
-    """Account commands (halt, resume, reduce_only, force_exit) of the control topic → a control
-    :class:`AccountFeed` for the account, in line with the market's stream: right after the last
-    trade it has seen (time ``last trade + 1 ns``, so after every candle it has published, before
-    its next). A market stage; strategy commands are :class:`StrategyStage`'s."""
+class InLineStage(Stage):
+    """What an account takes where it came in the market's stream, as a :class:`AccountFeed`: account
+    commands of the control topic (halt, resume, reduce_only, force_exit) and the venue's mark prices.
+    Each goes right after what the market stage has seen (its trades, exchange candles, funding times,
+    marks and commands), so after every candle it has published and before its next: a command at
+    ``last + 1 ns``, a mark at its own time + 2 ns (after a funding time at its own + 1 ns) unless
+    the stream is past that. A replay of the stream puts each in the same place. A market stage;
+    strategy commands are :class:`StrategyStage`'s."""
 
-    name = "control"
+    name = "inline"
 
     def __init__(self, accounts: Sequence[tuple[str, frozenset[str] | None]]) -> None:
         self.accounts = dict(accounts)
-        self.inputs = (TRADES.name, EXCHANGE_CANDLES.name, CONTROL_MARKETS.name)
-        self.last: dict[str, int] = {}  # market -> time of the control item or trade last seen
+        self.inputs = (TRADES.name, EXCHANGE_CANDLES.name, FUNDING_RATES.name, CONTROL_MARKETS.name,
+                       MARK_PRICES.name)  # fmt: skip
+        self.last: dict[str, int] = {}  # market -> time of the last item seen
+
+    def _seen(self, key: str, time: int) -> None:
+        self.last[key] = max(self.last.get(key, -1), time)
 
     def handle(self, topic: str, payload: Any) -> Out:
         if topic == EXCHANGE_CANDLES.name:  # a market fed candles (a backtest): after the last one
-            self.last[payload.key] = max(self.last.get(payload.key, -1), payload.ts_event)
+            self._seen(payload.key, payload.ts_event)
+            return []
+        if topic == FUNDING_RATES.name:  # the account takes it at its time + 1 ns (FundingStage)
+            self._seen(payload.key, payload.ts_event + 1)
             return []
         if topic == TRADES.name:
             batch: TradeBatch = payload
             for code, key in enumerate(batch.keys):
                 ts = batch.ts if len(batch.keys) == 1 else batch.ts[batch.market == code]
                 if len(ts):
-                    self.last[key] = max(self.last.get(key, -1), int(ts.max()))
+                    self._seen(key, int(ts.max()))
             return []
+        if topic == MARK_PRICES.name:
+            return self._mark(payload)
         cmd: ControlCommand = payload
         if cmd.action in STRATEGY_ACTIONS or not cmd.market or cmd.account not in self.accounts:
             return []
@@ -658,9 +677,34 @@ class ControlStage(Stage):
             candle=None,
             signal=None,
             funding=None,
+            mark=None,
             control=cmd,
         )
         return [(ACCOUNT_FEED.name, feed)]
+
+    def _mark(self, mark: MarkPrice) -> Out:
+        key = mark.key
+        at = self.last[key] = max(mark.ts_event + 2, self.last.get(key, -1) + 1)
+        out: Out = []
+        for account, markets in self.accounts.items():
+            if markets is not None and key not in markets:
+                continue
+            feed = AccountFeed.model_construct(
+                event_id=make_id("feed", account, mark.event_id),
+                ts_event=at,
+                ts_init=mark.ts_init,
+                account=account,
+                exchange=mark.exchange,
+                symbol=mark.symbol,
+                watermark=at - 1,
+                candle=None,
+                signal=None,
+                funding=None,
+                mark=mark,
+                control=None,
+            )
+            out.append((ACCOUNT_FEED.name, feed))
+        return out
 
 
 class GridStage(Stage):
@@ -816,13 +860,18 @@ class AccountStage(Stage):
         feed: AccountFeed = payload
         if feed.account != self.account:
             return []
-        takes = feed.candle is not None or feed.funding is not None or feed.control is not None
+        takes = (
+            feed.candle is not None
+            or feed.funding is not None
+            or feed.control is not None
+            or feed.mark is not None
+        )
         if self.config.ordering == "arrival":
             steps = [feed] if takes else []
         else:
             if feed.funding is not None:  # right after the candle that ends at the funding time
                 time = feed.funding.ts_event + 1
-            elif feed.control is not None:  # where the market stage put it (ControlStage)
+            elif feed.control is not None or feed.mark is not None:  # where InLineStage put it
                 time = feed.ts_event
             else:
                 time = feed.candle.ts_event if feed.candle is not None else feed.watermark
@@ -855,6 +904,9 @@ class AccountStage(Stage):
             return out
         if feed.control is not None:
             self._command(feed.control, out)
+            return out
+        if feed.mark is not None:
+            self._mark(feed.mark, out)
             return out
         assert feed.candle is not None
         self._dispatch(candle_topic(self.timeframe), feed.candle, out, own=False)
@@ -928,6 +980,21 @@ class AccountStage(Stage):
             self._dispatch(POSITIONS.name, self.portfolio.apply_liquidation(liq), out)
         if payment is not None or liqs:
             self._dispatch(EQUITY.name, self.portfolio.snapshot(rate.ts_event, rate.ts_init), out)
+
+    def _mark(self, mark: MarkPrice, out: Out) -> None:
+        """The venue's mark price: the market's mark from now on (its traded candles no longer stand in
+        for it, :class:`PortfolioStage`); a position whose liquidation price it reaches is liquidated at
+        it, as the venue does. Nothing on spot."""
+        if self.margin is None or not is_perpetual(mark.key):
+            return
+        liqs = self.margin.on_mark(mark)
+        if self.portfolio.position(mark.key):
+            self.portfolio.mark(mark.key, mark.mark_price)
+        for liq in liqs:
+            self._dispatch(LIQUIDATIONS.name, liq, out)
+            self._dispatch(POSITIONS.name, self.portfolio.apply_liquidation(liq), out)
+        if liqs:
+            self._dispatch(EQUITY.name, self.portfolio.snapshot(mark.ts_event, mark.ts_init), out)
 
     def _dispatch(self, topic: str, payload: Any, out: Out, own: bool = True) -> None:
         """Depth first through the account's stages, as :class:`~mambo.streams.bus.EventBus` does;
@@ -1039,7 +1106,7 @@ def market_stages(
         CandleStage(timeframes),
         watermarks,
         FundingStage(markets),
-        ControlStage(markets),
+        InLineStage(markets),
         *strategies,
         indicators,
     ]

@@ -225,8 +225,8 @@ class AccountEvent(MarketEvent):
 class AccountFeed(Event):
     """One market's progress as one account sees it (the internal ``account.feed`` topic, keyed by
     account): a closed candle of the account's trading timeframe with the aggregated signal decided
-    on it (None when the strategies gave none), a perpetual's funding settled at a funding time, or only
-    a watermark.
+    on it (None when the strategies gave none), a perpetual's funding settled at a funding time, its
+    mark price, a control command, or only a watermark.
 
     ``watermark``: the market has published every candle of this account that ends at or before it
     (a candle's own end, or the last trade its market stage has seen). The account stage merges its
@@ -240,6 +240,8 @@ class AccountFeed(Event):
     signal: AggregatedSignal | None = None
     #: a funding time of the market: the account stage settles it after the candles that end by then
     funding: FundingRate | None = None
+    #: a perpetual's mark price from the venue, where it came in the market's stream
+    mark: MarkPrice | None = None
     #: a command to the account (halt, resume, reduce_only, force_exit) where it came in the market's stream
     control: ControlCommand | None = None
 
@@ -501,4 +503,4 @@ class ControlResult(Event):
     who: str = ""
 
 
-AccountFeed.model_rebuild()  # its funding and control are defined after it
+AccountFeed.model_rebuild()  # its funding, mark and control are defined after it

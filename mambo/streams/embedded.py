@@ -29,13 +29,23 @@ from mambo.core.stages import (
     build_stages,
 )
 from mambo.schemas.batches import TradeBatch, validate_trades
-from mambo.schemas.events import Candle, ControlCommand, DeadLetter, Fill, FundingRate, Order, Quote
+from mambo.schemas.events import (
+    Candle,
+    ControlCommand,
+    DeadLetter,
+    Fill,
+    FundingRate,
+    MarkPrice,
+    Order,
+    Quote,
+)
 from mambo.schemas.topics import (
     CONTROL,
     CONTROL_MARKETS,
     EXCHANGE_CANDLES,
     FILLS,
     FUNDING_RATES,
+    MARK_PRICES,
     ORDERS,
     QUOTES,
     TRADES,
@@ -146,18 +156,28 @@ class EmbeddedRuntime:
         """Perpetuals' funding times, each in its market's stream after the trades before it: the
         market's candles that end by then close, then the funding goes to its accounts (settled on a
         position of a futures account, :class:`~mambo.core.stages.AccountStage`)."""
+        self._in_line(FUNDING_RATES.name, rates)
+
+    def ingest_marks(self, marks: Sequence[MarkPrice]) -> None:
+        """Perpetuals' mark prices from the venue, each in its market's stream after the trades before
+        it: the market's candles that end by then close, then the mark goes to its accounts, where it
+        values the position and liquidates it as the venue does (:class:`~mambo.core.stages.AccountStage`)."""
+        self._in_line(MARK_PRICES.name, marks)
+
+    def _in_line(self, topic: str, events: Sequence[FundingRate | MarkPrice]) -> None:
+        """Market events in line with their market's trades: its candles that end by each close first."""
         candles = next(s for s in self.stages if isinstance(s, CandleStage))
         marks = next(s for s in self.stages if isinstance(s, WatermarkStage))
-        for r in rates:
-            if self.known_markets is not None and r.key not in self.known_markets:
-                self.bus.dead_letter(FUNDING_RATES.name, r, f"unknown market {r.key}")
+        for e in events:
+            if self.known_markets is not None and e.key not in self.known_markets:
+                self.bus.dead_letter(topic, e, f"unknown market {e.key}")
                 continue
-            for topic, event in [
-                *candles.flush(r.ts_event, r.ts_init, [r.key]),
-                *marks.advance(r.ts_event, [r.key], r.ts_init),
+            for t, event in [
+                *candles.flush(e.ts_event, e.ts_init, [e.key]),
+                *marks.advance(e.ts_event, [e.key], e.ts_init),
             ]:
-                self.bus.publish(topic, event)
-            self.bus.publish(FUNDING_RATES.name, r)
+                self.bus.publish(t, event)
+            self.bus.publish(topic, e)
 
     def control(self, command: ControlCommand) -> None:
         """A control command (:mod:`mambo.core.control`), where the markets' streams are now: on the

@@ -39,12 +39,21 @@ from mambo.core.stages import (
     market_stages,
 )
 from mambo.schemas.batches import TradeBatch, validate_trades
-from mambo.schemas.events import AccountFeed, Candle, ControlCommand, DeadLetter, FundingRate, make_id
+from mambo.schemas.events import (
+    AccountFeed,
+    Candle,
+    ControlCommand,
+    DeadLetter,
+    FundingRate,
+    MarkPrice,
+    make_id,
+)
 from mambo.schemas.topics import (
     ACCOUNT_FEED,
     CONTROL_MARKETS,
     EXCHANGE_CANDLES,
     FUNDING_RATES,
+    MARK_PRICES,
     TRADES,
     dlq_topic,
 )
@@ -211,15 +220,33 @@ class MarketPipelines:
             touched[r.key] = None
         return list(touched)
 
+    def ingest_marks(self, marks: Sequence[MarkPrice]) -> list[str]:
+        """Perpetuals' mark prices from the venue, each in its market's stream after the trades before
+        it (a source's in-line record on md.trades): the market's candles that end by then close, then
+        its accounts get the mark in their feed (:class:`~mambo.core.stages.InLineStage`); the keys
+        touched."""
+        touched: dict[str, None] = {}
+        for m in marks:
+            if self.known_markets is not None and m.key not in self.known_markets:
+                self.emit(dlq_topic(MARK_PRICES.name), _dead(MARK_PRICES.name, m, f"unknown market {m.key}"))
+                continue
+            self.advance([(m.key, m.ts_event, m.ts_init)])
+            self._bus(m.key).publish(MARK_PRICES.name, m)
+            touched[m.key] = None
+        return list(touched)
+
     def ingest_inline(
-        self, steps: Sequence[tuple[str, int, int] | FundingRate | ControlCommand]
+        self, steps: Sequence[tuple[str, int, int] | FundingRate | ControlCommand | MarkPrice]
     ) -> list[str]:
         """In-line records of md.trades, in order: watermarks (:meth:`advance`), funding times
-        (:meth:`ingest_funding`) and control commands (:meth:`ingest_control`); the keys touched."""
+        (:meth:`ingest_funding`), control commands (:meth:`ingest_control`) and mark prices
+        (:meth:`ingest_marks`); the keys touched."""
         touched: dict[str, None] = {}
         for step in steps:
             if isinstance(step, FundingRate):
                 keys = self.ingest_funding([step])
+            elif isinstance(step, MarkPrice):
+                keys = self.ingest_marks([step])
             elif isinstance(step, ControlCommand):
                 keys = self.ingest_control([step])
             else:

@@ -49,7 +49,8 @@ class Published:
     def quotes(self, quotes: Sequence[Quote]) -> None: ...
     def candles(self, candles: Sequence[Candle]) -> None: ...
     def health(self, event: FeedHealth) -> None: ...
-    def marks(self, marks: Sequence[MarkPrice]) -> None: ...
+    def marks(self, marks: Sequence[MarkPrice]) -> None:
+        self.items += [("mark", m) for m in marks]
 
 
 @st.composite
@@ -114,3 +115,67 @@ def test_every_funding_time_goes_once_between_the_trades_before_and_after_it(
         when = learnt[sorted(funding).index(t)]
         if when == -1 or all(x < t for b in batches[: when + 1] for x in b):  # known in time: in line
             assert all(x < t for x in before)
+
+
+@st.composite
+def mark_scenarios(draw: st.DrawFn) -> tuple[list[int], list[list[int]], list[int], list[int]]:
+    """Trade times (ms, ascending), the trades cut in batches, mark frame times (some at a trade's
+    millisecond), and after which batch the mark side delivers each frame (-1: before any trade; in
+    time order, as one stream delivers them)."""
+    gaps = draw(st.lists(st.integers(0, 3_000), min_size=2, max_size=40))
+    trades, t = [], 1_000_000
+    for g in gaps:
+        t += g
+        trades.append(t)
+    cuts = sorted(draw(st.sets(st.integers(1, max(1, len(trades) - 1)), max_size=8)))
+    batches = [trades[a:b] for a, b in zip([0, *cuts], [*cuts, len(trades)], strict=True) if trades[a:b]]
+    marks = sorted(
+        set(draw(st.lists(st.integers(trades[0] - 500, trades[-1] + 2_000), max_size=12)))
+        | set(draw(st.lists(st.sampled_from(trades), max_size=3)))
+    )
+    delivered = sorted(draw(st.integers(-1, len(batches) - 1)) for _ in marks)
+    return trades, batches, marks, delivered
+
+
+@settings(max_examples=150, deadline=None)
+@given(mark_scenarios())
+def test_every_mark_goes_once_after_the_trades_at_or_before_it(
+    scenario: tuple[list[int], list[list[int]], list[int], list[int]],
+) -> None:
+    """Marks go in line where paper trading takes them: each once, in order, after every trade before
+    its time; before every trade after it when the frame came before the trades passed it; a frame past
+    the last trade waits for the trades."""
+    trades, batches, marks, delivered = scenario
+    note(repr(scenario))
+    published = Published()
+    source = ExchangeSource(Client({}), published, SourceConfig("binanceusdm", [SYMBOL]))
+
+    def deliver(i: int) -> None:
+        for t, when in zip(marks, delivered, strict=True):
+            if when == i:
+                mark = MarkPrice(event_id=f"m{t}", ts_event=t * MS, ts_init=0, exchange="binanceusdm",
+                                 symbol=SYMBOL, mark_price=1.0)  # fmt: skip
+                source._queue_mark(SYMBOL, mark)
+
+    async def run() -> None:
+        deliver(-1)
+        for i, batch in enumerate(batches):
+            first = sum(len(b) for b in batches[:i])
+            rows = [{"id": str(n), "timestamp": t, "price": 1.0, "amount": 1.0, "symbol": SYMBOL,
+                     "side": "buy"} for n, t in enumerate(batch, start=first)]  # fmt: skip
+            await source._publish_trades(SYMBOL, rows)
+            deliver(i)
+
+    asyncio.run(run())
+    assert [t for kind, t in published.items if kind == "trade"] == [t * MS for t in trades]
+    out = [(i, m.ts_event // MS) for i, (kind, m) in enumerate(published.items) if kind == "mark"]
+    assert [t for _, t in out] == [t for t in marks if t <= trades[-1]]  # once, in order; later ones wait
+    for i, t in out:
+        before = [x // MS for kind, x in published.items[:i] if kind == "trade"]
+        after = [x // MS for kind, x in published.items[i + 1 :] if kind == "trade"]
+        # every trade before it went first (one at its millisecond can come after: the source cannot
+        # know another is coming; a candle closed at the mark's time ends before that millisecond)
+        assert all(x >= t for x in after)
+        when = delivered[marks.index(t)]
+        if when == -1 or all(x <= t for b in batches[: when + 1] for x in b):  # came in time: in line
+            assert all(x <= t for x in before)

@@ -21,6 +21,7 @@ every runtime, by the same code as the backtests.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import replace
 from decimal import Decimal as D
 from pathlib import Path
@@ -38,7 +39,7 @@ from mambo.core.market import Market
 from mambo.core.risk import RiskConfig
 from mambo.core.stages import Account, EngineConfig
 from mambo.schemas.batches import TradeBatch
-from mambo.schemas.events import Candle, FundingRate, Trade, make_id
+from mambo.schemas.events import Candle, FundingRate, MarkPrice, Trade, make_id
 from mambo.settings import MamboSettings
 from mambo.streams.embedded import EmbeddedRuntime
 from mambo.streams.markets import MarketPipelines
@@ -281,9 +282,27 @@ def funding_rates() -> list[FundingRate]:
     ]  # fmt: skip
 
 
-def stream(batch: TradeBatch, rates: list[FundingRate]) -> list[TradeBatch | FundingRate]:
-    """The trades in slices with each funding in line: after the trades before its time."""
-    out: list[TradeBatch | FundingRate] = []
+def venue_marks(batch: TradeBatch, every_s: int = 7) -> list[MarkPrice]:
+    """Made-up mark frames of the perpetuals: every ``every_s`` seconds, 0.2% under the last trade."""
+    out = []
+    for code, key in enumerate(batch.keys):
+        if key.count(":") != 2:
+            continue
+        ts, price = batch.ts[batch.market == code], batch.price[batch.market == code]
+        for t in range(int(ts[0]) // 10**9 + 1, int(ts[-1]) // 10**9, every_s):
+            last = float(price[int(np.searchsorted(ts, t * 10**9, "right")) - 1])
+            exchange, symbol = key.split(":", 1)
+            out.append(MarkPrice(event_id=f"m{key}{t}", ts_event=t * 10**9 + 500_000_000,
+                                 ts_init=t * 10**9 + 500_000_000, exchange=exchange, symbol=symbol,
+                                 mark_price=round(last * 0.998, 2)))  # fmt: skip
+    return out
+
+
+def stream(
+    batch: TradeBatch, rates: Sequence[FundingRate | MarkPrice]
+) -> list[TradeBatch | FundingRate | MarkPrice]:
+    """The trades in slices with each funding time (or mark) in line: after the trades before its time."""
+    out: list[TradeBatch | FundingRate | MarkPrice] = []
     start = 0
     for r in sorted(rates, key=lambda r: r.ts_event):
         cut = int(np.searchsorted(batch.ts, r.ts_event, "left"))
@@ -309,7 +328,7 @@ def with_funding_embedded(batch: TradeBatch, rules: dict[str, Market], config: A
 
 
 def with_funding_pipelines(
-    items: list[TradeBatch | FundingRate],
+    items: list[TradeBatch | FundingRate | MarkPrice],
     rules: dict[str, Market] | None,
     keys: tuple[str, ...] | None,
     config: Any,
@@ -322,6 +341,8 @@ def with_funding_pipelines(
     for item in items:
         if isinstance(item, FundingRate):
             mp.ingest_funding([item])
+        elif isinstance(item, MarkPrice):
+            mp.ingest_marks([item])
         else:
             mp.ingest_trades(item)
     if finish:

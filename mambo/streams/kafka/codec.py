@@ -22,8 +22,8 @@ import orjson
 from pydantic import ValidationError
 
 from mambo.schemas.batches import SIDE_CODES, TradeBatch, validate_trades
-from mambo.schemas.events import ControlCommand, DeadLetter, Event, FundingRate, make_id, split_key
-from mambo.schemas.topics import CONTROL_MARKETS, FUNDING_RATES, TRADES, Topic
+from mambo.schemas.events import ControlCommand, DeadLetter, Event, FundingRate, MarkPrice, make_id, split_key
+from mambo.schemas.topics import CONTROL_MARKETS, FUNDING_RATES, MARK_PRICES, TRADES, Topic
 
 __all__ = [
     "SCHEMA_HEADER",
@@ -268,9 +268,13 @@ FUNDING_TYPE = b"FundingRate"
 #: A control command's copy for the market (:func:`mambo.core.control.expand`), in line the same way:
 #: the command acts where the market's stream was when it was sent.
 CONTROL_TYPE = b"ControlCommand"
-_INLINE_TYPES = (WATERMARK_TYPE, FUNDING_TYPE, CONTROL_TYPE)
-#: What an in-line record is: a watermark (market key, watermark, ts_init), a funding time, a command.
-Inline = tuple[str, int, int] | FundingRate | ControlCommand
+#: A perpetual's mark price from the venue (a copy of the md.mark record), in line the same way: the
+#: account takes it where it came in the market's stream (after the trades before it).
+MARK_TYPE = b"MarkPrice"
+_INLINE_TYPES = (WATERMARK_TYPE, FUNDING_TYPE, CONTROL_TYPE, MARK_TYPE)
+#: What an in-line record is: a watermark (market key, watermark, ts_init), a funding time, a command,
+#: a mark price.
+Inline = tuple[str, int, int] | FundingRate | ControlCommand | MarkPrice
 
 
 def encode_watermark(key: str, watermark: int, ts_init: int) -> bytes:
@@ -279,8 +283,8 @@ def encode_watermark(key: str, watermark: int, ts_init: int) -> bytes:
 
 
 def is_watermark(headers: Any) -> bool:
-    """Whether a md.trades record is a source's in-line record (by its type header: a watermark, or a
-    funding time), not a trade."""
+    """Whether a md.trades record is an in-line record (by its type header: a watermark, a funding time,
+    a control command, a mark price), not a trade."""
     return any(name == TYPE_HEADER and value in _INLINE_TYPES for name, value in headers or ())
 
 
@@ -312,6 +316,8 @@ def decode_inline(value: bytes | None, headers: Any) -> Inline:
         return decode(FUNDING_RATES, value, headers)  # type: ignore[return-value]
     if kind == CONTROL_TYPE:
         return decode(CONTROL_MARKETS, value, headers)  # type: ignore[return-value]
+    if kind == MARK_TYPE:
+        return decode(MARK_PRICES, value, headers)  # type: ignore[return-value]
     return decode_watermark(value)
 
 

@@ -18,8 +18,8 @@ from confluent_kafka import KafkaError, Message, Producer
 
 from mambo.core.control import expand
 from mambo.schemas.batches import TradeBatch
-from mambo.schemas.events import ControlCommand, Event, FundingRate
-from mambo.schemas.topics import CONTROL, FUNDING_RATES, TRADES, Topic, by_name
+from mambo.schemas.events import ControlCommand, Event, FundingRate, MarkPrice
+from mambo.schemas.topics import CONTROL, FUNDING_RATES, MARK_PRICES, TRADES, Topic, by_name
 from mambo.streams.kafka.codec import (
     WATERMARK_HEADERS,
     Headers,
@@ -108,6 +108,15 @@ class KafkaPublisher:
         for rate in rates:
             self.publish(FUNDING_RATES, rate)
             self._produce(TRADES.name, rate.key, rate.model_dump_json().encode(), headers_for(FundingRate))
+        self._producer.poll(0)
+
+    def publish_marks(self, marks: Iterable[MarkPrice]) -> None:
+        """Queue perpetuals' mark prices on md.mark (the history) and, in line with each market's
+        trades, on md.trades (where the worker gives them to the market's accounts: after the trades
+        before them; see :mod:`mambo.streams.kafka.codec`)."""
+        for mark in marks:
+            self.publish(MARK_PRICES, mark)
+            self._produce(TRADES.name, mark.key, mark.model_dump_json().encode(), headers_for(MarkPrice))
         self._producer.poll(0)
 
     def publish_control(self, command: ControlCommand, markets: Sequence[str]) -> None:
