@@ -57,8 +57,10 @@ def funding_frame() -> dict[str, Any]:
 def test_a_futures_account_trades_on_binanceusdm_and_books_what_the_exchange_books(tmp_path: Path) -> None:
     key, secret = f"key-{uuid.uuid4().hex}", f"secret-{uuid.uuid4().hex}"
     # 60 s in: 40 s before the funding time; at 4x, the buy on the 3rd candle, the sell on the 60th
+    # the replay clock starts when the process connects (a slow start must not eat the 40 s before
+    # the funding time)
     ex = FuturesExchange(load_usdm_recording(FIXTURE), api_secret=secret, balance="10000", speed=4,
-                         history_seconds=60)  # fmt: skip
+                         history_seconds=60, wait_for_client=True)  # fmt: skip
 
     async def main() -> bytes:
         server, url = await serve(ex)

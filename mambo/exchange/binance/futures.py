@@ -182,6 +182,7 @@ class FuturesExchange:
         fee_maker: str = "0.0002",
         speed: float = 0.0,
         history_seconds: float = 0.0,
+        wait_for_client: bool = False,
         brackets_path: Path = BUNDLED_BRACKETS,
         account: str = "local",
     ) -> None:
@@ -191,6 +192,9 @@ class FuturesExchange:
         self.api_secret = api_secret.encode()
         self.fee_taker, self.fee_maker = Decimal(fee_taker), Decimal(fee_maker)
         self.speed = speed
+        #: the replay clock starts at the first WebSocket connection, not when the server starts (a
+        #: client that takes a while to start misses none of the recording's timeline)
+        self.wait_for_client = wait_for_client
         self._brackets_path = brackets_path
         brackets = load_brackets(brackets_path)
         self.markets: dict[str, _Market] = {}
@@ -238,8 +242,11 @@ class FuturesExchange:
     def now_ms(self) -> int:
         return self.events[max(self._cursor - 1, 0)][0]
 
-    def start(self) -> None:
-        """Release events at ``speed`` × real time (``speed <= 0``: only :meth:`advance` moves time)."""
+    def start(self, client: bool = False) -> None:
+        """Release events at ``speed`` × real time (``speed <= 0``: only :meth:`advance` moves time);
+        with ``wait_for_client``, from the first WebSocket connection (``client``) on."""
+        if self.wait_for_client and not client:
+            return
         if self._replay_task is None and self.speed > 0:
             self._replay_task = asyncio.get_running_loop().create_task(self._replay())
 
@@ -731,6 +738,7 @@ class FuturesExchange:
         streams = request.query.get("streams", "") if conn.combined else request.match_info.get("stream", "")
         conn.streams = {s for s in streams.split("/") if "@" in s}
         self._conns.append(conn)
+        self.start(client=True)
         try:
             async for msg in ws:
                 if msg.type == WSMsgType.TEXT:
