@@ -56,8 +56,10 @@ def _serve_usdm(
 
     try:
         events = load_usdm_recording(recording)
+        # the replay clock waits for the first client: the time it takes to start one (another
+        # terminal, a process's imports) is none of the recording's
         local = FuturesExchange(events, api_secret=secret, balance=balance, speed=speed,
-                                history_seconds=history_seconds)  # fmt: skip
+                                history_seconds=history_seconds, wait_for_client=True)  # fmt: skip
     except (OSError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
@@ -69,6 +71,9 @@ def _serve_usdm(
         port,
         lambda url: [
             f"local exchange (Binance USD-M futures) on {url} (markets: {', '.join(names)})",
+            f"  the replay ({speed:g}x) starts when the first client connects"
+            if speed > 0
+            else "  the replay is paused (--speed 0)",
             f"  mambo source --exchange binanceusdm --symbols {names[0]} --base-url {url}",
         ],
     )

@@ -120,3 +120,51 @@ def test_a_futures_account_trades_on_binanceusdm_and_books_what_the_exchange_boo
         + expected_funding
     )
     assert balance == worked
+
+
+def test_the_usdm_exchange_command_replays_from_its_first_client_on() -> None:
+    """``mambo exchange --usdm`` as the README runs it: the banner names the URL and says the replay
+    waits; until a client connects the marks stand where the history ends, then they move on."""
+
+    async def premium(session: Any, url: str) -> int:
+        async with session.get(f"{url}/fapi/v1/premiumIndex", params={"symbol": "BTCUSDT"}) as r:
+            return int((await r.json())["time"])
+
+    async def main() -> None:
+        import aiohttp
+        import ccxt.pro
+
+        from mambo.connectors.ccxt_client import local_urls
+
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "mambo.cli", "exchange", "--usdm", str(FIXTURE), "--port", "0",
+            "--speed", "20", "--history-seconds", "30", cwd=ROOT,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+        try:
+            assert proc.stdout is not None
+            banner = []
+            while not any("starts when the first client connects" in line for line in banner):
+                line = (await asyncio.wait_for(proc.stdout.readline(), 60)).decode()
+                assert line, "the exchange ended: " + "".join(banner)
+                banner.append(line)
+            url = next(w for line in banner for w in line.split() if w.startswith("http://"))
+            async with aiohttp.ClientSession() as session:
+                first = await premium(session, url)
+                await asyncio.sleep(1.5)
+                assert await premium(session, url) == first  # no client yet: the clock waits
+                client = ccxt.pro.binanceusdm()
+                client.urls["api"] = local_urls(client.urls["api"], url)
+                try:
+                    await client.load_markets()
+                    mark = await asyncio.wait_for(client.watch_mark_price("BTC/USDT:USDT"), 30)
+                    assert mark["markPrice"] > 0
+                    await asyncio.sleep(1.5)  # at 20x: about 30 s of the recording
+                    assert await premium(session, url) > first + 10_000
+                finally:
+                    await client.close()
+        finally:
+            proc.terminate()
+            await proc.wait()
+
+    asyncio.run(main())
