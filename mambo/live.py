@@ -28,6 +28,8 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Sequence
+from dataclasses import replace
+from decimal import Decimal
 from typing import Any
 
 import structlog
@@ -36,6 +38,7 @@ from mambo.connectors.clickhouse import ClickHouseSink, connect, ensure_schema, 
 from mambo.connectors.exchange_broker import ExchangeBroker, Mode
 from mambo.connectors.exchange_source import EmbeddedPublisher, ExchangeSource, SourceConfig
 from mambo.connectors.markets import market_from_ccxt
+from mambo.core.stages import Account
 from mambo.notify import notification_stage
 from mambo.notify.outbox import OutboxFile
 from mambo.schemas.events import Fill, Order, market_key
@@ -48,6 +51,24 @@ from mambo.streams.exchange_venue import ExchangeVenue
 __all__ = ["LiveSession"]
 
 log = structlog.get_logger(__name__)
+
+
+def venue_liquidation_fees(account: Account, client: Any, symbols: Sequence[str]) -> Account:
+    """A futures account with the clearance fee the venue publishes for each perpetual it trades
+    (ccxt keeps Binance's exchangeInfo ``liquidationFee`` under the market's ``info``), where the
+    settings name none for that symbol."""
+    futures = account.config.futures
+    if futures is None:
+        return account
+    fees = dict(futures.liquidation_fees)
+    for symbol in symbols:
+        published = (client.markets.get(symbol) or {}).get("info", {}).get("liquidationFee")
+        if published not in (None, "") and symbol not in fees:
+            fees[symbol] = Decimal(str(published))
+    if fees == dict(futures.liquidation_fees):
+        return account
+    published = futures.model_copy(update={"liquidation_fees": tuple(sorted(fees.items()))})
+    return Account(replace(account.config, futures=published), account.markets)
 
 
 class LiveSession:
@@ -94,6 +115,7 @@ class LiveSession:
             raise ValueError(
                 f"{len(accounts)} accounts configured; trading on an exchange runs one account per process"
             )
+        accounts = [venue_liquidation_fees(a, client, self.symbols) for a in accounts]
         self.runtime = EmbeddedRuntime(
             accounts, markets, known_markets=self.keys, venue=self.venue, extra=[notification_stage(settings)]
         )

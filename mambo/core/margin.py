@@ -22,8 +22,9 @@ Definitions (Binance's, one-way mode; ``q`` the signed position, ``P`` the mark 
   Liquidation when a margin balance is at or below its maintenance margin (margin ratio
   ``maintenance / margin balance`` ≥ 100%): isolated, the position alone; cross, every cross position.
   The venue closes them at the mark price and charges the liquidation (clearance) fee
-  ``notional × liquidation_fee_rate``, at most what margin is left; a balance that would end below zero
-  is brought back to zero by the insurance fund (Binance's Insurance Fund rules).
+  ``notional × rate`` (the market's own where the venue publishes it), at most what margin is left;
+  a balance that would end below zero is brought back to zero by the insurance fund (Binance's
+  Insurance Fund rules).
 * available balance ``max(0, cross wallet + cross unrealized PnL − cross initial margin)``.
 * funding at a funding time: ``−q × P × rate`` to the wallet (longs pay when the rate is positive).
 
@@ -56,7 +57,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mambo.core.market import to_decimal
 from mambo.core.portfolio import MONEY
@@ -106,6 +107,20 @@ class MarginConfig(BaseModel):
     leverage: int = Field(1, ge=1, le=125)
     margin_mode: MarginMode = "cross"
     liquidation_fee_rate: Decimal = Field(Decimal("0.0125"), ge=0, lt=1)
+    #: The venue's own clearance fee by symbol (ccxt's, ``BTC/USDT:USDT``), where it publishes one
+    #: (Binance: exchangeInfo's ``liquidationFee``); other symbols pay ``liquidation_fee_rate``. A
+    #: mapping in the settings; kept as sorted pairs so the config stays hashable.
+    liquidation_fees: tuple[tuple[str, Decimal], ...] = ()
+
+    @field_validator("liquidation_fees", mode="before")
+    @classmethod
+    def _fees(cls, value: Any) -> Any:
+        items = value.items() if isinstance(value, Mapping) else value
+        out = tuple(sorted((str(k), to_decimal(v)) for k, v in items))
+        bad = [k for k, v in out if not 0 <= v < 1]
+        if bad:
+            raise ValueError(f"liquidation_fees of {', '.join(bad)}: a fraction in [0, 1)")
+        return out
 
 
 def is_perpetual(key: str) -> bool:
@@ -360,6 +375,8 @@ class MarginAccount:
     #: The liquidation (clearance) fee as a fraction of the notional closed. Binance sets it per symbol;
     #: 1.25% is an assumed figure (no recorded source), pass the venue's own.
     liquidation_fee_rate: Decimal = Decimal("0.0125")
+    #: The venue's own clearance fee by symbol where it publishes one; the rest pay the rate above.
+    liquidation_fees: Mapping[str, Decimal] = field(default_factory=dict)
     cross_wallet: Decimal = field(init=False)
     _ledger: dict[str, Decimal] = field(init=False)
     _positions: dict[str, MarginPosition] = field(init=False, default_factory=dict)
@@ -371,8 +388,10 @@ class MarginAccount:
         self.initial_balance = to_decimal(self.initial_balance)
         self.brackets = dict(self.brackets)
         self.liquidation_fee_rate = to_decimal(self.liquidation_fee_rate)
-        if self.initial_balance < 0 or not 0 <= self.liquidation_fee_rate < 1:
-            raise ValueError("initial_balance must be >= 0 and liquidation_fee_rate in [0, 1)")
+        self.liquidation_fees = {k: to_decimal(v) for k, v in self.liquidation_fees.items()}
+        rates = [self.liquidation_fee_rate, *self.liquidation_fees.values()]
+        if self.initial_balance < 0 or not all(0 <= r < 1 for r in rates):
+            raise ValueError("initial_balance must be >= 0 and liquidation fee rates in [0, 1)")
         self.cross_wallet = self.initial_balance
         self._ledger = dict.fromkeys(LEDGER_KINDS, _ZERO)
 
@@ -622,7 +641,8 @@ class MarginAccount:
             events: list[Liquidation] = []
             for i, (pos, qty, realized) in enumerate(closed):
                 wallet = pos.isolated_wallet if pos.margin_mode == "isolated" else self.cross_wallet
-                fee = min(abs(qty) * pos.mark_price * self.liquidation_fee_rate, max(wallet, _ZERO))
+                rate = self.liquidation_fees.get(pos.symbol, self.liquidation_fee_rate)
+                fee = min(abs(qty) * pos.mark_price * rate, max(wallet, _ZERO))
                 self._book(pos, "liquidation_fees", -fee)
                 insurance = _ZERO
                 if i == len(closed) - 1:  # after the last close and fee, what is left is final

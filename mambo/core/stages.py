@@ -1032,6 +1032,7 @@ def _margin_account(config: EngineConfig, markets: frozenset[str] | None) -> Mar
         default_leverage=f.leverage,
         default_margin_mode=f.margin_mode,
         liquidation_fee_rate=f.liquidation_fee_rate,
+        liquidation_fees=dict(f.liquidation_fees),
     )
 
 

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from decimal import Decimal as D
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -38,6 +39,7 @@ from mambo.core.margin import MarginConfig
 from mambo.core.market import Market
 from mambo.core.risk import RiskConfig
 from mambo.core.stages import Account, EngineConfig
+from mambo.live import venue_liquidation_fees
 from mambo.schemas.batches import TradeBatch
 from mambo.schemas.events import Candle, FundingRate, MarkPrice, Trade, make_id
 from mambo.settings import MamboSettings
@@ -262,6 +264,29 @@ def test_settings_refuse_a_spot_market_in_a_futures_account() -> None:
         MamboSettings(accounts={"perp": {"markets": [PERP, "binance:BTC/USDT"], "futures": {"leverage": 3}}})
     with pytest.raises(ValueError, match="name its perpetuals"):
         MamboSettings(engine={"futures": {"leverage": 3}})
+
+
+def test_a_futures_account_takes_the_venue_s_clearance_fee_per_symbol() -> None:
+    """The settings' ``liquidation_fees`` by symbol (others pay ``liquidation_fee_rate``); a live
+    session fills in what the venue publishes (ccxt's market ``info.liquidationFee``) where they name
+    none; a rate outside [0, 1) is refused with the symbol."""
+    fees = {"futures": {"leverage": 10, "liquidation_fees": {"ETH/USDT:USDT": "0.005"}}}
+    settings = MamboSettings(accounts={"perp": {"markets": [PERP, "binanceusdm:ETH/USDT:USDT"], **fees}})
+    [account] = settings.account_configs()
+    assert account.config.futures is not None
+    assert dict(account.config.futures.liquidation_fees) == {"ETH/USDT:USDT": D("0.005")}
+    client = SimpleNamespace(markets={
+        "BTC/USDT:USDT": {"info": {"liquidationFee": "0.012000"}},
+        "ETH/USDT:USDT": {"info": {"liquidationFee": "0.030000"}},  # the settings' 0.005 stands
+    })  # fmt: skip
+    live = venue_liquidation_fees(account, client, ["BTC/USDT:USDT", "ETH/USDT:USDT"])
+    assert live.config.futures is not None
+    assert dict(live.config.futures.liquidation_fees) == {
+        "BTC/USDT:USDT": D("0.012"),
+        "ETH/USDT:USDT": D("0.005"),
+    }
+    with pytest.raises(ValueError, match="BTC/USDT:USDT"):
+        MarginConfig(liquidation_fees={"BTC/USDT:USDT": "1.5"})
 
 
 # --- funding -------------------------------------------------------------------------------------

@@ -124,7 +124,10 @@ def config() -> EngineConfig:
         order_qty=QTY,
         risk=RiskConfig(position_fraction=D("0.5")),
         account="perp",
-        futures=MarginConfig(leverage=LEVERAGE, margin_mode="isolated", liquidation_fee_rate=LIQUIDATION_FEE),
+        # the venue's published clearance fee of the symbol (the account's default rate is another)
+        futures=MarginConfig(
+            leverage=LEVERAGE, margin_mode="isolated", liquidation_fees={SYMBOL: LIQUIDATION_FEE}
+        ),
     )
 
 
@@ -208,6 +211,7 @@ async def on_the_exchange(entry_ms: int) -> tuple[list[Any], dict[str, Any], D]:
 
 def test_a_leveraged_long_liquidates_alike_in_a_backtest_in_paper_trading_and_on_the_local_exchange() -> None:
     assert PERPETUALS["BTCUSDT"].liquidation_fee == LIQUIDATION_FEE  # the exchange's rate, paper's too
+    assert config().futures is not None and config().futures.liquidation_fee_rate != LIQUIDATION_FEE
     paper = embedded()
     [entry] = of(paper, "fills")
     assert entry.side == "buy" and entry.qty == QTY

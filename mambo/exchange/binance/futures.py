@@ -217,11 +217,10 @@ class FuturesExchange:
                 quotes=[],
             )
             self.markets[sid] = _Market(rules, data)
-        # one liquidation fee per account: the markets' own (they agree in the bundled table)
-        fees = {m.rules.liquidation_fee for m in self.markets.values()}
         self.account = MarginAccount(
             Decimal(balance), {m.rules.symbol: brackets[m.rules.symbol] for m in self.markets.values()},
-            account=account, default_leverage=leverage, liquidation_fee_rate=max(fees),
+            account=account, default_leverage=leverage,
+            liquidation_fees={m.rules.symbol: m.rules.liquidation_fee for m in self.markets.values()},
         )  # fmt: skip
         self.orders: dict[int, _Order] = {}
         self.income: list[dict[str, Any]] = []
