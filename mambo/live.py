@@ -41,8 +41,8 @@ from mambo.connectors.markets import market_from_ccxt
 from mambo.core.stages import Account
 from mambo.notify import notification_stage
 from mambo.notify.outbox import OutboxFile
-from mambo.schemas.events import Fill, Order, market_key
-from mambo.schemas.topics import FILLS, ORDERS
+from mambo.schemas.events import Fill, FundingPayment, Liquidation, Order, market_key
+from mambo.schemas.topics import FILLS, FUNDING, LIQUIDATIONS, ORDERS
 from mambo.settings import MamboSettings
 from mambo.streams.bus import Observer
 from mambo.streams.embedded import EmbeddedRuntime, ReplayProgress, SinkObserver
@@ -145,13 +145,20 @@ class LiveSession:
         )
 
     async def recover(self) -> int:
-        """Rebuild the account from the history's fills, reconcile the orders it left open.
-        Returns the number of past fills booked."""
+        """Rebuild the account from the history's fills (a futures account's funding payments and
+        liquidations too, its margin account with them), reconcile the orders it left open. Returns
+        the number of past fills booked."""
         where = "exchange = {exchange:String}"
         params = {"exchange": self.exchange_id}
-        fills = [f for f in read_events(self.ch, FILLS.table, self.db, where, params) if isinstance(f, Fill)]
-        for fill in sorted(fills, key=lambda f: (f.ts_event, f.fill_id)):
-            self.runtime.portfolio.book(fill)
+
+        def history(table: str, kind: type[Any]) -> list[Any]:
+            found = [e for e in read_events(self.ch, table, self.db, where, params) if isinstance(e, kind)]
+            return sorted(found, key=lambda e: (e.ts_event, e.event_id))
+
+        fills = history(FILLS.table, Fill)
+        self.runtime.account_stages[0].rebuild(
+            fills, history(FUNDING.table, FundingPayment), history(LIQUIDATIONS.table, Liquidation)
+        )
         orders = [
             o for o in read_events(self.ch, ORDERS.table, self.db, where, params) if isinstance(o, Order)
         ]

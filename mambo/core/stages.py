@@ -75,8 +75,10 @@ from mambo.schemas.events import (
     ControlCommand,
     DeadLetter,
     Fill,
+    FundingPayment,
     FundingRate,
     IndicatorValues,
+    Liquidation,
     MarkPrice,
     Order,
     OrderIntent,
@@ -897,6 +899,48 @@ class AccountStage(Stage):
             self._dispatch(topic, event, out)
         return out
 
+    def rebuild(
+        self,
+        fills: Sequence[Fill],
+        payments: Sequence[FundingPayment] = (),
+        liquidations: Sequence[Liquidation] = (),
+    ) -> None:
+        """The account's books from its history (a live session's restart), booked as they were, in
+        time order (at one instant: funding, a liquidation, then fills): fills; funding payments,
+        a futures account's worked out again from the position it held then; liquidations at their
+        marks. A payment or liquidation the books do not come to again is refused (ValueError: the
+        history is not this account's, or misses a fill)."""
+        steps: list[tuple[int, int, Fill | FundingPayment | Liquidation]] = [
+            *((p.ts_event, 0, p) for p in payments),
+            *((lq.ts_event, 1, lq) for lq in liquidations),
+            *((f.ts_event, 2, f) for f in fills),
+        ]
+        for _, _, event in sorted(steps, key=lambda s: (s[0], s[1])):
+            margin = self.margin if self.margin is not None and is_perpetual(event.key) else None
+            if isinstance(event, Fill):
+                self.portfolio.book(event)
+                if margin is not None:
+                    margin.apply(event)
+            elif isinstance(event, FundingPayment):
+                if margin is not None:
+                    again, _ = margin.fund(
+                        event.key, event.rate, event.ts_event, event.ts_init, event.mark_price
+                    )
+                    # the history keeps 18 decimals (Decimal(38, 18)); the books, the exact figure
+                    if again is None or abs(again.amount - event.amount) >= _HISTORY_QUANTUM:
+                        got = "none" if again is None else again.amount
+                        raise ValueError(f"funding of {event.key} at {event.ts_event}: {event.amount} "
+                                         f"in the history, {got} from the fills")  # fmt: skip
+                    event = again
+                self.portfolio.apply_funding(event)
+            else:
+                if margin is not None:
+                    again_liqs = margin.mark(event.key, event.price, event.ts_event, event.ts_init)
+                    if not any(lq.qty == event.qty and lq.key == event.key for lq in again_liqs):
+                        raise ValueError(f"liquidation of {event.key} at {event.ts_event}: the fills do "
+                                         f"not come to it at its mark {event.price}")  # fmt: skip
+                self.portfolio.apply_liquidation(event)
+
     def _step(self, feed: AccountFeed) -> Out:
         out: Out = []
         if feed.funding is not None:
@@ -1010,6 +1054,10 @@ class AccountStage(Stage):
                 continue
             for t, e in made:
                 self._dispatch(t, e, out)
+
+
+#: What the history's decimals keep (ClickHouse's Decimal(38, 18)).
+_HISTORY_QUANTUM = Decimal("1e-18")
 
 
 def _margin_account(config: EngineConfig, markets: frozenset[str] | None) -> MarginAccount | None:

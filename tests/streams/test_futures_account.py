@@ -38,7 +38,7 @@ from mambo.connectors.replay import load_trades
 from mambo.core.margin import MarginConfig
 from mambo.core.market import Market
 from mambo.core.risk import RiskConfig
-from mambo.core.stages import Account, EngineConfig
+from mambo.core.stages import Account, EngineConfig, account_stages
 from mambo.live import venue_liquidation_fees
 from mambo.schemas.batches import TradeBatch
 from mambo.schemas.events import Candle, FundingRate, MarkPrice, Trade, make_id
@@ -208,7 +208,8 @@ def crash() -> TradeBatch:
     return TradeBatch.from_trades(trades)
 
 
-def test_a_leveraged_long_liquidates_in_paper_trading_as_in_the_backtest() -> None:
+def crash_account(futures: bool = True) -> EngineConfig:
+    """sma_cross on the crash, a 50x isolated long (``futures``; else the spot-like strategy run)."""
     config = EngineConfig(
         timeframes=("1s",),
         trading_timeframe="1s",
@@ -220,9 +221,14 @@ def test_a_leveraged_long_liquidates_in_paper_trading_as_in_the_backtest() -> No
         risk=RiskConfig(position_fraction=D("0.5")),
         account="perp",
     )
+    return replace(config, futures=MarginConfig(leverage=50, margin_mode="isolated")) if futures else config
+
+
+def test_a_leveraged_long_liquidates_in_paper_trading_as_in_the_backtest() -> None:
+    config = crash_account(futures=False)
     batch = crash()
     rules = {PERP: Market.inferred("binanceusdm", "BTC/USDT:USDT", D("0.1"))}
-    paper_config = replace(config, futures=MarginConfig(leverage=50, margin_mode="isolated"))
+    paper_config = crash_account()
     paper = embedded(batch, rules, [Account(paper_config, frozenset([PERP]))])
     [liq] = mine(paper, "liquidations")
     assert liq.side == "sell" and liq.margin_mode == "isolated"
@@ -506,3 +512,53 @@ def test_a_recorded_funding_time_is_booked_in_paper_as_on_the_local_exchange() -
     [payment] = of(out, "funding")
     assert payment.amount == -fill.qty * D(frame["p"]) * D(frame["r"])
     assert (payment.qty, payment.mark_price, payment.ts_event) == (fill.qty, D(frame["p"]), t)
+
+
+def rebuilt(config: Any, rules: dict[str, Market], items: list[Any]) -> tuple[Any, list[tuple[str, Any]]]:
+    """A run over ``items`` (trade batches, funding times); then the perp account's books rebuilt in a
+    fresh account stage from the run's fills, funding payments and liquidations, checked against the
+    run's own: (the fresh stage, the run's events)."""
+    rt = EmbeddedRuntime(config, rules, known_markets=list(rules), metrics=False)
+    out: list[tuple[str, Any]] = []
+    rt.observe(lambda t, e: out.append((t, e)))
+    for item in items:
+        if isinstance(item, FundingRate):
+            rt.ingest_funding([item])
+        else:
+            rt.ingest_trades(item)
+    rt.finish()
+    [run] = [s for s in rt.account_stages if s.account == "perp"]
+    [fresh] = [s for s in account_stages(config, rules) if s.account == "perp"]
+    fresh.rebuild(mine(out, "fills"), mine(out, "funding"), mine(out, "liquidations"))
+    assert run.margin is not None and fresh.margin is not None
+    assert fresh.margin.wallet_balance == run.margin.wallet_balance
+    assert fresh.margin.cross_wallet == run.margin.cross_wallet
+    fields = ("qty", "cost", "isolated_wallet", "realized_pnl", "fees", "funding")
+    for key, pos in run.margin.positions.items():
+        again = fresh.margin.positions[key]
+        assert [getattr(again, f) for f in fields] == [getattr(pos, f) for f in fields], key
+    assert fresh.portfolio.cash == run.portfolio.cash
+    assert {k: fresh.portfolio.position(k) for k in rules} == {k: run.portfolio.position(k) for k in rules}
+    return fresh, out
+
+
+def test_the_books_rebuilt_from_the_history_are_the_run_s(
+    recording: TradeBatch, rules: dict[str, Market]
+) -> None:
+    """A live session's restart (``mambo trade --recover``) rebuilds the account from its history:
+    the fills, funding payments and liquidations of a run, booked again in a fresh account stage,
+    give the run's wallets and positions, the margin account's as the portfolio's (the recording with
+    funding times; the crash, with a liquidation); a history that misses a fill is refused."""
+    config: Any = accounts(recording.keys)
+    _, out = rebuilt(config, rules, stream(recording, funding_rates()))
+    fills, payments = mine(out, "fills"), mine(out, "funding")
+    assert len(fills) > 20 and payments
+    crash_config: Any = [Account(crash_account(), frozenset([PERP]))]
+    crash_rules = {PERP: Market.inferred("binanceusdm", "BTC/USDT:USDT", D("0.1"))}
+    _, crashed = rebuilt(crash_config, crash_rules, [crash()])
+    assert mine(crashed, "liquidations")
+    # a history without the last fill before a funding time pays other funding: refused
+    held = [f for f in fills if f.ts_event < payments[0].ts_event]
+    [fresh] = [s for s in account_stages(config, rules) if s.account == "perp"]
+    with pytest.raises(ValueError, match="funding of"):
+        fresh.rebuild([f for f in fills if f is not held[-1]], payments)
