@@ -457,7 +457,25 @@ def read_events(
     if limit is not None:
         sql += f" LIMIT {int(limit)}"
     result = client.query(sql, parameters=dict(parameters or {}))
-    return [model.model_validate(row) for row in result.named_results()]
+    return [
+        model.model_validate({k: _trimmed(v) if isinstance(v, Decimal) else v for k, v in row.items()})
+        for row in result.named_results()
+    ]
+
+
+def _trimmed(value: Decimal) -> Decimal:
+    """A history's decimal without the trailing zeros of its column's 18 places (28151.5, not
+    28151.500000000000000000): what was booked. Sums and products of the padded figures carry twice
+    the places, past what a Decimal(38, 18) column takes when they are written back."""
+    exponent = value.as_tuple().exponent
+    if not isinstance(exponent, int) or exponent >= 0:
+        return value
+    normal = value.normalize(_EXACT)  # no rounding: 38 digits fit
+    shift = normal.as_tuple().exponent
+    return normal if isinstance(shift, int) and shift <= 0 else value.quantize(Decimal(1), context=_EXACT)
+
+
+_EXACT = Context(prec=80)
 
 
 def query_df(client: Client, sql: str) -> pd.DataFrame:

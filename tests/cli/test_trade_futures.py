@@ -168,3 +168,59 @@ def test_the_usdm_exchange_command_replays_from_its_first_client_on() -> None:
             await proc.wait()
 
     asyncio.run(main())
+
+
+def test_a_restart_recovers_the_futures_position_and_books_its_funding(tmp_path: Path) -> None:
+    """``mambo trade`` stopped with a long open before the funding time, restarted (it recovers the
+    account from its history): the restarted process pays the funding on the recovered position and
+    closes it, and Mambo's books (fills, funding, wallet) are still the exchange's to the decimal."""
+    key, secret = f"key-{uuid.uuid4().hex}", f"secret-{uuid.uuid4().hex}"
+    ex = FuturesExchange(load_usdm_recording(FIXTURE), api_secret=secret, balance="10000", speed=4,
+                         history_seconds=60, wait_for_client=True)  # fmt: skip
+
+    async def trade(url: str, duration: str, params: dict[str, int]) -> bytes:
+        args = ["trade", "--exchange", "binanceusdm", "--base-url", url, "--symbols", "BTC/USDT:USDT",
+                "--strategies", SCRIPTED, "--timeframe", "1s", "--duration", duration,
+                "--data-dir", str(tmp_path)]  # fmt: skip
+        env = {**os.environ, "MAMBO_EXCHANGE__API_KEY": key, "MAMBO_EXCHANGE__SECRET": secret,
+               "MAMBO_ENGINE__STRATEGY_PARAMS": json.dumps({SCRIPTED: params}),
+               "MAMBO_ACCOUNTS__MAIN__MARKETS": json.dumps([MARKET]),
+               "MAMBO_ACCOUNTS__MAIN__INITIAL_CASH": "10000",
+               "MAMBO_ACCOUNTS__MAIN__FUTURES": json.dumps(FUTURES)}  # fmt: skip
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "mambo.cli", *args, cwd=ROOT, env=env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+        out, _ = await asyncio.wait_for(proc.communicate(), 120)
+        assert proc.returncode == 0, out.decode()[-3000:]
+        return out
+
+    async def main() -> bytes:
+        server, url = await serve(ex)
+        try:
+            await trade(url, "4", {"buy_at": 3, "sell_at": 10_000})  # about 16 s of the recording
+            await ex.stop()  # the replay waits for the next process (the funding time is still ahead)
+            assert [t["side"] for t in ex.user_trades] == ["BUY"]
+            assert ex.now_ms < FUNDING_TIME
+            return await trade(url, "20", {"buy_at": 10_000, "sell_at": 50})
+        finally:
+            await server.cleanup()
+
+    output = asyncio.run(main())
+    assert b"recovered: 1 past fills booked" in output
+    trades = ex.user_trades
+    assert [t["side"] for t in trades] == ["BUY", "SELL"], trades
+    assert trades[0]["time"] < FUNDING_TIME < trades[1]["time"]
+    frame = funding_frame()
+    expected_funding = -Decimal(trades[0]["qty"]) * Decimal(frame["p"]) * Decimal(frame["r"])
+    (payment,) = _sql(tmp_path, "SELECT toString(amount) AS amount FROM funding_payments FINAL")
+    assert Decimal(payment["amount"]) == expected_funding
+    fills = _sql(tmp_path, FILLS + " FROM fills FINAL ORDER BY ts_event")
+    assert [(f["side"], Decimal(f["price"]), Decimal(f["qty"]), Decimal(f["fee"])) for f in fills] == [
+        (t["side"].lower(), Decimal(t["price"]), Decimal(t["qty"]), Decimal(t["commission"])) for t in trades
+    ]
+    assert Decimal(fills[1]["pnl"]) == Decimal(trades[1]["realizedPnl"])
+    (last,) = _sql(
+        tmp_path, "SELECT toString(equity) AS equity FROM equity FINAL ORDER BY ts_event DESC LIMIT 1"
+    )
+    assert Decimal(last["equity"]) == ex.account.wallet_balance
