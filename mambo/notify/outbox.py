@@ -245,7 +245,8 @@ class ClickHouseOutbox:
             self.client,
             NOTIFICATIONS.table,
             self.database,
-            where="ts_init >= fromUnixTimestamp64Nano({since:Int64}, 'UTC')",
+            # read_events gives ts_init as ns (an Int64 alias, which the condition sees too)
+            where="ts_init >= {since:Int64}",
             parameters={"since": since},
         )
         rows.sort(key=lambda e: (e.ts_init, e.event_id))

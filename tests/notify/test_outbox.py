@@ -90,3 +90,20 @@ def test_clickhouse_outbox_polls_the_history_by_ts_init_and_drops_repeats(
     notifier.step()
     assert webhook.event_ids() == [note(i).event_id for i in (1, 2, 3, 4)]
     assert notifier.stats.duplicates == 2
+
+
+def test_clickhouse_outbox_reads_notifications_of_today(
+    clickhouse_client: Client, clickhouse_db: str, tmp_path: Path
+) -> None:
+    """Times of this century (ns since 1970 past 1.7e18): the poll's condition compares them as the
+    nanoseconds they are (compared as a DateTime64, ClickHouse refused them: decimal overflow)."""
+    now = 1_764_806_400 * S  # 2025-12-04
+    sink = ClickHouseSink(clickhouse_client, clickhouse_db)
+    sink.write(NOTIFICATIONS.table, [note(i, ts_init=now + i * S) for i in range(1, 4)])
+    sink.flush()
+    log = DeliveryLog(tmp_path / "d.sqlite")
+    reader = ClickHouseOutbox(clickhouse_client, clickhouse_db, log, lookback=1)
+    assert [n.event_id for n, _ in reader.poll(100, 0.0)] == [note(i).event_id for i in range(1, 4)]
+    later = ClickHouseOutbox(clickhouse_client, clickhouse_db, log, lookback=1)
+    later.cursor = now + 3 * S  # a second's look-back from the third: the first is before it
+    assert [n.event_id for n, _ in later.poll(100, 0.0)] == [note(2).event_id, note(3).event_id]
