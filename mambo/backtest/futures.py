@@ -44,9 +44,11 @@ from mambo.schemas.events import Fill, FundingPayment, FundingRate, Liquidation,
 __all__ = [
     "FuturesConfig",
     "FuturesResult",
+    "funding_from_history",
     "futures_metrics",
     "load_funding_rates",
     "load_mark_candles",
+    "mark_candles_from_history",
     "run_futures",
 ]
 
@@ -141,6 +143,47 @@ def load_funding_rates(path: str | Path, exchange: str, symbol: str) -> list[Fun
         )
         for t, r, m in zip(ns.tolist(), values.tolist(), marks, strict=True)
     ]
+
+
+def funding_from_history(
+    client: Any, database: str, exchange: str, symbol: str, start: int, end: int
+) -> list[FundingRate]:
+    """The funding times of a market from ``start`` through ``end`` (ns) in the ClickHouse history
+    (``funding_rates``: what ``mambo source``, ``mambo trade`` and ``mambo backfill`` keep)."""
+    from mambo.connectors.clickhouse import read_events
+    from mambo.schemas.topics import FUNDING_RATES
+
+    where = "exchange = {exchange:String} AND symbol = {symbol:String}"
+    rows = read_events(client, FUNDING_RATES.table, database, where, {"exchange": exchange, "symbol": symbol})
+    return [r for r in rows if isinstance(r, FundingRate) and start <= r.ts_event <= end]
+
+
+def mark_candles_from_history(
+    client: Any, database: str, exchange: str, symbol: str, timeframe: str, start: int, end: int
+) -> CandleFrame:
+    """Mark-price candles of ``timeframe`` built from the mark prices in the ClickHouse history
+    (``mark_prices``, the venue's frames) opening from ``start`` through ``end`` (ns): each bar's first,
+    highest, lowest and last mark."""
+    from mambo.schemas.events import timeframe_ns
+    from mambo.schemas.topics import MARK_PRICES
+
+    step = timeframe_ns(timeframe)
+    sql = (
+        "SELECT intDiv(toUnixTimestamp64Nano(ts_event), {step:Int64}) * {step:Int64} AS open_time,"
+        " argMin(mark_price, ts_event) AS open, max(mark_price) AS high, min(mark_price) AS low,"
+        " argMax(mark_price, ts_event) AS close"
+        f" FROM `{database}`.`{MARK_PRICES.table}` FINAL"
+        " WHERE exchange = {exchange:String} AND symbol = {symbol:String}"
+        " AND toUnixTimestamp64Nano(ts_event) BETWEEN {start:Int64} AND {end:Int64}"
+        " GROUP BY open_time ORDER BY open_time"
+    )
+    params = {"step": step, "exchange": exchange, "symbol": symbol, "start": start, "end": end}
+    rows = client.query(sql, parameters=params).result_rows
+    cols = list(zip(*rows, strict=True)) if rows else [(), (), (), (), ()]
+    o, h, lo, c = (np.array(col, dtype=np.float64) for col in cols[1:5])
+    return CandleFrame(
+        exchange, symbol, timeframe, np.array(cols[0], dtype=np.int64), o, h, lo, c, np.zeros(len(rows))
+    )
 
 
 def load_mark_candles(path: str | Path, exchange: str, symbol: str) -> CandleFrame:

@@ -239,23 +239,49 @@ def _show_portfolio(metrics: dict[str, Any]) -> None:
 
 
 def _futures(
-    result: BacktestResult, funding: Path, marks: Path | None, leverage: int, margin_mode: str
+    result: BacktestResult,
+    funding: Path,
+    marks: Path | None,
+    leverage: int,
+    margin_mode: str,
+    settings: MamboSettings,
 ) -> tuple[FuturesResult, dict[str, Any]]:
-    """The perpetual's run and its section of metrics.json: :mod:`mambo.backtest.futures`."""
+    """The perpetual's run and its section of metrics.json: :mod:`mambo.backtest.futures`. ``history``
+    for ``funding`` or ``marks``: the ClickHouse history's funding times and mark prices."""
     from decimal import Decimal
 
     from mambo.backtest.futures import (
         FuturesConfig,
+        funding_from_history,
         futures_metrics,
         load_funding_rates,
         load_mark_candles,
+        mark_candles_from_history,
         run_futures,
     )
 
     frame = result.frame
+    span = (int(frame.open_time[0]), int(frame.ts_event[-1])) if len(frame) else (0, -1)
     try:
-        rates = load_funding_rates(funding, frame.exchange, frame.symbol)
-        mark_frame = load_mark_candles(marks, frame.exchange, frame.symbol) if marks else None
+        client: Any = None
+        if "history" in (str(funding), str(marks)):
+            from mambo.connectors.clickhouse import connect
+
+            client = connect(settings.clickhouse_dsn, settings.clickhouse.database)
+        db = settings.clickhouse.database
+        if str(funding) == "history":
+            rates = funding_from_history(client, db, frame.exchange, frame.symbol, *span)
+            typer.echo(f"futures: {len(rates)} funding times from the history")
+        else:
+            rates = load_funding_rates(funding, frame.exchange, frame.symbol)
+        mark_frame: CandleFrame | None = None
+        if str(marks) == "history":
+            mark_frame = mark_candles_from_history(
+                client, db, frame.exchange, frame.symbol, frame.timeframe, *span
+            )
+            typer.echo(f"futures: {len(mark_frame)} mark-price candles from the history's marks")
+        elif marks is not None:
+            mark_frame = load_mark_candles(marks, frame.exchange, frame.symbol)
         config = FuturesConfig(
             leverage=leverage, margin_mode="isolated" if margin_mode == "isolated" else "cross"
         )
@@ -365,14 +391,19 @@ def register(app: typer.Typer) -> None:
         funding: Annotated[
             Path | None,
             typer.Option(
-                help="A perpetual: its funding-rate history (freqtrade's *-funding_rate.feather, or a CSV "
-                "with fundingTime, fundingRate[, markPrice]). The fills are booked in a margin account with "
-                "funding and liquidations; metrics.json gains a futures section. One market.",
+                help="A perpetual: its funding-rate history (freqtrade's *-funding_rate.feather, a CSV "
+                "with fundingTime, fundingRate[, markPrice], or 'history': the ClickHouse history's). The "
+                "fills are booked in a margin account with funding and liquidations; metrics.json gains a "
+                "futures section. One market.",
             ),
         ] = None,
         mark_prices: Annotated[
             Path | None,
-            typer.Option("--marks", help="With --funding: mark-price candles (else the closes, said so)."),
+            typer.Option(
+                "--marks",
+                help="With --funding: mark-price candles, or 'history': built from the history's mark prices "
+                "(else the closes, said so).",
+            ),
         ] = None,
         leverage: Annotated[int, typer.Option(help="With --funding: the leverage.")] = 1,
         control: Annotated[
@@ -456,7 +487,9 @@ def register(app: typer.Typer) -> None:
             metrics = compute_metrics(result)
             perpetual = None
             if funding is not None:
-                perpetual, metrics["futures"] = _futures(result, funding, mark_prices, leverage, margin_mode)
+                perpetual, metrics["futures"] = _futures(
+                    result, funding, mark_prices, leverage, margin_mode, settings
+                )
             paths = write_outputs(result, metrics, folder, perpetual)
             _show_metrics(metrics)
             typer.echo(f"wrote {', '.join(str(p) for p in paths.values())}")

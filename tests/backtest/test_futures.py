@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from decimal import ROUND_FLOOR, Decimal
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -190,3 +191,64 @@ def test_mambo_backtest_with_a_funding_history_reports_the_futures_section(
     assert got["final_margin_balance"] == want["final_margin_balance"]
     done = CliRunner().invoke(app, [*args[:-4], "--margin-mode", "hedge", "--out", str(out)])
     assert done.exit_code != 0 and "cross or isolated" in done.output
+
+
+def test_mambo_backtest_takes_funding_and_marks_from_the_history(
+    tmp_path: Path,
+    clickhouse_dsn: str,
+    clickhouse_client: Any,
+    clickhouse_db: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``--funding history --marks history``: the funding times and the venue's mark prices a source
+    kept in ClickHouse (``funding_rates``, ``mark_prices``), the marks built into the backtest's bars.
+    The history here holds the XRP files' funding times and, for each 1 h mark candle, four mark frames
+    (its open, high, low and close in that order): the run's futures section is the files' run's."""
+    import json
+    import re
+
+    from typer.testing import CliRunner
+
+    from mambo.cli import app
+    from mambo.connectors.clickhouse import ClickHouseSink
+    from mambo.schemas.events import MarkPrice, make_id
+    from mambo.schemas.topics import FUNDING_RATES, MARK_PRICES
+
+    rates, _ = rates_and_marks()
+    marks = load_mark_candles(FUTURES / "XRP_USDT_USDT-1h-mark.feather", EXCHANGE, SYMBOL)
+    frames = []
+    for i, t in enumerate(marks.open_time.tolist()):
+        path = (marks.open[i], marks.high[i], marks.low[i], marks.close[i])
+        for j, price in enumerate(path):
+            ts = t + j * 1_000_000
+            frames.append(MarkPrice(event_id=make_id("mark", SYMBOL, ts), ts_event=ts, ts_init=ts,
+                                    exchange=EXCHANGE, symbol=SYMBOL, mark_price=float(price)))  # fmt: skip
+    sink = ClickHouseSink(clickhouse_client, clickhouse_db)
+    sink.write(FUNDING_RATES.table, rates)
+    sink.write(MARK_PRICES.table, frames)
+    sink.flush()
+    monkeypatch.setenv("MAMBO_CLICKHOUSE__DSN", clickhouse_dsn)
+    monkeypatch.setenv("MAMBO_CLICKHOUSE__DATABASE", clickhouse_db)
+    base = [
+        "backtest", "--data", str(FUTURES / "XRP_USDT_USDT-1h-futures.feather"), "--symbols", SYMBOL,
+        "--exchange", EXCHANGE, "--strategy", "sma_cross", "--param", "sma_cross.fast=3",
+        "--param", "sma_cross.slow=8", "--allow-short", "--qty", "5000", "--cash", "1000",
+        "--fee-taker", "0.0004", "--leverage", "50", "--margin-mode", "isolated",
+    ]  # fmt: skip
+    sections = []
+    for funding, mark in (
+        ("history", "history"),
+        (
+            str(FUTURES / "XRP_USDT_USDT-8h-funding_rate.feather"),
+            str(FUTURES / "XRP_USDT_USDT-1h-mark.feather"),
+        ),
+    ):
+        out = tmp_path / f"out{len(sections)}"
+        done = CliRunner().invoke(app, [*base, "--funding", funding, "--marks", mark, "--out", str(out)])
+        assert done.exit_code == 0, done.output
+        sections.append(json.loads((out / "metrics.json").read_text())["futures"])
+        if funding == "history":  # those within the candles' range
+            assert re.search(r"futures: [1-9]\d* funding times from the history", done.output)
+            assert re.search(r"futures: [1-9]\d* mark-price candles from the history's marks", done.output)
+    assert sections[0]["funding_payments"] > 0 and sections[0]["liquidations"] > 0
+    assert sections[0] == sections[1]
