@@ -668,45 +668,36 @@ class InLineStage(Stage):
         if markets is not None and cmd.market not in markets:
             return []
         at = self.last[cmd.market] = self.last.get(cmd.market, 0) + 1  # after the last, before the next
-        feed = AccountFeed.model_construct(
-            event_id=make_id("feed", cmd.account, cmd.command_id, cmd.market),
-            ts_event=at,
-            ts_init=cmd.ts_init,
-            account=cmd.account,
-            exchange=cmd.exchange,
-            symbol=cmd.symbol,
-            watermark=at - 1,
-            candle=None,
-            signal=None,
-            funding=None,
-            mark=None,
-            control=cmd,
-        )
+        feed = _in_line(cmd.account, cmd, at, make_id("feed", cmd.account, cmd.command_id, cmd.market))
         return [(ACCOUNT_FEED.name, feed)]
 
     def _mark(self, mark: MarkPrice) -> Out:
         key = mark.key
         at = self.last[key] = max(mark.ts_event + 2, self.last.get(key, -1) + 1)
-        out: Out = []
-        for account, markets in self.accounts.items():
-            if markets is not None and key not in markets:
-                continue
-            feed = AccountFeed.model_construct(
-                event_id=make_id("feed", account, mark.event_id),
-                ts_event=at,
-                ts_init=mark.ts_init,
-                account=account,
-                exchange=mark.exchange,
-                symbol=mark.symbol,
-                watermark=at - 1,
-                candle=None,
-                signal=None,
-                funding=None,
-                mark=mark,
-                control=None,
-            )
-            out.append((ACCOUNT_FEED.name, feed))
-        return out
+        return [
+            (ACCOUNT_FEED.name, _in_line(account, mark, at, make_id("feed", account, mark.event_id)))
+            for account, markets in self.accounts.items()
+            if markets is None or key in markets
+        ]
+
+
+def _in_line(account: str, item: ControlCommand | MarkPrice, at: int, event_id: str) -> AccountFeed:
+    """A command or mark as an account's feed item at ``at`` in its market's stream (its watermark
+    just before)."""
+    return AccountFeed.model_construct(
+        event_id=event_id,
+        ts_event=at,
+        ts_init=item.ts_init,
+        account=account,
+        exchange=item.exchange,
+        symbol=item.symbol,
+        watermark=at - 1,
+        candle=None,
+        signal=None,
+        funding=None,
+        mark=item if isinstance(item, MarkPrice) else None,
+        control=item if isinstance(item, ControlCommand) else None,
+    )
 
 
 class GridStage(Stage):

@@ -54,32 +54,41 @@ def funding_frame() -> dict[str, Any]:
     return next(m for m in frames if m["e"] == "markPriceUpdate" and m["E"] >= FUNDING_TIME)
 
 
+def usdm(secret: str) -> FuturesExchange:
+    """The local USD-M exchange on the recording, 60 s in (40 s before the funding time), at 4x; its
+    replay clock starts when a process connects (a slow start must not eat the 40 s)."""
+    return FuturesExchange(load_usdm_recording(FIXTURE), api_secret=secret, balance="10000", speed=4,
+                           history_seconds=60, wait_for_client=True)  # fmt: skip
+
+
+async def trade(url: str, data: Path, key: str, secret: str, duration: str, params: dict[str, int]) -> bytes:
+    """A ``mambo trade`` process on the local USD-M exchange at ``url``: the futures account (10x
+    cross) of the settings in the environment, the scripted strategy with ``params``; its output."""
+    args = ["trade", "--exchange", "binanceusdm", "--base-url", url, "--symbols", "BTC/USDT:USDT",
+            "--strategies", SCRIPTED, "--timeframe", "1s", "--duration", duration,
+            "--data-dir", str(data)]  # fmt: skip
+    env = {**os.environ, "MAMBO_EXCHANGE__API_KEY": key, "MAMBO_EXCHANGE__SECRET": secret,
+           "MAMBO_ENGINE__STRATEGY_PARAMS": json.dumps({SCRIPTED: params}),
+           "MAMBO_ACCOUNTS__MAIN__MARKETS": json.dumps([MARKET]),
+           "MAMBO_ACCOUNTS__MAIN__INITIAL_CASH": "10000",
+           "MAMBO_ACCOUNTS__MAIN__FUTURES": json.dumps(FUTURES)}  # fmt: skip
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "mambo.cli", *args, cwd=ROOT, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    out, _ = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode == 0, out.decode()[-3000:]
+    return out
+
+
 def test_a_futures_account_trades_on_binanceusdm_and_books_what_the_exchange_books(tmp_path: Path) -> None:
     key, secret = f"key-{uuid.uuid4().hex}", f"secret-{uuid.uuid4().hex}"
-    # 60 s in: 40 s before the funding time; at 4x, the buy on the 3rd candle, the sell on the 60th
-    # the replay clock starts when the process connects (a slow start must not eat the 40 s before
-    # the funding time)
-    ex = FuturesExchange(load_usdm_recording(FIXTURE), api_secret=secret, balance="10000", speed=4,
-                         history_seconds=60, wait_for_client=True)  # fmt: skip
+    ex = usdm(secret)  # at 4x, the buy on the 3rd candle, the sell on the 60th
 
     async def main() -> bytes:
         server, url = await serve(ex)
         try:
-            args = ["trade", "--exchange", "binanceusdm", "--base-url", url, "--symbols", "BTC/USDT:USDT",
-                    "--strategies", SCRIPTED, "--timeframe", "1s", "--duration", "20",
-                    "--data-dir", str(tmp_path)]  # fmt: skip
-            env = {**os.environ, "MAMBO_EXCHANGE__API_KEY": key, "MAMBO_EXCHANGE__SECRET": secret,
-                   "MAMBO_ENGINE__STRATEGY_PARAMS": json.dumps({SCRIPTED: {"buy_at": 3, "sell_at": 60}}),
-                   "MAMBO_ACCOUNTS__MAIN__MARKETS": json.dumps([MARKET]),
-                   "MAMBO_ACCOUNTS__MAIN__INITIAL_CASH": "10000",
-                   "MAMBO_ACCOUNTS__MAIN__FUTURES": json.dumps(FUTURES)}  # fmt: skip
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "mambo.cli", *args, cwd=ROOT, env=env,
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-            )  # fmt: skip
-            out, _ = await asyncio.wait_for(proc.communicate(), 120)
-            assert proc.returncode == 0, out.decode()[-3000:]
-            return out
+            return await trade(url, tmp_path, key, secret, "20", {"buy_at": 3, "sell_at": 60})
         finally:
             await server.cleanup()
 
@@ -175,34 +184,17 @@ def test_a_restart_recovers_the_futures_position_and_books_its_funding(tmp_path:
     account from its history): the restarted process pays the funding on the recovered position and
     closes it, and Mambo's books (fills, funding, wallet) are still the exchange's to the decimal."""
     key, secret = f"key-{uuid.uuid4().hex}", f"secret-{uuid.uuid4().hex}"
-    ex = FuturesExchange(load_usdm_recording(FIXTURE), api_secret=secret, balance="10000", speed=4,
-                         history_seconds=60, wait_for_client=True)  # fmt: skip
-
-    async def trade(url: str, duration: str, params: dict[str, int]) -> bytes:
-        args = ["trade", "--exchange", "binanceusdm", "--base-url", url, "--symbols", "BTC/USDT:USDT",
-                "--strategies", SCRIPTED, "--timeframe", "1s", "--duration", duration,
-                "--data-dir", str(tmp_path)]  # fmt: skip
-        env = {**os.environ, "MAMBO_EXCHANGE__API_KEY": key, "MAMBO_EXCHANGE__SECRET": secret,
-               "MAMBO_ENGINE__STRATEGY_PARAMS": json.dumps({SCRIPTED: params}),
-               "MAMBO_ACCOUNTS__MAIN__MARKETS": json.dumps([MARKET]),
-               "MAMBO_ACCOUNTS__MAIN__INITIAL_CASH": "10000",
-               "MAMBO_ACCOUNTS__MAIN__FUTURES": json.dumps(FUTURES)}  # fmt: skip
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "mambo.cli", *args, cwd=ROOT, env=env,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-        )  # fmt: skip
-        out, _ = await asyncio.wait_for(proc.communicate(), 120)
-        assert proc.returncode == 0, out.decode()[-3000:]
-        return out
+    ex = usdm(secret)
 
     async def main() -> bytes:
         server, url = await serve(ex)
         try:
-            await trade(url, "4", {"buy_at": 3, "sell_at": 10_000})  # about 16 s of the recording
+            # about 16 s of the recording
+            await trade(url, tmp_path, key, secret, "4", {"buy_at": 3, "sell_at": 10_000})
             await ex.stop()  # the replay waits for the next process (the funding time is still ahead)
             assert [t["side"] for t in ex.user_trades] == ["BUY"]
             assert ex.now_ms < FUNDING_TIME
-            return await trade(url, "20", {"buy_at": 10_000, "sell_at": 50})
+            return await trade(url, tmp_path, key, secret, "20", {"buy_at": 10_000, "sell_at": 50})
         finally:
             await server.cleanup()
 
