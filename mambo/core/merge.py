@@ -12,9 +12,11 @@ Streams: a fixed set (the account's markets) waits for every one of them, includ
 said nothing yet; without a set, the streams seen so far (enough in one process, where every market
 is fed in time order; not across Kafka partitions).
 
-Repeats: a stream's items have increasing times, so an item at or before the last one its stream
-gave is one given again (an at-least-once producer repeats what it sent before a crash): it is
-dropped and counted in :attr:`EventTimeMerge.repeats`, so a repeated input never acts twice.
+Repeats: a stream's items have increasing times, so an item before the last one its stream gave, or
+at its time and named as one given there already (by the ``ident`` the caller gives; with none, any
+item at that time), is one given again (an at-least-once producer repeats what it sent before a
+crash): it is dropped and counted in :attr:`EventTimeMerge.repeats`, so a repeated input never acts
+twice. Items of one stream that share a time and differ in ident are all taken, in arrival order.
 
 Late items (after their stream's last one, but at or before a point already released: a stream broke
 its watermark's promise) are released at once, after what was released, and counted in
@@ -24,8 +26,8 @@ its watermark's promise) are released at once, after what was released, and coun
 from __future__ import annotations
 
 import heapq
-from collections.abc import Collection
-from typing import Generic, TypeVar
+from collections.abc import Collection, Hashable
+from typing import Any, Generic, TypeVar
 
 __all__ = ["EventTimeMerge"]
 
@@ -47,22 +49,36 @@ class EventTimeMerge(Generic[T]):
         self.late = 0
         self.repeats = 0
         self._last: dict[str, int] = {}  # stream -> time of its last item
+        self._last_ids: dict[str, set[Hashable]] = {}  # stream -> idents of its items at that time
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state.setdefault("_last_ids", {})  # a merge pickled before idents were kept
+        self.__dict__.update(state)
 
     def __len__(self) -> int:
         """Items waiting for a watermark."""
         return len(self._heap)
 
-    def push(self, key: str, time: int, item: T | None, watermark: int) -> list[T]:
+    def push(
+        self, key: str, time: int, item: T | None, watermark: int, ident: Hashable | None = None
+    ) -> list[T]:
         """Add ``item`` (None: only a watermark) of stream ``key`` at ``time``, the stream's watermark
         now ``watermark``; the items this releases, in order. A stream outside a fixed set is refused;
-        an item not after its stream's last is a repeat, dropped."""
+        an item before its stream's last, or at its time and given there already (``ident``), is a
+        repeat, dropped."""
         if self.fixed and key not in self.watermarks:
             raise KeyError(f"stream {key!r} is not one of {sorted(self.watermarks)}")
         out: list[T] = []
-        if item is not None and time <= self._last.get(key, _NONE):
+        last = self._last.get(key, _NONE)
+        if item is not None and (
+            time < last or (time == last and (ident is None or ident in self._last_ids.get(key, ())))
+        ):
             self.repeats += 1  # given before: it acted then
             item = None
         if item is not None:
+            if time > last:
+                self._last_ids[key] = set()
+            self._last_ids.setdefault(key, set()).add(ident)
             self._last[key] = time
             if time <= self.released_until:
                 self.late += 1

@@ -868,7 +868,7 @@ class AccountStage(Stage):
                 time = feed.ts_event
             else:
                 time = feed.candle.ts_event if feed.candle is not None else feed.watermark
-            steps = self.merge.push(feed.market, time, feed if takes else None, feed.watermark)
+            steps = self.merge.push(feed.market, time, feed if takes else None, feed.watermark, feed.event_id)
         out: Out = []
         for step in steps:
             out += self._step(step)

@@ -246,6 +246,17 @@ def test_an_item_given_again_is_dropped_and_counted() -> None:
     assert merge.drain() == ["b12"]
 
 
+def test_items_of_one_stream_at_one_time_are_all_taken_unless_given_again() -> None:
+    """Two items of a market at one time (a command in line on a candle boundary, and the candle)
+    differ in ident: both are taken, in arrival order; one given again at that time is a repeat."""
+    merge: EventTimeMerge[str] = EventTimeMerge(["a", "b"])
+    assert merge.push("a", 10, "cmd", 9, ident="cmd") == []
+    assert merge.push("a", 10, "candle", 10, ident="candle") == []
+    assert merge.push("a", 10, "cmd", 10, ident="cmd") == []  # again
+    assert merge.push("b", 10, None, 10) == ["cmd", "candle"]
+    assert merge.repeats == 1 and merge.late == 0
+
+
 def test_an_item_after_its_stream_s_last_but_behind_the_release_is_late() -> None:
     merge: EventTimeMerge[str] = EventTimeMerge(["a", "b"])
     assert merge.push("a", 10, "a10", 20) == []

@@ -269,3 +269,54 @@ def test_whole_numbers_for_float_parameters_are_taken_as_floats() -> None:
     assert '"lower": 25.0' in answer.params and type(built.lower) is float and type(built.period) is int  # type: ignore[union-attr]
     refused, _ = control.apply(command(2, "set_params", 2, "rsi_reversion", BTC, period=9.5))
     assert refused.status == "rejected" and "period" in refused.reason
+
+
+def test_a_command_on_a_candle_boundary_loses_no_candle() -> None:
+    """Nanosecond trades: a trade 1 ns before a candle boundary, then an account command (in line at
+    last trade + 1 ns: the boundary itself), then the trade that closes the candle ending there. The
+    command and the candle share a time in the account's merge; both are taken (command first, as
+    in the stream), none is taken for a repeat; the same in the stage groups."""
+    key = "binance:BTC/USDT"
+    t0 = 1_700_000_000 * 10**9
+    trades = [t0 + i * 10**9 + 10**8 for i in range(5)] + [t0 + 5 * 10**9 - 1]
+
+    def batch(times: list[int]) -> TradeBatch:
+        from mambo.schemas.events import Trade
+
+        return TradeBatch.from_trades([
+            Trade(event_id=f"t{t}", ts_event=t, ts_init=t, exchange="binance", symbol="BTC/USDT",
+                  trade_id=str(t), price=100.0, qty=1.0)
+            for t in times
+        ])  # fmt: skip
+
+    halt = command(1, "halt", 1, market=key)
+    after = [t0 + 5 * 10**9 + 10**8, t0 + 6 * 10**9 + 10**8]
+    config = EngineConfig(timeframes=("1s",), trading_timeframe="1s", strategies=("sma_cross",))
+    rules = {key: Market.inferred("binance", "BTC/USDT", Decimal("0.01"))}
+    rt = EmbeddedRuntime(config, rules, known_markets=[key], metrics=False)
+    out: list[tuple[str, Any]] = []
+    rt.observe(lambda t, e: out.append((t, e)))
+    rt.ingest_trades(batch(trades))
+    rt.control(halt)
+    rt.ingest_trades(batch(after))
+    rt.finish()
+    [stage] = rt.account_stages
+    assert stage.merge.repeats == 0
+    [feed] = [e for t, e in out if t == "account.feed" and e.control is not None]
+    assert feed.ts_event == t0 + 5 * 10**9  # the boundary: the candle [t0 + 4 s, t0 + 5 s) ends there
+    candles = [e for t, e in out if t == "md.candles.1s"]
+    assert t0 + 5 * 10**9 in {c.ts_event for c in candles}
+    # every candle reached the account: equity after each (a halted account with no position has none:
+    # count the candles the merge released instead)
+    steps = [e for t, e in out if t == "account.feed" and (e.candle is not None or e.control is not None)]
+    assert len(steps) == len(candles) + 1
+    # the stage groups (what a Kafka worker runs): the same
+    got: list[tuple[str, Any]] = []
+    mp = MarketPipelines(config, lambda t, e: got.append((t, e)), rules, [key], loopback=True)
+    mp.ingest_trades(batch(trades))
+    mp.ingest_control(expand(halt, [key]))
+    mp.ingest_trades(batch(after))
+    mp.finish()
+    assert mp._account("main").merge.repeats == 0
+    answers = [(t, e) for t, e in out if t == "control.results"]
+    assert [(t, e) for t, e in got if t == "control.results"] == answers and len(answers) == 1
