@@ -544,8 +544,10 @@ class ExchangeSource:
         self._estimate: dict[str, tuple[int, float]] = {}
         self._funding: dict[str, deque[FundingRate]] = {s: deque() for s in config.symbols}
         self._last_funding_ms: dict[str, int] = {}
-        #: perpetuals: mark frames waiting for the trades to pass their time (they go in line after)
+        #: perpetuals: mark frames waiting for the trades to pass their time (they go in line after),
+        #: and the time (ms) of the last trade published
         self._marks: dict[str, deque[MarkPrice]] = {s: deque() for s in config.symbols}
+        self._emitted_ms: dict[str, int] = {}
         self.counts = {
             "trades": 0,
             "quotes": 0,
@@ -848,6 +850,9 @@ class ExchangeSource:
             if cut:
                 self.publisher.trades(trades_from_ccxt(self.config.exchange, trades[:cut], self.clock()))
                 self.counts["trades"] += cut
+                self._emitted_ms[symbol] = max(
+                    self._emitted_ms.get(symbol, -1), int(trades[cut - 1]["timestamp"])
+                )
                 trades = trades[cut:]
             if at is not None:
                 self._emit_marks(symbol, until_ms=at)
@@ -856,11 +861,11 @@ class ExchangeSource:
         """A mark frame goes in line after the trades at or before its time: now if they are out, else
         with them (:meth:`_emit_trades`)."""
         self._marks[symbol].append(mark)
-        state = self._trades[symbol]
+        emitted = self._emitted_ms.get(symbol)  # not the last trade seen: trades can be held for funding
         if "trades" not in self.config.streams:
             self._emit_marks(symbol, 1 << 62)
-        elif state.last_ts is not None and state.last_ts >= mark.ts_event // _MS:
-            self._emit_marks(symbol, state.last_ts)
+        elif emitted is not None and emitted >= mark.ts_event // _MS:
+            self._emit_marks(symbol, emitted)
 
     def _emit_marks(self, symbol: str, until_ms: int) -> None:
         """The waiting marks of ``symbol`` up to ``until_ms``, in line now."""

@@ -179,3 +179,39 @@ def test_every_mark_goes_once_after_the_trades_at_or_before_it(
         when = delivered[marks.index(t)]
         if when == -1 or all(x <= t for b in batches[: when + 1] for x in b):  # came in time: in line
             assert all(x <= t for x in before)
+
+
+def test_a_mark_waits_for_trades_held_for_a_funding_time() -> None:
+    """Trades past a funding time are held until its settled rate comes over REST; a mark frame that
+    comes meanwhile, timed among the held trades, waits for them too (published before them, it would
+    close their candles ahead of them)."""
+    published = Published()
+    gate = asyncio.Event()
+
+    class SlowClient(Client):
+        async def fetch_funding_rate_history(
+            self, symbol: str, since: int, limit: int, params: dict[str, Any]
+        ) -> list[dict[str, Any]]:
+            await gate.wait()  # the exchange has not published the rate yet
+            return await super().fetch_funding_rate_history(symbol, since, limit, params)
+
+    source = ExchangeSource(SlowClient({HOUR: 0.0001}), published, SourceConfig("binanceusdm", [SYMBOL]))
+    source._next_funding[SYMBOL] = {HOUR}
+    times = [HOUR - 2_000, HOUR - 1_000, HOUR + 1_000, HOUR + 2_000]
+    rows = [{"id": str(n), "timestamp": t, "price": 1.0, "amount": 1.0, "symbol": SYMBOL, "side": "buy"}
+            for n, t in enumerate(times)]  # fmt: skip
+
+    async def run() -> None:
+        held = asyncio.create_task(source._publish_trades(SYMBOL, rows))
+        await asyncio.sleep(0.05)  # the trades wait for the rate (the source has seen them all)
+        assert published.items == [] and source._trades[SYMBOL].last_ts == times[-1]
+        mark = MarkPrice(event_id="m", ts_event=(HOUR + 1_500) * MS, ts_init=0, exchange="binanceusdm",
+                         symbol=SYMBOL, mark_price=1.0)  # fmt: skip
+        source._queue_mark(SYMBOL, mark)
+        assert not [kind for kind, _ in published.items if kind == "mark"]
+        gate.set()
+        await held
+
+    asyncio.run(run())
+    kinds = [(kind, x if kind == "trade" else x.ts_event) for kind, x in published.items]
+    assert [k for k, _ in kinds] == ["trade", "trade", "funding", "trade", "mark", "trade"], kinds
