@@ -395,6 +395,13 @@ class MarginAccount:
         self.cross_wallet = self.initial_balance
         self._ledger = dict.fromkeys(LEDGER_KINDS, _ZERO)
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Restore pickled state (a changelog's); an account pickled before venue marks and per-symbol
+        clearance fees has none."""
+        state.setdefault("venue_marks", set())
+        state.setdefault("liquidation_fees", {})
+        self.__dict__.update(state)
+
     # --- settings ----------------------------------------------------------------------------------
 
     def position(self, key: str) -> MarginPosition:

@@ -625,6 +625,15 @@ class FundingStage(Stage):
         return out
 
 
+_IN_LINE_INPUTS = (
+    TRADES.name,
+    EXCHANGE_CANDLES.name,
+    FUNDING_RATES.name,
+    CONTROL_MARKETS.name,
+    MARK_PRICES.name,
+)
+
+
 class InLineStage(Stage):
     """What an account takes where it came in the market's stream, as a :class:`AccountFeed`: account
     commands of the control topic (halt, resume, reduce_only, force_exit) and the venue's mark prices.
@@ -638,9 +647,14 @@ class InLineStage(Stage):
 
     def __init__(self, accounts: Sequence[tuple[str, frozenset[str] | None]]) -> None:
         self.accounts = dict(accounts)
-        self.inputs = (TRADES.name, EXCHANGE_CANDLES.name, FUNDING_RATES.name, CONTROL_MARKETS.name,
-                       MARK_PRICES.name)  # fmt: skip
+        self.inputs = _IN_LINE_INPUTS
         self.last: dict[str, int] = {}  # market -> time of the last item seen
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Restore pickled state (a changelog's); a stage pickled as ControlStage, before marks and
+        funding came to it, reads them from now on."""
+        self.__dict__.update(state)
+        self.inputs = _IN_LINE_INPUTS
 
     def _seen(self, key: str, time: int) -> None:
         self.last[key] = max(self.last.get(key, -1), time)
@@ -698,6 +712,10 @@ def _in_line(account: str, item: ControlCommand | MarkPrice, at: int, event_id: 
         mark=item if isinstance(item, MarkPrice) else None,
         control=item if isinstance(item, ControlCommand) else None,
     )
+
+
+#: The name state pickled before marks came in line knows :class:`InLineStage` by.
+ControlStage = InLineStage
 
 
 class GridStage(Stage):

@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import math
 from decimal import Decimal
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
@@ -253,6 +253,14 @@ class AccountFeed(Event):
     def stream_key(self) -> str:
         """Its Kafka key (and the key of the account stage's state): ``account/<id>``."""
         return f"account/{self.account}"
+
+    def __setstate__(self, state: dict[Any, Any]) -> None:
+        """A feed pickled (waiting in an account's merge) before it could carry a mark or a command."""
+        fields = state.get("__dict__")
+        if isinstance(fields, dict):
+            fields.setdefault("mark", None)
+            fields.setdefault("control", None)
+        super().__setstate__(state)
 
 
 class OrderIntent(AccountEvent):

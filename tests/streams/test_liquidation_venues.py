@@ -300,3 +300,49 @@ def test_a_bar_liquidates_at_its_open_when_it_opens_past_the_liquidation_price(g
     open_ = lp - 100 if gap else lp + 100
     [liq] = acc.mark_bar(KEY, lp - 200, lp + 150, lp - 150, 2, 2, open_)
     assert liq.price == (open_ if gap else lp.quantize(D("1e-6"), rounding="ROUND_FLOOR"))
+
+
+def test_state_pickled_before_marks_came_in_line_restores() -> None:
+    """A changelog's state from before this change: its market stage's in-line stage was a
+    ``ControlStage`` reading no marks, its margin account knew no venue marks or per-symbol fees, and
+    the feeds waiting in its account's merge had no ``mark``. Restored, it takes marks and liquidates
+    at them as a fresh run does."""
+    import pickle
+
+    from mambo.core.stages import InLineStage, account_stages, market_stages
+
+    accounts = [Account(config(), frozenset([KEY]))]
+    [inline] = [s for s in market_stages(accounts, [KEY]) if isinstance(s, InLineStage)]
+    inline.inputs = inline.inputs[:4]  # as ControlStage read them: no marks
+    old = pickle.dumps(inline, protocol=0).replace(b"\nInLineStage\n", b"\nControlStage\n")
+    restored = pickle.loads(old)
+    assert isinstance(restored, InLineStage) and MARK_PRICES.name in restored.inputs
+
+    [account] = account_stages(accounts, RULES)
+    assert account.margin is not None
+    state = dict(account.margin.__dict__)
+    for name in ("venue_marks", "liquidation_fees"):
+        del state[name]
+    margin = type(account.margin).__new__(type(account.margin))
+    margin.__setstate__(state)
+    assert margin.venue_marks == set() and margin.liquidation_fees == {}
+
+    feed = embedded_feed()
+    kept = feed.__getstate__()
+    del kept["__dict__"]["mark"], kept["__dict__"]["control"]
+    again = type(feed).__new__(type(feed))
+    again.__setstate__(kept)
+    assert again.mark is None and again.control is None and again == feed
+
+
+def embedded_feed() -> Any:
+    """A candle's feed item of the paper run."""
+    rt = EmbeddedRuntime([Account(config(), frozenset([KEY]))], RULES, known_markets=[KEY], metrics=False)
+    feeds: list[Any] = []
+    rt.observe(lambda t, e: feeds.append(e) if t == ACCOUNT_FEED.name and e.candle is not None else None)
+    for run in batches(paper_input())[:20]:
+        if isinstance(run, TradeBatch):
+            rt.ingest_trades(run)
+        else:
+            rt.ingest_marks(run)
+    return feeds[0]
