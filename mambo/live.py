@@ -67,8 +67,8 @@ def venue_liquidation_fees(account: Account, client: Any, symbols: Sequence[str]
             fees[symbol] = Decimal(str(published))
     if fees == dict(futures.liquidation_fees):
         return account
-    published = futures.model_copy(update={"liquidation_fees": tuple(sorted(fees.items()))})
-    return Account(replace(account.config, futures=published), account.markets)
+    with_fees = futures.model_copy(update={"liquidation_fees": tuple(sorted(fees.items()))})
+    return Account(replace(account.config, futures=with_fees), account.markets)
 
 
 class LiveSession:

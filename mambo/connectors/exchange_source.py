@@ -70,6 +70,7 @@ import numpy as np
 import structlog
 
 from mambo.connectors.errors import Backoff, TemporaryError, classify, with_retry
+from mambo.core.margin import is_perpetual
 from mambo.schemas.batches import SIDE_CODES, TradeBatch
 from mambo.schemas.events import (
     Candle,
@@ -97,7 +98,6 @@ __all__ = [
     "fetch_funding_between",
     "fetch_trades_between",
     "funding_from_ccxt",
-    "is_perpetual",
     "mark_from_ccxt",
     "quote_from_ccxt",
     "select_symbols",
@@ -291,11 +291,6 @@ def quote_from_ccxt(exchange: str, ticker: dict[str, Any], ts_event_ms: int, ts_
         ask=float(ticker["ask"]),
         ask_qty=float(ticker.get("askVolume") or 0.0),
     )
-
-
-def is_perpetual(symbol: str) -> bool:
-    """Whether a ccxt unified symbol is a derivative with a settle currency (``BTC/USDT:USDT``)."""
-    return ":" in symbol
 
 
 def mark_from_ccxt(exchange: str, ticker: dict[str, Any], ts_init: int) -> MarkPrice | None:
@@ -850,9 +845,7 @@ class ExchangeSource:
             if cut:
                 self.publisher.trades(trades_from_ccxt(self.config.exchange, trades[:cut], self.clock()))
                 self.counts["trades"] += cut
-                self._emitted_ms[symbol] = max(
-                    self._emitted_ms.get(symbol, -1), int(trades[cut - 1]["timestamp"])
-                )
+                self._emitted_ms[symbol] = int(trades[cut - 1]["timestamp"])  # trades come in time order
                 trades = trades[cut:]
             if at is not None:
                 self._emit_marks(symbol, until_ms=at)

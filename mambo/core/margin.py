@@ -541,9 +541,9 @@ class MarginAccount:
             adverse = to_decimal(low if long else high)
             if lp is not None and lp > 0 and (adverse <= lp if long else adverse >= lp):
                 first = to_decimal(open) if open is not None else None
-                gapped = first is not None and (first <= lp if long else first >= lp)
-                at = first if gapped and first is not None else liquidation_edge(lp, long)
-                out += self.mark(key, at, ts_event, ts_init)
+                if first is None or (first > lp if long else first < lp):
+                    first = liquidation_edge(lp, long)  # it opened short of the price: through it
+                out += self.mark(key, first, ts_event, ts_init)
         return out + self.mark(key, close, ts_event, ts_init)
 
     def fund(

@@ -208,31 +208,26 @@ class MarketPipelines:
         """Perpetuals' funding times, each in its market's stream after the trades before it (a
         source's in-line record on md.trades): the market's candles that end by then close, then its
         accounts get the funding in their feed; the keys touched."""
-        touched: dict[str, None] = {}
-        for r in rates:
-            if self.known_markets is not None and r.key not in self.known_markets:
-                self.emit(
-                    dlq_topic(FUNDING_RATES.name), _dead(FUNDING_RATES.name, r, f"unknown market {r.key}")
-                )
-                continue
-            self.advance([(r.key, r.ts_event, r.ts_init)])
-            self._bus(r.key).publish(FUNDING_RATES.name, r)
-            touched[r.key] = None
-        return list(touched)
+        return self._in_line(FUNDING_RATES.name, rates)
 
     def ingest_marks(self, marks: Sequence[MarkPrice]) -> list[str]:
         """Perpetuals' mark prices from the venue, each in its market's stream after the trades before
         it (a source's in-line record on md.trades): the market's candles that end by then close, then
         its accounts get the mark in their feed (:class:`~mambo.core.stages.InLineStage`); the keys
         touched."""
+        return self._in_line(MARK_PRICES.name, marks)
+
+    def _in_line(self, topic: str, events: Sequence[FundingRate | MarkPrice]) -> list[str]:
+        """Market events in line with their market's trades: its candles that end by each close first;
+        one of a market this run does not know becomes a dead letter."""
         touched: dict[str, None] = {}
-        for m in marks:
-            if self.known_markets is not None and m.key not in self.known_markets:
-                self.emit(dlq_topic(MARK_PRICES.name), _dead(MARK_PRICES.name, m, f"unknown market {m.key}"))
+        for e in events:
+            if self.known_markets is not None and e.key not in self.known_markets:
+                self.emit(dlq_topic(topic), _dead(topic, e, f"unknown market {e.key}"))
                 continue
-            self.advance([(m.key, m.ts_event, m.ts_init)])
-            self._bus(m.key).publish(MARK_PRICES.name, m)
-            touched[m.key] = None
+            self.advance([(e.key, e.ts_event, e.ts_init)])
+            self._bus(e.key).publish(topic, e)
+            touched[e.key] = None
         return list(touched)
 
     def ingest_inline(

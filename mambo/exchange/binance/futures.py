@@ -565,9 +565,8 @@ class FuturesExchange:
 
     def _user_trades(self, params: dict[str, str]) -> list[Any]:
         """The account's fills of a symbol (Binance requires it), by order, time and id as asked."""
-        if "symbol" not in params:
-            raise _ApiError(-1102, "Mandatory parameter 'symbol' was not sent, was empty/null, or malformed.")
-        rows = [r for r in self.user_trades if r["symbol"] == params["symbol"]]
+        sid = self._market(params).rules.symbol_id  # -1102 without a symbol, -1121 for an unknown one
+        rows = [r for r in self.user_trades if r["symbol"] == sid]
         for name, keep in (
             ("orderId", lambda r, v: r["orderId"] == int(v)),
             ("fromId", lambda r, v: r["id"] >= int(v)),

@@ -105,18 +105,20 @@ class KafkaPublisher:
         """Queue perpetuals' funding times on md.funding (the history) and, in line with each market's
         trades, on md.trades (where the worker settles it: after the trades before it, whatever the
         interleaving of the topics; see :mod:`mambo.streams.kafka.codec`)."""
-        for rate in rates:
-            self.publish(FUNDING_RATES, rate)
-            self._produce(TRADES.name, rate.key, rate.model_dump_json().encode(), headers_for(FundingRate))
-        self._producer.poll(0)
+        self._publish_in_line(FUNDING_RATES, rates)
 
     def publish_marks(self, marks: Iterable[MarkPrice]) -> None:
         """Queue perpetuals' mark prices on md.mark (the history) and, in line with each market's
         trades, on md.trades (where the worker gives them to the market's accounts: after the trades
         before them; see :mod:`mambo.streams.kafka.codec`)."""
-        for mark in marks:
-            self.publish(MARK_PRICES, mark)
-            self._produce(TRADES.name, mark.key, mark.model_dump_json().encode(), headers_for(MarkPrice))
+        self._publish_in_line(MARK_PRICES, marks)
+
+    def _publish_in_line(self, topic: Topic, events: Iterable[FundingRate | MarkPrice]) -> None:
+        """Each event on its own topic and a copy in line on its market's md.trades partition."""
+        headers = headers_for(topic.model)
+        for event in events:
+            self.publish(topic, event)
+            self._produce(TRADES.name, event.key, event.model_dump_json().encode(), headers)
         self._producer.poll(0)
 
     def publish_control(self, command: ControlCommand, markets: Sequence[str]) -> None:
